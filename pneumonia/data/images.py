@@ -1,0 +1,121 @@
+"""Decoding chest X-ray files into one-channel uint8 arrays at the training resolution.
+
+Both the cached and the uncached data paths call :func:`load_resized`, so a cache hit and a
+fresh decode give byte-identical pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000; the largest Kermany originals are ~7 MP
+
+
+class BadImageError(ValueError):
+    """A file that is not a readable image within the pixel limit."""
+
+
+def is_image_file(path: Path) -> bool:
+    """Image extension and not a hidden/metadata file (``.DS_Store``, ``._x.jpeg``)."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def check_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Cheap checks that need no full decode: empty file, unreadable header, pixel bomb.
+
+    Raises:
+        BadImageError: with a short reason.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise BadImageError(f"cannot stat file ({e.strerror})") from e
+    if size == 0:
+        raise BadImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"decompression bomb refused by Pillow ({e})") from e
+    except Exception as e:  # PIL raises many types for garbage headers
+        raise BadImageError(f"not a readable image ({type(e).__name__}: {e})") from e
+    if width * height > max_pixels:
+        raise BadImageError(
+            f"{width}x{height} = {width * height:,} pixels is above the limit of "
+            f"{max_pixels:,} (possible decompression bomb; raise data.max_pixels if it is real)"
+        )
+
+
+def _to_gray_uint8(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W) uint8 grayscale.
+
+    High-bit-depth images (``I;16``, ``I``, ``F``) are scaled by their container's bit depth,
+    inferred from the maximum value (12-bit DICOM exports map to the full 8-bit range), instead
+    of Pillow's ``convert("L")`` which clips everything above 255 to white.
+    """
+    if im.mode in ("L",):
+        return np.array(im, dtype=np.uint8)
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        arr = np.array(im).astype(np.float64)
+        arr = np.clip(arr, 0, None)
+        peak = float(arr.max()) if arr.size else 0.0
+        bits = max(8, math.ceil(math.log2(peak + 1))) if peak > 0 else 8
+        scaled = np.floor(arr * (255.0 / (2**bits - 1)) + 0.5)
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+    if im.mode in ("LA", "La"):
+        return np.array(im.getchannel("L"), dtype=np.uint8)
+    if im.mode in ("RGB", "RGBA", "RGBa", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+        rgb = im.convert("RGB") if im.mode not in ("RGB",) else im
+        return np.array(rgb.convert("L"), dtype=np.uint8)
+    return np.array(im.convert("RGB").convert("L"), dtype=np.uint8)
+
+
+def load_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Fully decode one file to an (H, W) uint8 grayscale array, honouring EXIF orientation.
+
+    Raises:
+        BadImageError: truncated, corrupt, empty or oversized files.
+    """
+    check_header(path, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # forces the full decode, so truncated files fail here
+                im = ImageOps.exif_transpose(im)
+                return _to_gray_uint8(im)
+    except BadImageError:
+        raise
+    except Exception as e:
+        raise BadImageError(f"cannot decode ({type(e).__name__}: {e})") from e
+
+
+def resize_shorter(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the shorter side equals ``size`` (antialiased bicubic, as ``v2.Resize(int)``)."""
+    h, w = gray.shape
+    if min(h, w) == size:
+        return np.ascontiguousarray(gray)
+    if h <= w:
+        new_h, new_w = size, max(1, round(w * size / h))
+    else:
+        new_h, new_w = max(1, round(h * size / w)), size
+    im = Image.fromarray(gray).resize((new_w, new_h), Image.Resampling.BICUBIC)
+    return np.array(im, dtype=np.uint8)
+
+
+def load_resized(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` and resize its shorter side to ``size``: (H, W) uint8."""
+    im_gray = load_gray(path, max_pixels)
+    if size <= 0:
+        raise ValueError(f"resize size must be positive, got {size}")
+    # Pillow's draft mode lets JPEG decode at 1/2..1/8 scale, but would make cached and uncached
+    # pixels depend on the decoder's scaling; we decode at full size for exactness.
+    return resize_shorter(im_gray, size)

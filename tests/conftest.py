@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny generated datasets, the real Kermany data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: torchvision / hub downloads fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+KERMANY_224 = SHARED_DATA / "kermany-224"
+ORIGINALS = SHARED_DATA / "originals"
+
+TINY_COUNTS = {"train": (10, 14), "val": (3, 3), "test": (4, 5)}
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only-by-convention synthetic dataset shared by the session (copy it to modify)."""
+    from pneumonia.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "chest_xray"
+    return generate_synthetic_dataset(root, TINY_COUNTS, seed=1, min_size=48, max_size=72)
+
+
+@pytest.fixture
+def tiny_copy(tiny_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny dataset that a test may break."""
+    import shutil
+
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_root, dst)
+    return dst
+
+
+@pytest.fixture
+def kermany_224() -> Path:
+    if not (KERMANY_224 / "train").is_dir():
+        pytest.skip(f"real Kermany data not found at {KERMANY_224}")
+    return KERMANY_224
+
+
+@pytest.fixture
+def originals() -> Path:
+    if not (ORIGINALS / "NORMAL").is_dir():
+        pytest.skip(f"real Kermany originals not found at {ORIGINALS}")
+    return ORIGINALS
+
+
+CONFIG_DIR = REPO_ROOT / "conf"
+
+
+def compose_train_cfg(tmp_path: Path, data_root: Path, *overrides: str):
+    """The real train config, overridden for a CPU, tiny images and tmp_path outputs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    base = [
+        "experiment=demo",
+        f"paths.root_dir={tmp_path}",
+        f"data.root={data_root}",
+        "data.synthetic=false",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.resize_size=40",
+        "data.crop_size=32",
+        "data.batch_size=8",
+        "data.val_fraction=0.3",
+        "model.weights=null",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        del cfg.hydra
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(tmp_path: Path, tiny_root: Path):
+    """Factory: ``train_cfg(*overrides)`` -> a composed config writing under tmp_path."""
+    return lambda *overrides: compose_train_cfg(tmp_path, tiny_root, *overrides)

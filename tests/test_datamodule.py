@@ -1,0 +1,370 @@
+"""ChestXRayDataModule: layout, splits, class weights, transforms, cache and bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pneumonia.data.cache as cache_module
+import pneumonia.data.datamodule as dm_module
+from pneumonia.data import BadImagesError, ChestXRayDataModule, DataLayoutError
+from pneumonia.data.splits import patient_id
+from pneumonia.data.synthetic import SYNTHETIC_MARKER, generate_synthetic_dataset
+from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+SMALL = {"resize_size": 40, "crop_size": 32, "batch_size": 8}
+
+
+def make_dm(root: Path, tmp_path: Path, **kwargs) -> ChestXRayDataModule:
+    return ChestXRayDataModule(root=root, cache_dir=tmp_path / "cache", **{**SMALL, **kwargs})
+
+
+def count_images(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if p.suffix == ".jpeg")
+
+
+# ----------------------------------------------------------------------------- classes & splits
+def test_classes_counts_and_class_weights(tiny_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(tiny_root, tmp_path, val_split="official")
+    dm.setup("fit")
+    assert dm.classes == ["NORMAL", "PNEUMONIA"]
+    assert dm.num_classes == 2
+    n_normal = count_images(tiny_root / "train" / "NORMAL")
+    n_pneu = count_images(tiny_root / "train" / "PNEUMONIA")
+    assert dm.split_counts("train") == [n_normal, n_pneu]
+    n = n_normal + n_pneu
+    expected = torch.tensor([n / (2 * n_normal), n / (2 * n_pneu)])
+    assert dm.class_weights.dtype == torch.float32
+    torch.testing.assert_close(dm.class_weights, expected)
+    assert dm.files("val") == sorted(
+        (tiny_root / "val").rglob("*.jpeg"), key=lambda p: (p.parent.name, p.name)
+    )
+
+
+def test_patient_split_pools_train_and_val_and_never_shares_a_patient(
+    tiny_root: Path, tmp_path: Path
+) -> None:
+    dm = make_dm(tiny_root, tmp_path, val_fraction=0.3)
+    dm.setup("fit")
+    train, val = dm.files("train"), dm.files("val")
+    pooled = set((tiny_root / "train").rglob("*.jpeg")) | set((tiny_root / "val").rglob("*.jpeg"))
+    assert set(train) | set(val) == pooled
+    assert not set(train) & set(val)
+    assert not {patient_id(f) for f in train} & {patient_id(f) for f in val}
+    assert all(isinstance(f, Path) for f in train)
+    again = make_dm(tiny_root, tmp_path, val_fraction=0.3)
+    again.setup("fit")
+    assert again.files("val") == val
+
+
+def test_official_val_split_warns_when_small(tiny_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(tiny_root, tmp_path, val_split="official")
+    with pytest.warns(UserWarning, match="only 6 images"):
+        dm.setup("fit")
+    assert len(dm.files("val")) == 6
+
+
+def test_missing_val_is_carved_from_train(tiny_copy: Path, tmp_path: Path) -> None:
+    shutil.rmtree(tiny_copy / "val")
+    dm = make_dm(tiny_copy, tmp_path, val_split="official")
+    with pytest.warns(UserWarning, match="no val/ folder"):
+        dm.setup("fit")
+    assert dm.files("val")
+    assert set(dm.files("val")) <= set((tiny_copy / "train").rglob("*.jpeg"))
+
+
+def test_missing_test_split_says_so(tiny_copy: Path, tmp_path: Path) -> None:
+    shutil.rmtree(tiny_copy / "test")
+    dm = make_dm(tiny_copy, tmp_path)
+    dm.setup("test")
+    assert not dm.has_split("test")
+    with pytest.raises(FileNotFoundError, match="There is no test split"):
+        dm.test_dataloader()
+
+
+def test_test_split_loads(tiny_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(tiny_root, tmp_path)
+    dm.setup("test")
+    assert len(dm.files("test")) == 9
+    images, labels = next(iter(dm.test_dataloader()))
+    assert images.shape == (8, 3, 32, 32)
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1][:8]
+
+
+# ----------------------------------------------------------------------------- layout errors
+def test_root_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(DataLayoutError, match=r"does not exist.*data\.root=.*experiment=demo"):
+        make_dm(tmp_path / "nope", tmp_path).setup("fit")
+
+
+def test_root_with_chest_xray_one_level_down(tiny_root: Path, tmp_path: Path) -> None:
+    outer = tmp_path / "download"
+    outer.mkdir()
+    (outer / "chest_xray").symlink_to(tiny_root)
+    with pytest.raises(DataLayoutError, match=r"one level down.*data\.root=.*chest_xray"):
+        make_dm(outer, tmp_path).setup("fit")
+
+
+def test_root_without_train_lists_what_it_found(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels.csv").write_text("a,b\n")
+    with pytest.raises(DataLayoutError, match=r"no train/ folder.*images/, labels\.csv"):
+        make_dm(tmp_path, tmp_path).setup("fit")
+
+
+def test_val_with_other_class_folders_is_an_error(tiny_copy: Path, tmp_path: Path) -> None:
+    (tiny_copy / "val" / "PNEUMONIA").rename(tiny_copy / "val" / "BACTERIA")
+    expected = r"\['BACTERIA', 'NORMAL'\].*\['NORMAL', 'PNEUMONIA'\]"
+    with pytest.raises(DataLayoutError, match=expected):
+        make_dm(tiny_copy, tmp_path).setup("fit")
+
+
+def test_empty_class_folder_is_an_error(tiny_copy: Path, tmp_path: Path) -> None:
+    for f in (tiny_copy / "test" / "NORMAL").iterdir():
+        f.unlink()
+    (tiny_copy / "test" / "NORMAL" / ".DS_Store").write_bytes(b"\0\0")
+    with pytest.raises(DataLayoutError, match=r"test/NORMAL holds no images"):
+        make_dm(tiny_copy, tmp_path).setup("fit")
+
+
+def test_non_image_files_are_ignored(tiny_copy: Path, tmp_path: Path) -> None:
+    normal = tiny_copy / "train" / "NORMAL"
+    (normal / ".DS_Store").write_bytes(b"\0\1\2")
+    (normal / "Thumbs.db").write_bytes(b"\0\1\2")
+    (normal / "notes.txt").write_text("seen by a radiologist")
+    (normal / "._IM-0001-0001.jpeg").write_bytes(b"\0\5\0\7")  # macOS resource fork
+    dm = make_dm(tiny_copy, tmp_path, val_split="official")
+    dm.setup("fit")
+    assert all(f.suffix == ".jpeg" and not f.name.startswith(".") for f in dm.files("train"))
+    assert dm.skipped == {}
+
+
+# ----------------------------------------------------------------------------- bad images
+def _break_some(root: Path) -> list[Path]:
+    normal = sorted((root / "train" / "NORMAL").glob("*.jpeg"))
+    pneu = sorted((root / "train" / "PNEUMONIA").glob("*.jpeg"))
+    zero, garbage, truncated = normal[0], normal[1], pneu[0]
+    zero.write_bytes(b"")
+    garbage.write_bytes(b"<html>not found</html>")
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    return [zero, garbage, truncated]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_bad_images_are_listed_in_one_error(tiny_copy: Path, tmp_path: Path, cache: bool) -> None:
+    broken = _break_some(tiny_copy)
+    dm = make_dm(tiny_copy, tmp_path, cache=cache)
+    with pytest.raises(BadImagesError) as info:
+        dm.setup("fit")
+    message = str(info.value)
+    for path in broken:
+        assert path.name in message
+    assert "empty file" in message
+    assert "data.on_bad_image=skip" in message
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_bad_images_skipped_with_a_warning(tiny_copy: Path, tmp_path: Path, cache: bool) -> None:
+    broken = _break_some(tiny_copy)
+    dm = make_dm(tiny_copy, tmp_path, cache=cache, on_bad_image="skip")
+    with pytest.warns(UserWarning, match="Skipping 3 unusable") as record:
+        dm.setup("fit")
+    text = "\n".join(str(w.message) for w in record)
+    assert all(p.name in text for p in broken)
+    kept = set(dm.files("train")) | set(dm.files("val"))
+    assert not kept & set(broken)
+    assert len(dm.skipped) == 3
+    # every remaining image loads: nothing can fail mid-epoch
+    assert sum(len(labels) for _, labels in dm.train_dataloader()) == len(dm.files("train"))
+
+
+def test_oversized_image_is_refused(tiny_copy: Path, tmp_path: Path) -> None:
+    big = tiny_copy / "train" / "NORMAL" / "IM-9999-0001.png"
+    Image.fromarray(np.zeros((120, 120), np.uint8)).save(big)
+    with pytest.raises(BadImagesError, match=r"IM-9999-0001\.png.*decompression bomb"):
+        make_dm(tiny_copy, tmp_path, max_pixels=100 * 100).setup("fit")
+
+
+def test_bad_images_do_not_lose_the_cache(tiny_copy: Path, tmp_path: Path, monkeypatch) -> None:
+    _break_some(tiny_copy)
+    with pytest.raises(BadImagesError):
+        make_dm(tiny_copy, tmp_path).setup("fit")
+    monkeypatch.setattr(cache_module, "load_resized", _no_decoding)
+    with pytest.warns(UserWarning, match="Skipping 3"):
+        make_dm(tiny_copy, tmp_path, on_bad_image="skip").setup("fit")
+
+
+# ----------------------------------------------------------------------------- transforms
+def test_batches_are_float_rgb_with_imagenet_normalisation(tiny_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(tiny_root, tmp_path)
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.float32
+    assert images.shape == (8, 3, 32, 32)
+    assert labels.dtype == torch.long
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    pixels = images * std + mean  # undo the normalisation: gray repeated in 3 channels
+    torch.testing.assert_close(pixels[:, 0], pixels[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels[:, 0], pixels[:, 2], atol=1e-5, rtol=0)
+    assert pixels.min() >= -1e-5
+    assert pixels.max() <= 1.0 + 1e-5
+
+
+def test_eval_transforms_are_deterministic_and_train_ones_are_not(
+    tiny_root: Path, tmp_path: Path
+) -> None:
+    dm = make_dm(tiny_root, tmp_path)
+    dm.setup("fit")
+    first = torch.cat([x for x, _ in dm.val_dataloader()])
+    second = torch.cat([x for x, _ in dm.val_dataloader()])
+    assert torch.equal(first, second)
+    torch.manual_seed(0)
+    a = next(iter(dm._loader("val", dm.train_transform, shuffle=False)))[0]
+    b = next(iter(dm._loader("val", dm.train_transform, shuffle=False)))[0]
+    assert not torch.equal(a, b)
+
+
+def test_augmentation_can_be_switched_off(tiny_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(tiny_root, tmp_path, hflip_prob=0.0, rotation_degrees=0.0, translate=0.0)
+    dm.setup("fit")
+    train_view = next(iter(dm._loader("val", dm.train_transform, shuffle=False)))[0]
+    eval_view = next(iter(dm.val_dataloader()))[0]
+    assert torch.equal(train_view, eval_view)
+
+
+# ----------------------------------------------------------------------------- cache
+def _no_decoding(*args, **kwargs):
+    raise AssertionError("decoded an image although the cache should have been used")
+
+
+def _all_eval_tensors(dm: ChestXRayDataModule) -> torch.Tensor:
+    loader = dm._loader("train", dm.eval_transform, shuffle=False)
+    return torch.cat([x for x, _ in loader])
+
+
+def test_cache_gives_the_same_tensors_as_decoding(tiny_root: Path, tmp_path: Path) -> None:
+    cached = make_dm(tiny_root, tmp_path, cache=True)
+    cached.setup("fit")
+    fresh = make_dm(tiny_root, tmp_path, cache=False)
+    fresh.setup("fit")
+    assert cached.files("train") == fresh.files("train")
+    assert torch.equal(_all_eval_tensors(cached), _all_eval_tensors(fresh))
+
+
+def test_second_setup_reads_the_cache_without_decoding(
+    tiny_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    make_dm(tiny_root, tmp_path).setup("fit")
+    monkeypatch.setattr(cache_module, "load_resized", _no_decoding)
+    monkeypatch.setattr(dm_module, "load_resized", _no_decoding)
+    dm = make_dm(tiny_root, tmp_path)
+    dm.setup("fit")
+    images, _ = next(iter(dm.train_dataloader()))
+    assert images.shape[1:] == (3, 32, 32)
+
+
+def test_changed_data_or_resolution_never_reads_a_stale_cache(
+    tiny_copy: Path, tmp_path: Path
+) -> None:
+    make_dm(tiny_copy, tmp_path).setup("fit")
+    caches = lambda: {p.name for p in (tmp_path / "cache").iterdir()}  # noqa: E731
+    assert len(caches()) == 1
+    make_dm(tiny_copy, tmp_path, resize_size=48).setup("fit")
+    assert len(caches()) == 2
+
+    target = sorted((tiny_copy / "train" / "NORMAL").glob("*.jpeg"))[0]
+    white = np.full((60, 60), 255, np.uint8)
+    Image.fromarray(white).save(target)
+    os.utime(target, ns=(1, 1))  # even with an old mtime, the size differs
+    dm = make_dm(tiny_copy, tmp_path, val_split="official")
+    dm.setup("fit")
+    assert len(caches()) == 3
+    i = dm.files("train").index(target)
+    image = dm._loader("train", dm.eval_transform, shuffle=False).dataset[i][0]
+    assert int(image.min()) >= 250  # the new white pixels, not the cached X-ray
+
+
+def test_dataloader_with_workers_reopens_the_memmap(tiny_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(tiny_root, tmp_path, num_workers=2)
+    dm.setup("fit")
+    n = sum(len(labels) for _, labels in dm.train_dataloader())
+    assert n == len(dm.files("train"))
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def test_synthetic_generator_is_deterministic_and_labelled(tmp_path: Path) -> None:
+    counts = {"train": (3, 4), "test": (2, 2)}
+    a = generate_synthetic_dataset(tmp_path / "a", counts, seed=5, min_size=40, max_size=50)
+    b = generate_synthetic_dataset(tmp_path / "b", counts, seed=5, min_size=40, max_size=50)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.jpeg"))
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.jpeg"))
+    assert len(files_a) == 11
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+    assert "SYNTHETIC" in (a / SYNTHETIC_MARKER).read_text()
+    patients = {patient_id(f) for f in files_a}
+    assert not any(p.startswith("file:") for p in patients)
+    assert len(patients) < len(files_a)  # several images per patient
+
+
+def test_demo_datamodule_generates_data_once_and_warns(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    dm = make_dm(root, tmp_path, synthetic=True)
+    with pytest.warns(UserWarning, match="SYNTHETIC"):
+        dm.prepare_data()
+    dm.setup("fit")
+    assert (root / SYNTHETIC_MARKER).is_file()
+    assert dm.split_counts("train")[0] > 0
+    stamp = (root / SYNTHETIC_MARKER).stat().st_mtime_ns
+    with pytest.warns(UserWarning, match="SYNTHETIC"):
+        make_dm(root, tmp_path, synthetic=True).setup("fit")
+    assert (root / SYNTHETIC_MARKER).stat().st_mtime_ns == stamp
+
+
+def test_synthetic_refuses_to_write_into_real_data(tiny_copy: Path, tmp_path: Path) -> None:
+    (tiny_copy / SYNTHETIC_MARKER).unlink()
+    with pytest.raises(FileExistsError, match="refusing to write synthetic"):
+        make_dm(tiny_copy, tmp_path, synthetic=True).setup("fit")
+
+
+# ----------------------------------------------------------------------------- real data
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_kermany_loads_with_patient_split(kermany_224: Path, tmp_path: Path) -> None:
+    dm = ChestXRayDataModule(root=kermany_224, cache_dir=tmp_path / "cache", batch_size=4)
+    dm.setup("fit")
+    assert dm.classes == ["NORMAL", "PNEUMONIA"]
+    train, val = dm.files("train"), dm.files("val")
+    assert len(train) + len(val) == 5216 + 16
+    assert not dm.patients("train") & dm.patients("val")
+    n_val = len(val) / (len(train) + len(val))
+    assert 0.09 < n_val < 0.11
+    # DESIGN.md: the training split's n / (k * n_c) is about [1.94, 0.67]
+    torch.testing.assert_close(dm.class_weights, torch.tensor([1.94, 0.67]), atol=0.02, rtol=0)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 224, 224)
+    assert torch.isfinite(images).all()
+
+    # cache == decode, on real files (a few hundred of them, including the grayscale val ones)
+    fresh = ChestXRayDataModule(root=kermany_224, cache=False, batch_size=4)
+    subset = sorted(val)[:150] + sorted((kermany_224 / "val").rglob("*.jpeg"))
+    for path in subset:
+        cached_pixels = dm._cache.get(path)
+        decoded = dm_module.load_resized(path, fresh.resize_size, fresh.max_pixels)
+        assert np.array_equal(cached_pixels, decoded), path
+
+
+@pytest.mark.real_data
+def test_real_originals_decode_to_the_training_resolution(originals: Path) -> None:
+    paths = sorted(originals.rglob("*.jpeg"))[::20]
+    for path in paths:
+        pixels = dm_module.load_resized(path, 256)
+        assert min(pixels.shape) == 256
+        assert 20 < pixels.mean() < 235  # a real radiograph, not a blank decode
