@@ -1,0 +1,112 @@
+"""Binary metrics on the PNEUMONIA probability and the decision threshold chosen on validation.
+
+Binary, not multiclass: a multiclass micro-F1 equals accuracy and hides what a screening tool
+needs to show (sensitivity against specificity).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryAveragePrecision,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+)
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_confusion_matrix,
+    binary_f1_score,
+    binary_precision,
+    binary_recall,
+    binary_roc,
+    binary_specificity,
+)
+
+ThresholdMethod = Literal["f1", "youden", "sensitivity"]
+THRESHOLD_METHODS = ("f1", "youden", "sensitivity")
+
+
+def thresholded_metrics(threshold: float = 0.5) -> MetricCollection:
+    """Metrics that depend on the decision threshold."""
+    return MetricCollection(
+        {
+            "accuracy": BinaryAccuracy(threshold=threshold),
+            "precision": BinaryPrecision(threshold=threshold),
+            "recall": BinaryRecall(threshold=threshold),
+            "specificity": BinarySpecificity(threshold=threshold),
+            "f1": BinaryF1Score(threshold=threshold),
+        }
+    )
+
+
+def ranking_metrics() -> MetricCollection:
+    """Threshold-free metrics."""
+    return MetricCollection({"auroc": BinaryAUROC(), "average_precision": BinaryAveragePrecision()})
+
+
+def metrics_at(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, float]:
+    """The thresholded metrics of :func:`thresholded_metrics`, for one fixed threshold."""
+    kw = {"threshold": threshold}
+    return {
+        "accuracy": binary_accuracy(probs, targets, **kw).item(),
+        "precision": binary_precision(probs, targets, **kw).item(),
+        "recall": binary_recall(probs, targets, **kw).item(),
+        "specificity": binary_specificity(probs, targets, **kw).item(),
+        "f1": binary_f1_score(probs, targets, **kw).item(),
+    }
+
+
+def confusion_matrix(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(2, 2) counts: rows are true NORMAL/PNEUMONIA, columns predicted."""
+    return binary_confusion_matrix(probs, targets, threshold=threshold)
+
+
+def choose_threshold(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    method: ThresholdMethod | float,
+    *,
+    target_sensitivity: float = 0.95,
+) -> float:
+    """Decision threshold on the PNEUMONIA probability, from validation predictions.
+
+    Args:
+        method: ``"f1"`` maximises F1; ``"youden"`` maximises sensitivity + specificity - 1;
+            ``"sensitivity"`` takes the highest threshold whose sensitivity reaches
+            ``target_sensitivity``; a number is used as it is.
+    """
+    if isinstance(method, int | float) and not isinstance(method, bool):
+        if not 0.0 <= float(method) <= 1.0:
+            raise ValueError(f"model.threshold={method} must lie in [0, 1]")
+        return float(method)
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(
+            f"model.threshold={method!r} is not one of {', '.join(THRESHOLD_METHODS)} "
+            "or a number in [0, 1]"
+        )
+    targets = targets.long()
+    if targets.numel() == 0 or targets.min() == targets.max():
+        return 0.5  # one class only: no curve to choose from
+    probs = probs.float()
+    # Curves count ``prob >= t`` as positive, torchmetrics (and this project) ``prob > t``: the
+    # midpoint to the next lower score gives the same partition under ``>``.
+    fpr, tpr, thresholds = binary_roc(probs, targets)  # thresholds fall, tpr rises
+    lower = torch.cat([thresholds[1:], thresholds.new_zeros(1)])
+    cut = ((thresholds.clamp(0, 1) + lower) / 2).clamp(0, 1)
+    if method == "youden":
+        return float(cut[int(torch.argmax(tpr - fpr))])
+    if method == "f1":
+        precision = tpr / (tpr + fpr * (targets == 0).sum() / (targets == 1).sum()).clamp_min(1e-12)
+        f1 = 2 * precision * tpr / (precision + tpr).clamp_min(1e-12)
+        return float(cut[int(torch.argmax(f1))])
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"model.target_sensitivity={target_sensitivity} must lie in (0, 1]")
+    reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
+    return float(cut[int(reaching[0])])

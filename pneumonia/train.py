@@ -1,0 +1,141 @@
+"""``python -m pneumonia.train``: fit, validate and test the best checkpoint, write metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from pneumonia.data.scan import find_split_dirs
+from pneumonia.runtime import configure_torch, tune_malloc
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (null entries are off)."""
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
+
+
+def _scalars(results: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: float(v) for r in results for k, v in r.items()}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model as ``cfg`` says; return the metrics that also go to ``metrics.json``."""
+    tune_malloc()
+    configure_torch()
+    # num_workers=0 is a deliberate default on small CPU machines (see DESIGN.md).
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={cfg.ckpt_path} does not exist. Resume from a run's "
+            "checkpoints/last.ckpt, or drop ckpt_path to start a new run."
+        )
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    if not datamodule.synthetic:
+        find_split_dirs(datamodule.root)  # fail before building a model when there is no data
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.interrupted:
+        log.warning("Training was interrupted; resume with ckpt_path=<run>/checkpoints/last.ckpt")
+        return {}
+
+    monitored = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
+    best = monitored[0].best_model_path if monitored else ""
+    if not best:
+        log.warning("No best checkpoint was saved: validating and testing the last weights.")
+    # The best checkpoint's own validation metrics (not the last epoch's) and its threshold.
+    metrics: dict[str, Any] = _scalars(
+        trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    )
+    if cfg.get("test"):
+        if datamodule.has_split("test"):
+            metrics |= _scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best or None))
+            metrics["test/confusion_matrix"] = model.last_test["confusion_matrix"]
+        else:
+            log.warning("No test split under %s: skipping the test.", datamodule.root)
+    metrics["threshold"] = float(model.threshold)
+    metrics["best_model_path"] = best or None
+    _write_outputs(cfg, model, trainer, metrics, output_dir)
+    return metrics
+
+
+@rank_zero_only
+def _write_outputs(
+    cfg: DictConfig, model, trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path
+) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if model.last_test:
+        _save_test_figures(model, output_dir)
+    scalars = {f"hp/{k}": v for k, v in metrics.items() if isinstance(v, float)}
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    for tb in (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)):
+        tb.log_hyperparams(flat, scalars)  # the HParams tab compares runs of a sweep
+        tb.experiment.flush()
+    log.info("Metrics: %s", output_dir / "metrics.json")
+    log.info("Best checkpoint: %s", metrics["best_model_path"])
+
+
+def _save_test_figures(model, output_dir: Path) -> None:
+    from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+    from pneumonia.plots import confusion_matrix_figure, roc_figure, save_figure
+
+    last = model.last_test
+    title = f"test, threshold {last['threshold']:.3f}"
+    fig = confusion_matrix_figure(last["confusion_matrix"], model.class_names, title)
+    save_figure(fig, output_dir / "confusion_matrix.png")
+    probs, targets = last["probs"], last["targets"]
+    if len(targets) and targets.min() != targets.max():
+        fpr, tpr, _ = binary_roc(probs, targets)
+        fig = roc_figure(fpr, tpr, binary_auroc(probs, targets).item(), "test")
+        save_figure(fig, output_dir / "roc.png")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"model/lr": 1e-4, ...} with TensorBoard-friendly leaf values."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            if k != "hydra":
+                out |= _flatten(v, f"{prefix}{k}/")
+        return out
+    if isinstance(tree, bool | int | float | str) or tree is None:
+        return {prefix.rstrip("/"): tree if tree is not None else "null"}
+    return {prefix.rstrip("/"): str(tree)}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Train, and return ``cfg.optimized_metric`` for sweepers."""
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if not name or not metrics:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name} was not logged; logged: {', '.join(metrics)}")
+    value = metrics[name]
+    return float(value) if not torch.is_tensor(value) else value.item()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""train(cfg) end to end on tiny generated data: outputs, TensorBoard, resume, sweeps, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, InstantiationException
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import pneumonia.model as model_module
+from pneumonia.data import ChestXRayDataModule, DataLayoutError
+from pneumonia.train import train
+
+from .conftest import REPO_ROOT, compose_train_cfg
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def read_tensorboard(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    return acc.Reload()
+
+
+def val_split_size(cfg) -> int:
+    dm = ChestXRayDataModule(
+        root=cfg.data.root,
+        cache_dir=cfg.data.cache_dir,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+        resize_size=cfg.data.resize_size,
+        crop_size=cfg.data.crop_size,
+    )
+    dm.setup("fit")
+    return len(dm.files("val"))
+
+
+@pytest.mark.slow
+def test_two_epoch_demo_run_leaves_everything_it_promises(train_cfg, tiny_root: Path) -> None:
+    cfg = train_cfg("trainer.max_epochs=2")
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for key in (
+        "val/auroc",
+        "val/f1",
+        "val/loss",
+        "test/f1",
+        "test/specificity",
+        "test/auroc",
+        "test/f1@0.5",
+        "test/accuracy@0.5",
+        "test/average_precision",
+        "threshold",
+    ):
+        assert key in saved, key
+    n_test = len(list((tiny_root / "test").rglob("*.jpeg")))
+    assert saved["test/num_samples"] == n_test
+    assert saved["val/num_samples"] == val_split_size(cfg)
+    (tn, fp), (fn, tp) = saved["test/confusion_matrix"]
+    assert tn + fp + fn + tp == n_test
+    assert saved["test/accuracy"] == pytest.approx((tn + tp) / n_test, abs=1e-6)
+    assert saved["test/recall"] == pytest.approx(tp / max(1, tp + fn), abs=1e-6)
+    assert saved["test/threshold"] == pytest.approx(saved["threshold"])
+
+    best = Path(saved["best_model_path"])
+    assert best.parent == run / "checkpoints"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)  # no pickled objects
+    assert ckpt["pneumonia"]["threshold"] == pytest.approx(saved["threshold"])
+    assert ckpt["pneumonia"]["class_names"] == ["NORMAL", "PNEUMONIA"]
+    assert ckpt["pneumonia"]["config"]["model"]["backbone"] == "resnet18"
+    assert (run / "confusion_matrix.png").stat().st_size > 1000
+    assert (run / "roc.png").stat().st_size > 1000
+
+    tb = read_tensorboard(run)
+    scalars = set(tb.Tags()["scalars"])
+    for tag in (
+        "train/loss_step",
+        "train/loss_epoch",
+        "train/auroc",
+        "val/loss",
+        "val/auroc",
+        "val/specificity",
+        "val/threshold",
+        "test/f1",
+        "test/f1@0.5",
+        "lr-AdamW",
+        "hp/test/f1",
+        "hp/val/auroc",
+    ):
+        assert tag in scalars, tag
+    assert len(tb.Scalars("val/loss")) == 2 + 1  # two epochs, then the best checkpoint again
+    assert tb.Scalars("hp/test/f1")[-1].value == pytest.approx(saved["test/f1"], abs=1e-6)
+    images = set(tb.Tags()["images"])
+    assert {
+        "val/confusion_matrix",
+        "val/roc",
+        "test/confusion_matrix",
+        "test/roc",
+        "train/augmented_samples",
+    } <= images
+    hparams = tb.PluginTagToContent("hparams")
+    assert hparams  # the HParams tab's session data
+    assert any(b"model/lr" in blob for blob in hparams.values())
+
+
+def test_fast_dev_run_of_each_experiment(train_cfg) -> None:
+    for experiment in sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml")):
+        cfg = train_cfg(
+            f"experiment={experiment}",
+            "debug=fdr",
+            "model.weights=null",
+            "data.resize_size=40",
+            "data.crop_size=32",
+            "data.batch_size=8",
+            "trainer.precision=32-true",
+        )
+        metrics = train(cfg)
+        assert metrics["test/num_samples"] == 8, experiment  # one test batch of 8
+        assert 0.0 <= metrics["threshold"] <= 1.0
+
+
+def test_model_lr_override_works_as_typed(train_cfg) -> None:
+    cfg = train_cfg("model.lr=1e-4", "debug=fdr", "model.scheduler=none")
+    assert cfg.model.lr == 1e-4
+    seen = {}
+
+    class Spy(model_module.PneumoniaClassifier):
+        def configure_optimizers(self):
+            out = super().configure_optimizers()
+            seen["lr"] = out["optimizer"].param_groups[0]["lr"]
+            return out
+
+    cfg.model._target_ = f"{__name__}.Spy"
+    globals()["Spy"] = Spy
+    train(cfg)
+    assert seen["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle", "plateau"])
+def test_schedulers_step(train_cfg, scheduler: str) -> None:
+    cfg = train_cfg(
+        f"model.scheduler={scheduler}",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "callbacks.lr_monitor.logging_interval=step",
+    )
+    train(cfg)
+    lrs = [e.value for e in read_tensorboard(Path(cfg.paths.output_dir)).Scalars("lr-AdamW")]
+    assert len(lrs) >= 2
+    if scheduler != "plateau":
+        assert len(set(lrs)) > 1  # the schedule moved the learning rate
+
+
+class SimulatedKillError(Exception):
+    pass
+
+
+class DiesAtEpoch2(model_module.PneumoniaClassifier):
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 2:
+            raise SimulatedKillError
+
+
+@pytest.mark.slow
+def test_resume_continues_a_killed_run(tmp_path: Path, tiny_root: Path) -> None:
+    same = ["trainer.max_epochs=3", "trainer.limit_train_batches=3", "test=false"]
+    first = compose_train_cfg(tmp_path / "a", tiny_root, *same)
+    first.model._target_ = f"{__name__}.DiesAtEpoch2"
+    with pytest.raises(SimulatedKillError):
+        train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    before = torch.load(last, map_location="cpu", weights_only=True)
+    assert before["epoch"] == 1  # the last finished epoch, although epoch 0 may be the best
+
+    second = compose_train_cfg(tmp_path / "b", tiny_root, *same, f"ckpt_path={last}")
+    metrics = train(second)
+    after = torch.load(
+        Path(second.paths.output_dir) / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=True,
+    )
+    assert after["epoch"] == 2  # one more epoch, not three
+    assert after["global_step"] == before["global_step"] + 3
+    adam_steps = lambda c: c["optimizer_states"][0]["state"][0]["step"].item()  # noqa: E731
+    assert adam_steps(after) == adam_steps(before) + 3
+    schedule = lambda c: c["lr_schedulers"][0]["last_epoch"]  # noqa: E731  (OneCycle, per step)
+    assert schedule(after) == schedule(before) + 3
+    assert float(after["state_dict"]["threshold"]) == pytest.approx(after["pneumonia"]["threshold"])
+    assert 0.0 <= metrics["threshold"] <= 1.0
+    # the first run's files are untouched
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+
+
+def test_resume_from_a_missing_checkpoint_says_so(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}")
+    with pytest.raises(FileNotFoundError, match=r"nope\.ckpt does not exist.*last\.ckpt"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "plateau"])
+def test_unfreeze_at_epoch_trains_the_head_first(train_cfg, scheduler: str) -> None:
+    cfg = train_cfg(
+        "model.freeze_backbone=true",
+        "model.unfreeze_at_epoch=1",
+        f"model.scheduler={scheduler}",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "test=false",
+    )
+    counts: list[tuple[int, int]] = []
+
+    class Count(model_module.PneumoniaClassifier):
+        def on_train_epoch_start(self) -> None:
+            grads = sum(p.numel() for p in self.parameters() if p.requires_grad)
+            in_opt = sum(
+                p.numel() for g in self.optimizers().optimizer.param_groups for p in g["params"]
+            )
+            counts.append((grads, in_opt))
+
+    globals()["Count"] = Count
+    cfg.model._target_ = f"{__name__}.Count"
+    train(cfg)
+    head = 512 * 2 + 2
+    total = 11_177_538  # resnet18 with a 2-class head
+    assert counts[0] == (head, head)
+    assert counts[1] == (total, total)
+
+
+# ----------------------------------------------------------------------------- bad configs
+def test_unknown_config_key_is_refused(tmp_path: Path, tiny_root: Path) -> None:
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        compose_train_cfg(tmp_path, tiny_root, "model.lrr=1e-4")
+
+
+def test_unknown_backbone_lists_valid_names(train_cfg) -> None:
+    with pytest.raises(InstantiationException, match=r"resnet5.*Valid:.*resnet50"):
+        train(train_cfg("model.backbone=resnet5"))
+
+
+def test_missing_data_root_stops_before_building_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_model(*args, **kwargs):
+        raise AssertionError("built a model before checking the data")
+
+    monkeypatch.setattr(model_module, "build_backbone", no_model)
+    cfg = compose_train_cfg(tmp_path, tmp_path / "chest_xray")
+    with pytest.raises(DataLayoutError) as info:
+        train(cfg)
+    message = str(info.value)
+    for needle in (str(tmp_path / "chest_xray"), "train,val,test", "data.root=", "experiment=demo"):
+        assert needle in message
+
+
+# ----------------------------------------------------------------------------- the real CLI
+def _cli(tmp_path: Path, tiny_root: Path, *args: str, timeout: int = 300):
+    base = compose_overrides(tmp_path, tiny_root)
+    flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants flags first
+    overrides = [a for a in args if not a.startswith("-")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pneumonia.train", *flags, *base, *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def compose_overrides(tmp_path: Path, tiny_root: Path) -> list[str]:
+    return [
+        "experiment=demo",
+        f"paths.root_dir={tmp_path}",
+        f"data.root={tiny_root}",
+        "data.synthetic=false",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.resize_size=40",
+        "data.crop_size=32",
+        "data.batch_size=8",
+        "data.val_fraction=0.3",
+        "model.weights=null",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+
+
+@pytest.mark.slow
+def test_multirun_makes_one_run_directory_per_job(tmp_path: Path, tiny_root: Path) -> None:
+    result = _cli(
+        tmp_path,
+        tiny_root,
+        "-m",
+        "model.lr=1e-3,1e-4",
+        "trainer.limit_train_batches=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    lrs = []
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["best_model_path"].startswith(
+            str(job)
+        )
+        config = (job / ".hydra" / "config.yaml").read_text()
+        lrs.append(
+            next(
+                line.split(":")[1].strip()
+                for line in config.splitlines()
+                if line.strip().startswith("lr:")
+            )
+        )
+    assert sorted(float(x) for x in lrs) == [1e-4, 1e-3]
+
+
+def test_cli_typo_in_a_key_fails_with_hydras_message(tmp_path: Path, tiny_root: Path) -> None:
+    result = _cli(tmp_path, tiny_root, "model.lrr=1e-4", timeout=120)
+    assert result.returncode != 0
+    assert "Could not override 'model.lrr'" in result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_counts_every_validation_image(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    run = tmp_path / "ddp_run"
+    result = _cli(
+        tmp_path,
+        tiny_root,
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "train_ddp_process_1.log").exists()  # a second process really ran
+    metrics = json.loads((run / "metrics.json").read_text())
+    cfg = compose_train_cfg(tmp_path / "probe", tiny_root)
+    assert metrics["val/num_samples"] == val_split_size(cfg)
+    n_test = len(list((tiny_root / "test").rglob("*.jpeg")))
+    assert n_test % 2 == 1  # uneven shards: a padding sampler would have counted n_test + 1
+    assert metrics["test/num_samples"] == n_test
