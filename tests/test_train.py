@@ -354,3 +354,16 @@ def test_ddp_on_two_cpu_processes_counts_every_validation_image(
     n_test = len(list((tiny_root / "test").rglob("*.jpeg")))
     assert n_test % 2 == 1  # uneven shards: a padding sampler would have counted n_test + 1
     assert metrics["test/num_samples"] == n_test
+
+
+@pytest.mark.slow
+def test_optuna_search_optimises_the_configured_metric(tmp_path: Path, tiny_root: Path) -> None:
+    sweep = tmp_path / "optuna"
+    result = _cli(tmp_path, tiny_root, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                  "hydra.sweeper.sampler.n_startup_trials=2", "trainer.limit_train_batches=2",
+                  "test=false", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    summary = (sweep / "optimization_results.yaml").read_text()
+    best = float(summary.split("best_value:")[1].split()[0])
+    assert best == pytest.approx(max(t["val/auroc"] for t in trials))
