@@ -384,18 +384,14 @@ class PneumoniaClassifier(pl.LightningModule):
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers or self.global_rank != 0:
             return
-        from torchmetrics.functional.classification import binary_auroc, binary_roc
-
         cm = confusion_matrix(probs, targets, threshold)
         title = f"{stage}, epoch {self.current_epoch}, threshold {threshold:.3f}"
         figures = {
             f"{stage}/confusion_matrix": confusion_matrix_figure(cm, self.class_names, title)
         }
         if targets.min() != targets.max():
-            fpr, tpr, _ = binary_roc(probs, targets)
-            auroc = binary_auroc(probs, targets).item()
             figures[f"{stage}/roc"] = roc_figure(
-                fpr, tpr, auroc, f"{stage}, epoch {self.current_epoch}"
+                probs, targets, f"{stage}, epoch {self.current_epoch}"
             )
         for tb in loggers:
             for tag, fig in figures.items():

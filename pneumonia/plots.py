@@ -13,6 +13,12 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from mlxtend.plotting import plot_confusion_matrix
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_precision_recall_curve,
+    binary_roc,
+)
 
 
 def confusion_matrix_figure(
@@ -29,18 +35,53 @@ def confusion_matrix_figure(
         figure=fig,
         axis=ax,
     )
+    ax.set_xticks(range(len(class_names)), list(class_names))
+    ax.set_yticks(range(len(class_names)), list(class_names))
     ax.set_title(title, fontsize=10)
     return fig
 
 
-def roc_figure(fpr: torch.Tensor, tpr: torch.Tensor, auroc: float, title: str = "") -> Figure:
+def roc_figure(probs: torch.Tensor, targets: torch.Tensor, title: str = "") -> Figure:
+    """ROC curve of PNEUMONIA probabilities against binary targets, with its AUROC."""
+    fpr, tpr, _ = binary_roc(probs.float(), targets.long())
+    auroc = binary_auroc(probs.float(), targets.long()).item()
     fig = Figure(figsize=(4.2, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(np.asarray(fpr), np.asarray(tpr), lw=2, label=f"AUROC = {auroc:.3f}")
+    ax.plot(fpr.numpy(), tpr.numpy(), lw=2, label=f"AUROC = {auroc:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", xlim=(0, 1), ylim=(0, 1.01))
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right")
+    return fig
+
+
+def pr_figure(probs: torch.Tensor, targets: torch.Tensor, title: str = "") -> Figure:
+    """Precision-recall curve with average precision and the prevalence baseline."""
+    precision, recall, _ = binary_precision_recall_curve(probs.float(), targets.long())
+    ap = binary_average_precision(probs.float(), targets.long()).item()
+    fig = Figure(figsize=(4.2, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.step(recall.numpy(), precision.numpy(), where="post", lw=2, label=f"AP = {ap:.3f}")
+    prevalence = targets.float().mean().item()
+    ax.axhline(prevalence, ls="--", c="grey", lw=1, label=f"prevalence {prevalence:.2f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower left")
+    return fig
+
+
+def image_grid(
+    images: Sequence[np.ndarray], captions: Sequence[str], *, columns: int = 4
+) -> Figure:
+    """Images (gray or RGB arrays) with captions, e.g. the most confident mistakes."""
+    rows = max(1, -(-len(images) // columns))
+    fig = Figure(figsize=(3 * columns, 3.2 * rows), layout="constrained")
+    for i in range(rows * columns):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap="gray" if images[i].ndim == 2 else None)
+            ax.set_title(captions[i], fontsize=8)
     return fig
 
 

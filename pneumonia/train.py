@@ -96,8 +96,6 @@ def _write_outputs(
 
 
 def _save_test_figures(model, output_dir: Path) -> None:
-    from torchmetrics.functional.classification import binary_auroc, binary_roc
-
     from pneumonia.plots import confusion_matrix_figure, roc_figure, save_figure
 
     last = model.last_test
@@ -106,9 +104,7 @@ def _save_test_figures(model, output_dir: Path) -> None:
     save_figure(fig, output_dir / "confusion_matrix.png")
     probs, targets = last["probs"], last["targets"]
     if len(targets) and targets.min() != targets.max():
-        fpr, tpr, _ = binary_roc(probs, targets)
-        fig = roc_figure(fpr, tpr, binary_auroc(probs, targets).item(), "test")
-        save_figure(fig, output_dir / "roc.png")
+        save_figure(roc_figure(probs, targets, "test"), output_dir / "roc.png")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

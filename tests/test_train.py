@@ -359,9 +359,16 @@ def test_ddp_on_two_cpu_processes_counts_every_validation_image(
 @pytest.mark.slow
 def test_optuna_search_optimises_the_configured_metric(tmp_path: Path, tiny_root: Path) -> None:
     sweep = tmp_path / "optuna"
-    result = _cli(tmp_path, tiny_root, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                  "hydra.sweeper.sampler.n_startup_trials=2", "trainer.limit_train_batches=2",
-                  "test=false", f"hydra.sweep.dir={sweep}")
+    result = _cli(
+        tmp_path,
+        tiny_root,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "trainer.limit_train_batches=2",
+        "test=false",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     trials = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
     summary = (sweep / "optimization_results.yaml").read_text()

@@ -18,7 +18,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pneumonia.data.cache import DecodedImageCache, default_cache_dir
 from pneumonia.data.images import DEFAULT_MAX_PIXELS, BadImageError, load_gray, load_resized
@@ -129,6 +129,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
             )
         self.save_hyperparameters(ignore=["cache_dir", "num_workers", "pin_memory"])
         self.root = Path(root).expanduser()
+        self.hparams.root = str(self.root.resolve())  # checkpoints must not depend on the cwd
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.use_cache = cache
         self.batch_size = batch_size
@@ -372,6 +373,10 @@ class ChestXRayDataModule(pl.LightningDataModule):
             collate_fn=self.collate,
             drop_last=False,
         )
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split with the deterministic eval transforms, in file order."""
+        return self._loader(split, self.eval_transform, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.train_transform, shuffle=True)

@@ -1,0 +1,77 @@
+"""Loading checkpoints written by ``pneumonia.train`` safely (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pneumonia.model import PneumoniaClassifier
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable pneumonia checkpoint."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: PneumoniaClassifier  # in eval mode, on CPU
+    path: Path
+    threshold: float
+    class_names: list[str]
+    data_hparams: dict[str, Any]  # the DataModule arguments the model was trained with
+    config: dict[str, Any] | None  # the full Hydra config of the training run
+
+    @property
+    def positive_index(self) -> int:
+        return self.model.positive_index
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild the classifier from a Lightning checkpoint without unpickling any object.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: a truncated file, or a checkpoint from another project.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={path} does not exist. Checkpoints are in a training run's "
+            "checkpoints/ folder, e.g. outputs/train/runs/<run>/checkpoints/last.ckpt."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt? {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Use another checkpoint of the run."
+        ) from e
+    if not isinstance(ckpt, dict) or "pneumonia" not in ckpt or "hyper_parameters" not in ckpt:
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path} was not written by pneumonia.train (no 'pneumonia' section; found {keys}). "
+            "Pass a checkpoint from a pneumonia training run."
+        )
+    hparams = dict(ckpt["hyper_parameters"])
+    # The state dict holds every weight: no download, and no compile for inference.
+    hparams.update(weights=None, compile=False)
+    try:
+        model = PneumoniaClassifier(**hparams)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path} does not match this version's model: {e}") from e
+    model.eval()
+    meta = ckpt["pneumonia"]
+    return LoadedCheckpoint(
+        model=model,
+        path=path,
+        threshold=float(model.threshold),
+        class_names=list(meta["class_names"]),
+        data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})),
+        config=meta.get("config"),
+    )

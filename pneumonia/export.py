@@ -1,0 +1,102 @@
+"""``python -m pneumonia.export ckpt_path=... format=onnx|torchscript``.
+
+Writes the network (normalised image in, class probabilities out) and, beside it, a JSON file
+with everything a deployment needs to reproduce the training-time preprocessing and decision:
+resize/crop sizes, mean/std, class names and the threshold chosen on validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
+from pneumonia.inference import Preprocessing
+
+log = logging.getLogger(__name__)
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class ExportedClassifier(nn.Module):
+    """Normalised float (B, 3, H, W) -> softmax probabilities (B, num_classes)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.backbone(images)), dim=1)
+
+
+def export_model(
+    ckpt: LoadedCheckpoint, fmt: str, output_dir: Path, *, opset: int = 18
+) -> tuple[Path, Path]:
+    """Write ``model.onnx`` or ``model.pt`` and ``model.json``; return both paths."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}: use {' or '.join(FORMATS)}")
+    pre = Preprocessing.from_data_hparams(ckpt.data_hparams)
+    net = ExportedClassifier(ckpt.model).eval().to(memory_format=torch.contiguous_format)
+    example = torch.randn(2, 3, pre.crop_size, pre.crop_size)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"model{FORMATS[fmt]}"
+    with torch.no_grad():
+        if fmt == "onnx":
+            torch.onnx.export(  # the torch.export-based exporter; the batch size stays free
+                net,
+                (example,),
+                str(path),
+                input_names=["image"],
+                output_names=["probabilities"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
+        else:
+            # TorchScript is deprecated upstream but still what many C++ / mobile runtimes load.
+            torch.jit.save(torch.jit.trace(net, example), str(path))
+    meta = metadata(ckpt, pre, path)
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    return path, sidecar
+
+
+def metadata(ckpt: LoadedCheckpoint, pre: Preprocessing, path: Path) -> dict[str, Any]:
+    positive = ckpt.class_names[ckpt.positive_index]
+    return {
+        "model_file": path.name,
+        "source_checkpoint": str(ckpt.path),
+        "backbone": ckpt.model.hparams.backbone,
+        "input": {"name": "image", "shape": ["batch", 3, pre.crop_size, pre.crop_size]},
+        "output": {"name": "probabilities", "shape": ["batch", len(ckpt.class_names)]},
+        "class_names": ckpt.class_names,
+        "positive_class": positive,
+        "positive_index": ckpt.positive_index,
+        "threshold": ckpt.threshold,
+        "decision": f"{positive} when probabilities[:, {ckpt.positive_index}] > threshold",
+        "preprocessing": pre.as_dict(),
+    }
+
+
+def export(cfg: DictConfig) -> Path:
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    path, sidecar = export_model(ckpt, cfg.format, Path(cfg.output_dir), opset=cfg.opset)
+    log.info("Exported %s and %s", path, sidecar)
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""``python -m pneumonia.predict ckpt_path=... input=<image or folder>``: probabilities as CSV.
+
+Unreadable files do not stop the run: they get a row with their error and no probability.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
+
+from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
+from pneumonia.data.images import BadImageError, is_image_file
+from pneumonia.inference import Preprocessing, autocast, pneumonia_probability, resolve_device
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["file", "probability", "prediction", "error"]
+
+
+def list_inputs(path: Path) -> list[Path]:
+    """One file, or every image file below a folder (sorted)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise FileNotFoundError(f"input={path} holds no image files (.jpeg, .png, ...)")
+        return files
+    raise FileNotFoundError(f"input={path} does not exist: pass an image file or a folder")
+
+
+def predict_files(
+    ckpt: LoadedCheckpoint,
+    files: list[Path],
+    *,
+    batch_size: int = 32,
+    tta: bool = False,
+    accelerator: str = "auto",
+    precision: str | int = "32",
+    gradcam_dir: Path | None = None,
+    root: Path | None = None,
+) -> list[dict[str, Any]]:
+    """One row per file: probability of PNEUMONIA and the label at the stored threshold."""
+    pre = Preprocessing.from_data_hparams(ckpt.data_hparams)
+    collate = pre.collate()
+    device = resolve_device(accelerator)
+    model = ckpt.model.to(device).eval()
+    positive, negative = ckpt.positive_index, 1 - ckpt.positive_index
+
+    def load(path: Path):
+        try:
+            return pre.load(path), None
+        except BadImageError as e:
+            return None, str(e)
+
+    rows: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            loaded = list(pool.map(load, chunk))
+            good = [
+                (f, img) for f, (img, err) in zip(chunk, loaded, strict=True) if img is not None
+            ]
+            probs: dict[Path, float] = {}
+            if good:
+                images, _ = collate([(img, 0) for _, img in good])
+                with autocast(device, precision):
+                    p = pneumonia_probability(model, images.to(device), tta=tta).cpu().tolist()
+                probs = {f: prob for (f, _), prob in zip(good, p, strict=True)}
+                if gradcam_dir is not None:
+                    _write_gradcam(ckpt, good, images, gradcam_dir, root)
+            for f, (_, err) in zip(chunk, loaded, strict=True):
+                if f in probs:
+                    label = ckpt.class_names[positive if probs[f] > ckpt.threshold else negative]
+                    rows.append(
+                        {
+                            "file": str(f),
+                            "probability": f"{probs[f]:.6f}",
+                            "prediction": label,
+                            "error": "",
+                        }
+                    )
+                else:
+                    rows.append({"file": str(f), "probability": "", "prediction": "", "error": err})
+    return rows
+
+
+def _write_gradcam(ckpt, good, images, out_dir: Path, root: Path | None) -> None:
+    from pneumonia.explain import gradcam, overlay
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    maps = gradcam(ckpt.model, images)
+    for (path, img), cam_map in zip(good, maps, strict=True):
+        rel = (
+            path.relative_to(root) if root is not None and path.is_relative_to(root) else path.name
+        )
+        name = "__".join(Path(rel).with_suffix("").parts) + "_gradcam.png"
+        Image.fromarray(np.asarray(overlay(img, cam_map))).save(out_dir / name)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def predict(cfg: DictConfig) -> Path:
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    source = Path(cfg.input).expanduser()
+    files = list_inputs(source)
+    out_dir = Path(cfg.paths.output_dir)
+    output = Path(cfg.output) if cfg.get("output") else out_dir / "predictions.csv"
+    rows = predict_files(
+        ckpt,
+        files,
+        batch_size=cfg.batch_size,
+        tta=cfg.tta,
+        accelerator=cfg.accelerator,
+        precision=cfg.precision,
+        gradcam_dir=out_dir / "gradcam" if cfg.gradcam else None,
+        root=source if source.is_dir() else source.parent,
+    )
+    write_csv(rows, output)
+    failed = [r for r in rows if r["error"]]
+    positive = sum(r["prediction"] == ckpt.class_names[ckpt.positive_index] for r in rows)
+    log.info(
+        "%d images: %d predicted %s at threshold %.3f, %d unreadable. CSV: %s",
+        len(rows),
+        positive,
+        ckpt.class_names[ckpt.positive_index],
+        ckpt.threshold,
+        len(failed),
+        output,
+    )
+    for r in failed:
+        log.warning("Unreadable: %s: %s", r["file"], r["error"])
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

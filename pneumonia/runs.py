@@ -1,0 +1,52 @@
+"""Finding and reading training runs (for notebooks and scripts)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def latest_run(root: str | Path = "outputs/train/runs") -> Path:
+    """The newest run directory under ``root`` that finished (has a metrics.json)."""
+    runs = sorted(p.parent for p in Path(root).glob("*/metrics.json"))
+    if not runs:
+        raise FileNotFoundError(
+            f"No finished training run under {root}. Train one first, e.g. "
+            "python -m pneumonia.train experiment=demo"
+        )
+    return runs[-1]
+
+
+def run_dir_from_env(default_root: str | Path = "outputs/train/runs") -> Path:
+    """``PNEUMONIA_RUN_DIR`` if set, else the latest finished run."""
+    value = os.environ.get("PNEUMONIA_RUN_DIR")
+    return Path(value) if value else latest_run(default_root)
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The run's best checkpoint (from metrics.json), else its last.ckpt."""
+    run_dir = Path(run_dir)
+    best = read_metrics(run_dir).get("best_model_path")
+    if best and Path(best).is_file():
+        return Path(best)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    raise FileNotFoundError(f"{run_dir} holds no checkpoint (checkpoints/ is empty or missing)")
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Every TensorBoard scalar of a run: tag -> (steps, values), merged over event files."""
+    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {
+        tag: ([e.step for e in acc.Scalars(tag)], [e.value for e in acc.Scalars(tag)])
+        for tag in acc.Tags()["scalars"]
+    }
