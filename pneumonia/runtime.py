@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
 
 import torch
@@ -21,8 +22,11 @@ def tune_malloc() -> bool:
     By default glibc serves allocations above a (dynamic) threshold with fresh mmaps and trims
     the heap eagerly, so each training step page-faults its activations in again; DESIGN.md
     measured 1.2-1.9x slower CPU training from it. Equivalent to MALLOC_MMAP_THRESHOLD_=33554432
-    MALLOC_TRIM_THRESHOLD_=<huge> MALLOC_TOP_PAD_=1073741824. Returns whether it applied.
+    MALLOC_TRIM_THRESHOLD_=<huge> MALLOC_TOP_PAD_=1073741824. PNEUMONIA_MALLOC_TUNING=0 turns
+    it off. Returns whether it applied.
     """
+    if os.environ.get("PNEUMONIA_MALLOC_TUNING") == "0":  # opt out (benchmarks compare both)
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -54,15 +54,9 @@ def originals() -> Path:
 CONFIG_DIR = REPO_ROOT / "conf"
 
 
-def compose_train_cfg(tmp_path: Path, data_root: Path, *overrides: str):
-    """The real train config, overridden for a CPU, tiny images and tmp_path outputs."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    base = [
+def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
+    """Command-line overrides for a CPU run on tiny images, writing under tmp_path."""
+    return [
         "experiment=demo",
         f"paths.root_dir={tmp_path}",
         f"data.root={data_root}",
@@ -78,6 +72,17 @@ def compose_train_cfg(tmp_path: Path, data_root: Path, *overrides: str):
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar.refresh_rate=0",
     ]
+
+
+def compose_train_cfg(tmp_path: Path, data_root: Path, *overrides: str):
+    """The real train config, overridden for a CPU, tiny images and tmp_path outputs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    base = tiny_overrides(tmp_path, data_root)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

@@ -17,7 +17,7 @@ import pneumonia.model as model_module
 from pneumonia.data import ChestXRayDataModule, DataLayoutError
 from pneumonia.train import train
 
-from .conftest import REPO_ROOT, compose_train_cfg
+from .conftest import REPO_ROOT, compose_train_cfg, tiny_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -265,7 +265,7 @@ def test_missing_data_root_stops_before_building_a_model(
 
 # ----------------------------------------------------------------------------- the real CLI
 def _cli(tmp_path: Path, tiny_root: Path, *args: str, timeout: int = 300):
-    base = compose_overrides(tmp_path, tiny_root)
+    base = tiny_overrides(tmp_path, tiny_root)
     flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants flags first
     overrides = [a for a in args if not a.startswith("-")]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1"}
@@ -277,24 +277,6 @@ def _cli(tmp_path: Path, tiny_root: Path, *args: str, timeout: int = 300):
         text=True,
         timeout=timeout,
     )
-
-
-def compose_overrides(tmp_path: Path, tiny_root: Path) -> list[str]:
-    return [
-        "experiment=demo",
-        f"paths.root_dir={tmp_path}",
-        f"data.root={tiny_root}",
-        "data.synthetic=false",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.resize_size=40",
-        "data.crop_size=32",
-        "data.batch_size=8",
-        "data.val_fraction=0.3",
-        "model.weights=null",
-        "trainer.max_epochs=1",
-        "trainer.accelerator=cpu",
-        "callbacks.progress_bar.refresh_rate=0",
-    ]
 
 
 @pytest.mark.slow

@@ -1,0 +1,460 @@
+"""Speed, side by side in one run: the original notebook against this project.
+
+    python benchmarks/bench.py                 # CPU, about 6-8 minutes on 2 cores
+    python benchmarks/bench.py --device cuda   # the GPU path (bf16-mixed, workers, cache)
+    python benchmarks/bench.py --quick         # a smoke run of every case
+
+Each case runs in a fresh subprocess (allocator state and malloc tuning cannot leak between
+cases); each figure is the median over ``--repeats`` epochs or passes of that process. Data:
+the real originals in ../shared/data/originals (large, mostly grayscale JPEGs) or, when absent,
+a synthetic folder of the same sizes. The model is ResNet50 at 224 px, random init (no
+download here; the FLOPs are those of the pretrained one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ORIGINALS = REPO.parent / "shared" / "data" / "originals"
+RESNET50_FWD_GFLOP = 8.2  # one 224 px forward pass; a training step is about 3x that
+
+
+# ----------------------------------------------------------------------------- data
+def prepare_data(workdir: Path) -> Path:
+    """A Kaggle-layout root whose train/ is the originals (or synthetic stand-ins)."""
+    root = workdir / "root"
+    if (root / "train").exists():
+        return root
+    root.mkdir(parents=True)
+    if (ORIGINALS / "NORMAL").is_dir():
+        (root / "train").symlink_to(ORIGINALS.resolve())
+    else:
+        from pneumonia.data.synthetic import generate_synthetic_dataset
+
+        generate_synthetic_dataset(root / "gen", {"train": (60, 120)}, min_size=1000, max_size=2000)
+        (root / "train").symlink_to(root / "gen" / "train")
+    return root
+
+
+def notebook_loader(root: Path, batch_size: int, workers: int = 2):
+    """The notebook's pipeline: ImageFolder + PIL decode every epoch, v1 transforms."""
+    from torchvision import datasets
+    from torchvision import transforms as T  # noqa: N812
+
+    tf = T.Compose(
+        [
+            T.Resize(255),
+            T.CenterCrop(224),
+            T.RandomHorizontalFlip(),
+            T.RandomRotation(10),
+            T.RandomGrayscale(),
+            T.RandomAffine(degrees=0, translate=(0.05, 0.05)),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    data = datasets.ImageFolder(str(root / "train"), transform=tf)
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+
+
+def project_datamodule(root: Path, cache_dir: Path, batch_size: int, device: str):
+    from pneumonia.data import ChestXRayDataModule
+
+    dm = ChestXRayDataModule(
+        root=root,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        val_fraction=0.1,
+        pin_memory=device == "cuda",
+    )
+    t = time.perf_counter()
+    dm.setup("fit")
+    return dm, time.perf_counter() - t
+
+
+def epochs(loader, repeats: int, step=None, device: str = "cpu") -> list[float]:
+    """img/s of ``repeats`` full passes over ``loader`` (after one warm-up pass of 2 batches)."""
+    it = iter(loader)
+    for _ in range(2):
+        batch = next(it, None)
+        if batch is not None and step is not None:
+            step(*batch)
+    rates = []
+    for _ in range(repeats):
+        n, t = 0, time.perf_counter()
+        for images, labels in loader:
+            if step is not None:
+                step(images, labels)
+            n += len(labels)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rates.append(n / (time.perf_counter() - t))
+    return rates
+
+
+# ----------------------------------------------------------------------------- training
+def make_step(device: str, *, bf16: bool, channels_last: bool, weight: torch.Tensor):
+    import torchvision
+
+    model = torchvision.models.resnet50(num_classes=2).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    weight = weight.to(device)
+
+    def step(images, labels):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device), weight=weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def case_data_notebook(a, root, work):
+    return {"rates": epochs(notebook_loader(root, a.batch_size, workers=2), a.repeats)}
+
+
+def case_data_project(a, root, work):
+    dm, build = project_datamodule(root, work / "cache", a.batch_size, a.device)
+    dm2, reopen = project_datamodule(root, work / "cache", a.batch_size, a.device)
+    return {
+        "rates": epochs(dm2.train_dataloader(), a.repeats),
+        "cache_build_s": build,
+        "cache_reopen_s": reopen,
+    }
+
+
+def case_train_notebook(a, root, work):
+    loader = notebook_loader(root, a.batch_size, workers=2)
+    counts = torch.bincount(torch.tensor(loader.dataset.targets)).float()
+    weight = counts.sum() / (len(counts) * counts)
+    step = make_step(a.device, bf16=False, channels_last=False, weight=weight)
+    return {"rates": epochs(loader, a.repeats, step, a.device)}
+
+
+def case_train_handtuned(a, root, work):
+    dm, _ = project_datamodule(root, work / "cache", a.batch_size, a.device)
+    step = make_step(a.device, bf16=True, channels_last=True, weight=dm.class_weights)
+    return {"rates": epochs(dm.train_dataloader(), a.repeats, step, a.device)}
+
+
+class EpochTimer(pl.Callback):
+    """img/s of every training epoch, data loading and Lightning's own work included."""
+
+    rates: list[float] = []
+    cuda = False
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.t, self.n = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.n += len(batch[1])
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.cuda:
+            torch.cuda.synchronize()
+        EpochTimer.rates.append(self.n / (time.perf_counter() - self.t))
+
+
+def case_train_project(a, root, work):
+    """``python -m pneumonia.train`` as a user runs it, timed per training epoch."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from pneumonia.train import train
+
+    trainer = "gpu" if a.device == "cuda" else "cpu"
+    overrides = [
+        "model=resnet50",
+        "model.weights=null",
+        "model.lr=1e-4",
+        "model.optimizer=adam",
+        f"trainer={trainer}",
+        f"trainer.max_epochs={a.repeats + 1}",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "test=false",
+        f"data.root={root}",
+        f"data.cache_dir={work / 'cache'}",
+        f"data.batch_size={a.batch_size}",
+        f"paths.root_dir={work}",
+        "callbacks.progress_bar.refresh_rate=0",
+        "logger=csv",
+        # timing only: no checkpoint writes or image logging inside the timed epochs
+        "~callbacks.sample_grid",
+        "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
+        "+trainer.enable_checkpointing=false",
+        "optimized_metric=null",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(work / f"run-{os.getpid()}")
+        del cfg.hydra
+        cfg.callbacks.epoch_timer = {"_target_": "__main__.EpochTimer"}
+    EpochTimer.cuda = a.device == "cuda"
+    train(cfg)
+    rates = EpochTimer.rates
+    return {"rates": rates[1:] or rates}  # the first epoch includes one-off warm-up
+
+
+def case_infer(a, root, work, precision: str):
+    from pneumonia.checkpoint import LoadedCheckpoint
+    from pneumonia.model import PneumoniaClassifier
+    from pneumonia.predict import list_inputs, predict_files
+
+    model = PneumoniaClassifier(backbone="resnet50", weights=None).eval()
+    ckpt = LoadedCheckpoint(
+        model=model,
+        path=Path("random.ckpt"),
+        threshold=0.5,
+        class_names=["NORMAL", "PNEUMONIA"],
+        data_hparams={},
+        config=None,
+    )
+    files = list_inputs(root / "train")
+    rates = []
+    predict_files(ckpt, files[:8], accelerator=a.device, precision=precision)  # warm-up
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        predict_files(ckpt, files, batch_size=32, accelerator=a.device, precision=precision)
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+        rates.append(len(files) / (time.perf_counter() - t))
+    return {"rates": rates}
+
+
+def case_step_only(a, root, work):
+    """ResNet50 training steps on one resident batch: the compute ceiling of each setting."""
+    out = {}
+    x = torch.randn(a.batch_size, 3, 224, 224)
+    y = torch.randint(0, 2, (a.batch_size,))
+    for name, bf16, cl in (
+        ("fp32", False, False),
+        ("fp32_cl", False, True),
+        ("bf16_cl", True, True),
+    ):
+        step = make_step(a.device, bf16=bf16, channels_last=cl, weight=torch.ones(2))
+        step(x, y)
+        times = []
+        for _ in range(a.repeats):
+            t = time.perf_counter()
+            step(x, y)
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        out[name] = a.batch_size / statistics.median(times)
+    return {"step_img_s": out}
+
+
+def case_matmul(a, root, work):
+    n = 4096 if a.device == "cuda" else 2048
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        x = torch.randn(n, n, device=a.device, dtype=dtype)
+        y = torch.randn(n, n, device=a.device, dtype=dtype)
+        x @ y
+        reps, times = 5 if a.device == "cpu" else 50, []
+        for _ in range(3):
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(reps):
+                x @ y
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) / reps)
+        out[name] = 2 * n**3 / statistics.median(times) / 1e9
+    return {"gflops": out}
+
+
+CASES = {
+    "data_notebook": case_data_notebook,
+    "data_project": case_data_project,
+    "train_notebook": case_train_notebook,
+    "train_handtuned": case_train_handtuned,
+    "train_handtuned_glibc": case_train_handtuned,
+    "train_project": case_train_project,
+    "train_project_glibc": case_train_project,
+    "infer_fp32": lambda a, r, w: case_infer(a, r, w, "32"),
+    "infer_bf16": lambda a, r, w: case_infer(a, r, w, "bf16"),
+    "step_only": case_step_only,
+    "matmul": case_matmul,
+}
+NO_MALLOC_TUNING = {
+    "data_notebook",
+    "train_notebook",
+    "train_handtuned_glibc",
+    "train_project_glibc",
+}
+
+
+def worker(a) -> None:
+    from pneumonia.runtime import tune_malloc
+
+    applied = tune_malloc()  # honours PNEUMONIA_MALLOC_TUNING=0 for the glibc cases
+    work = Path(a.workdir)
+    root = prepare_data(work)
+    result = CASES[a.worker](a, root, work)
+    result["malloc_tuned"] = applied
+    print("RESULT " + json.dumps(result))
+
+
+def run_case(name: str, a) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if name in NO_MALLOC_TUNING:
+        env["PNEUMONIA_MALLOC_TUNING"] = "0"
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--workdir",
+        a.workdir,
+        "--device",
+        a.device,
+        "--repeats",
+        str(a.repeats),
+        "--batch-size",
+        str(a.batch_size),
+    ]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"case {name} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT ") :])
+    result["wall_s"] = time.perf_counter() - t
+    print(
+        f"  {name:24s} {statistics.median(result['rates']) if 'rates' in result else '':>8}"
+        f"  ({result['wall_s']:.0f} s)",
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quick", action="store_true", help="one repeat of every case")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--json", default=None, help="also write all figures to this JSON file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        worker(a)
+        return
+    if a.quick:
+        a.repeats = 1
+    tmp = tempfile.TemporaryDirectory(prefix="pneumonia-bench-")
+    a.workdir = a.workdir or tmp.name
+    prepare_data(Path(a.workdir))
+    source = "originals" if (ORIGINALS / "NORMAL").is_dir() else "synthetic stand-ins"
+    print(
+        f"Benchmark on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, device {a.device}, data: {source}, "
+        f"batch {a.batch_size}, median of {a.repeats}",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    r = {name: run_case(name, a) for name in CASES}
+    med = {k: statistics.median(v["rates"]) for k, v in r.items() if "rates" in v}
+    ceil = r["matmul"]["gflops"]
+    step_gflop = 3 * RESNET50_FWD_GFLOP
+
+    rows = [
+        (
+            "1. data only, img/s",
+            "notebook: ImageFolder+PIL, 2 workers",
+            med["data_notebook"],
+            "project: DataModule, uint8 cache",
+            med["data_project"],
+        ),
+        (
+            "2. training ResNet50 224px, img/s",
+            "notebook loop: fp32, its pipeline",
+            med["train_notebook"],
+            "python -m pneumonia.train (cache, bf16, channels_last)",
+            med["train_project"],
+        ),
+        (
+            "   vs a hand-tuned loop",
+            "hand-tuned: cache, bf16, channels_last, malloc",
+            med["train_handtuned"],
+            "python -m pneumonia.train",
+            med["train_project"],
+        ),
+        ("3. inference (predict), img/s", "fp32", med["infer_fp32"], "bf16", med["infer_bf16"]),
+        (
+            "5. glibc malloc, training img/s",
+            "hand-tuned, glibc default",
+            med["train_handtuned_glibc"],
+            "hand-tuned, mallopt tuned",
+            med["train_handtuned"],
+        ),
+        (
+            "   the same through Lightning",
+            "pneumonia.train, glibc default",
+            med["train_project_glibc"],
+            "pneumonia.train, mallopt tuned",
+            med["train_project"],
+        ),
+    ]
+    print("\n| comparison | baseline | img/s | candidate | img/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for title, base, b, cand, c in rows:
+        print(f"| {title} | {base} | {b:.1f} | {cand} | {c:.1f} | {c / b:.2f}x |")
+    steps = r["step_only"]["step_img_s"]
+    print(
+        f"\nTraining step alone (one resident batch), img/s: fp32 {steps['fp32']:.1f}, fp32 "
+        f"channels_last {steps['fp32_cl']:.1f}, bf16 + channels_last {steps['bf16_cl']:.1f}: "
+        f"at most {steps['bf16_cl'] / med['train_notebook']:.2f}x the notebook loop; "
+        f"pneumonia.train reaches {med['train_project'] / steps['bf16_cl']:.0%} of it"
+    )
+    print(
+        f"4. matmul ceilings (GFLOP/s): fp32 {ceil['fp32']:.0f}, bf16 {ceil['bf16']:.0f}; "
+        f"the project's ResNet50 training step ({step_gflop:.1f} GFLOP/img) reaches "
+        f"{med['train_project'] * step_gflop:.0f} GFLOP/s = "
+        f"{med['train_project'] * step_gflop / ceil['bf16']:.0%} of the bf16 ceiling"
+    )
+    d = r["data_project"]
+    print(
+        f"   one-time cache build: {d['cache_build_s']:.1f} s; reopening it: "
+        f"{d['cache_reopen_s']:.2f} s. Total benchmark time {time.perf_counter() - t0:.0f} s."
+    )
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "results": r}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
