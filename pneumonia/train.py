@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data.scan import find_split_dirs
 from pneumonia.runtime import configure_torch, tune_malloc
 
@@ -36,11 +37,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     configure_torch()
     # num_workers=0 is a deliberate default on small CPU machines (see DESIGN.md).
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={cfg.ckpt_path} does not exist. Resume from a run's "
-            "checkpoints/last.ckpt, or drop ckpt_path to start a new run."
-        )
+    if cfg.get("ckpt_path"):
+        load_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign: a clear error, now
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -53,7 +51,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if trainer.interrupted:
         log.warning("Training was interrupted; resume with ckpt_path=<run>/checkpoints/last.ckpt")
         return {}
@@ -64,11 +62,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("No best checkpoint was saved: validating and testing the last weights.")
     # The best checkpoint's own validation metrics (not the last epoch's) and its threshold.
     metrics: dict[str, Any] = _scalars(
-        trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        trainer.validate(
+            model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+        )
     )
     if cfg.get("test"):
         if datamodule.has_split("test"):
-            metrics |= _scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best or None))
+            results = trainer.test(
+                model, datamodule=datamodule, ckpt_path=best or None, weights_only=True
+            )
+            metrics |= _scalars(results)
             metrics["test/confusion_matrix"] = model.last_test["confusion_matrix"]
         else:
             log.warning("No test split under %s: skipping the test.", datamodule.root)

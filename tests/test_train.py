@@ -121,6 +121,7 @@ def test_fast_dev_run_of_each_experiment(train_cfg) -> None:
             "data.resize_size=40",
             "data.crop_size=32",
             "data.batch_size=8",
+            "data.eval_batch_size=8",
             "trainer.precision=32-true",
         )
         metrics = train(cfg)
@@ -206,6 +207,15 @@ def test_resume_from_a_missing_checkpoint_says_so(train_cfg, tmp_path: Path) -> 
     cfg = train_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}")
     with pytest.raises(FileNotFoundError, match=r"nope\.ckpt does not exist.*last\.ckpt"):
         train(cfg)
+
+
+def test_resume_from_a_foreign_checkpoint_says_so(train_cfg, tmp_path: Path) -> None:
+    from pneumonia.checkpoint import CheckpointError
+
+    foreign = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "epoch": 4}, foreign)
+    with pytest.raises(CheckpointError, match="not written by pneumonia.train"):
+        train(train_cfg(f"ckpt_path={foreign}"))
 
 
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "plateau"])
