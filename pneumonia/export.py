@@ -58,6 +58,7 @@ def export_model(
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 opset_version=opset,
                 dynamo=True,
+                external_data=False,  # one self-contained file (fine below 2 GB)
                 verbose=False,
             )
         else:

@@ -269,6 +269,7 @@ def test_export_matches_pytorch(trained: dict, tmp_path: Path, fmt: str) -> None
     ckpt = load_checkpoint(trained["ckpt"])
     path, sidecar = export_model(ckpt, fmt, tmp_path)
     meta = json.loads(sidecar.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "model.json"])
     assert meta["threshold"] == pytest.approx(ckpt.threshold)
     assert meta["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert meta["preprocessing"]["center_crop"] == 32
