@@ -434,6 +434,20 @@ class PneumoniaClassifier(pl.LightningModule):
         }
 
     # ------------------------------------------------------------------ checkpoints
+    def on_train_start(self) -> None:
+        """Refuse a resumed OneCycle schedule that is shorter than the run (PyTorch would
+        fail at the first step past its end, possibly hours in)."""
+        needed = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            total = getattr(config.scheduler, "total_steps", None)
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.OneCycleLR) and total < needed:
+                raise ValueError(
+                    f"The checkpoint's OneCycle schedule covers {total} steps but this run needs "
+                    f"{needed}: a OneCycle run resumes only with its original trainer.max_epochs "
+                    "(and batch size). Resume with those, or start a new run (for example "
+                    "model.scheduler=cosine)."
+                )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pneumonia"] = {
             "class_names": self.class_names,

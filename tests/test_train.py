@@ -203,6 +203,21 @@ def test_resume_continues_a_killed_run(tmp_path: Path, tiny_root: Path) -> None:
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
 
 
+def test_resume_with_a_longer_onecycle_run_fails_before_training(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    common = ["trainer.limit_train_batches=2", "test=false", "model.scheduler=onecycle"]
+    first = compose_train_cfg(tmp_path / "a", tiny_root, "trainer.max_epochs=1", *common)
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    longer = compose_train_cfg(
+        tmp_path / "b", tiny_root, "trainer.max_epochs=3", f"ckpt_path={last}", *common
+    )
+    with pytest.raises(ValueError, match=r"covers 2 steps but this run needs 6.*max_epochs"):
+        train(longer)
+    assert not (Path(longer.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
+
+
 def test_resume_from_a_missing_checkpoint_says_so(train_cfg, tmp_path: Path) -> None:
     cfg = train_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}")
     with pytest.raises(FileNotFoundError, match=r"nope\.ckpt does not exist.*last\.ckpt"):
