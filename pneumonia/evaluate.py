@@ -176,7 +176,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split`` and write the report into the run dir."""
-    from pneumonia.plots import confusion_matrix_figure, pr_figure, roc_figure, save_figure
+    from pneumonia.plots import evaluation_figures, save_figure
 
     ckpt = load_checkpoint(cfg.ckpt_path)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
@@ -200,14 +200,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.md").write_text(markdown(result))
     preds.write_csv(out / "predictions.csv", ckpt.threshold, ckpt.class_names, ckpt.positive_index)
-    title = f"{cfg.split}, threshold {ckpt.threshold:.3f}"
-    save_figure(
-        confusion_matrix_figure(result["confusion_matrix"], ckpt.class_names, title),
-        out / "confusion_matrix.png",
+    figures = evaluation_figures(
+        preds.probs, preds.targets, ckpt.threshold, ckpt.class_names, cfg.split, pr=True
     )
-    if 0 < result["num_pneumonia"] < result["num_images"]:
-        save_figure(roc_figure(preds.probs, preds.targets, title=cfg.split), out / "roc.png")
-        save_figure(pr_figure(preds.probs, preds.targets, title=cfg.split), out / "pr.png")
+    for name, fig in figures.items():
+        save_figure(fig, out / f"{name}.png")
     log.info("\n%s", markdown(result))
     log.info("Report: %s", out / "report.md")
     return result

@@ -25,7 +25,7 @@ from pneumonia.metrics import (
     ranking_metrics,
     thresholded_metrics,
 )
-from pneumonia.plots import confusion_matrix_figure, roc_figure
+from pneumonia.plots import evaluation_figures
 
 log = logging.getLogger(__name__)
 
@@ -384,18 +384,14 @@ class PneumoniaClassifier(pl.LightningModule):
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers or self.global_rank != 0:
             return
-        cm = confusion_matrix(probs, targets, threshold)
-        title = f"{stage}, epoch {self.current_epoch}, threshold {threshold:.3f}"
-        figures = {
-            f"{stage}/confusion_matrix": confusion_matrix_figure(cm, self.class_names, title)
-        }
-        if targets.min() != targets.max():
-            figures[f"{stage}/roc"] = roc_figure(
-                probs, targets, f"{stage}, epoch {self.current_epoch}"
-            )
+        figures = evaluation_figures(
+            probs, targets, threshold, self.class_names, f"{stage}, epoch {self.current_epoch}"
+        )
         for tb in loggers:
-            for tag, fig in figures.items():
-                tb.experiment.add_figure(tag, fig, global_step=self.global_step, close=False)
+            for name, fig in figures.items():
+                tb.experiment.add_figure(
+                    f"{stage}/{name}", fig, global_step=self.global_step, close=False
+                )
         for fig in figures.values():
             plt.close(fig)
 

@@ -35,8 +35,6 @@ def confusion_matrix_figure(
         figure=fig,
         axis=ax,
     )
-    ax.set_xticks(range(len(class_names)), list(class_names))
-    ax.set_yticks(range(len(class_names)), list(class_names))
     ax.set_title(title, fontsize=10)
     return fig
 
@@ -83,6 +81,34 @@ def image_grid(
             ax.imshow(images[i], cmap="gray" if images[i].ndim == 2 else None)
             ax.set_title(captions[i], fontsize=8)
     return fig
+
+
+def evaluation_figures(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    threshold: float,
+    class_names: Sequence[str],
+    title: str,
+    *,
+    pr: bool = False,
+) -> dict[str, Figure]:
+    """The confusion matrix at ``threshold``, plus ROC (and PR) when both classes occur.
+
+    Keys are ``confusion_matrix``, ``roc``, ``pr``: TensorBoard tags and PNG names alike.
+    """
+    from pneumonia.metrics import confusion_matrix
+
+    cm = confusion_matrix(probs, targets, threshold)
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(
+            cm, class_names, f"{title}, threshold {threshold:.3f}"
+        )
+    }
+    if len(targets) and targets.min() != targets.max():  # curves need both classes
+        figures["roc"] = roc_figure(probs, targets, title)
+        if pr:
+            figures["pr"] = pr_figure(probs, targets, title)
+    return figures
 
 
 def save_figure(fig: Figure, path) -> None:

@@ -99,15 +99,14 @@ def _write_outputs(
 
 
 def _save_test_figures(model, output_dir: Path) -> None:
-    from pneumonia.plots import confusion_matrix_figure, roc_figure, save_figure
+    from pneumonia.plots import evaluation_figures, save_figure
 
     last = model.last_test
-    title = f"test, threshold {last['threshold']:.3f}"
-    fig = confusion_matrix_figure(last["confusion_matrix"], model.class_names, title)
-    save_figure(fig, output_dir / "confusion_matrix.png")
-    probs, targets = last["probs"], last["targets"]
-    if len(targets) and targets.min() != targets.max():
-        save_figure(roc_figure(probs, targets, "test"), output_dir / "roc.png")
+    figures = evaluation_figures(
+        last["probs"], last["targets"], last["threshold"], model.class_names, "test"
+    )
+    for name, fig in figures.items():
+        save_figure(fig, output_dir / f"{name}.png")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
