@@ -31,8 +31,8 @@ class LoadedCheckpoint:
         return self.model.positive_index
 
 
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Rebuild the classifier from a Lightning checkpoint without unpickling any object.
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw dict of a ``pneumonia.train`` checkpoint, loaded with ``weights_only=True``.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -57,6 +57,19 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             f"{path} was not written by pneumonia.train (no 'pneumonia' section; found {keys}). "
             "Pass a checkpoint from a pneumonia training run."
         )
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild the classifier from a Lightning checkpoint without unpickling any object.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: a truncated file, a checkpoint from another project, or one that does
+            not fit this version's model.
+    """
+    path = Path(path).expanduser()
+    ckpt = read_checkpoint(path)
     hparams = dict(ckpt["hyper_parameters"])
     # The state dict holds every weight: no download, and no compile for inference.
     hparams.update(weights=None, compile=False)

@@ -312,26 +312,24 @@ class PneumoniaClassifier(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, probs, targets = self._step(batch)
-        n = len(targets)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-        self.val_metrics.update(probs, targets)
-        self.val_ranking.update(probs, targets)
-        self.log_dict(self.val_metrics, on_epoch=True, batch_size=n)
-        self.log_dict(self.val_ranking, on_epoch=True, batch_size=n)
-        self.val_outputs["probs"].update(probs)
-        self.val_outputs["targets"].update(targets)
+        self._eval_step("val", batch, prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch, prog_bar=False)
+
+    def _eval_step(self, stage: str, batch, *, prog_bar: bool) -> None:
+        """Loss and metrics of one val/test batch; predictions kept for the epoch end."""
         loss, probs, targets = self._step(batch)
         n = len(targets)
-        self.log("test/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
-        self.test_metrics.update(probs, targets)
-        self.test_ranking.update(probs, targets)
-        self.log_dict(self.test_metrics, on_epoch=True, batch_size=n)
-        self.log_dict(self.test_ranking, on_epoch=True, batch_size=n)
-        self.test_outputs["probs"].update(probs)
-        self.test_outputs["targets"].update(targets)
+        self.log(
+            f"{stage}/loss", loss, on_epoch=True, prog_bar=prog_bar, batch_size=n, sync_dist=True
+        )
+        for collection in (getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_ranking")):
+            collection.update(probs, targets)
+            self.log_dict(collection, on_epoch=True, batch_size=n)
+        outputs = getattr(self, f"{stage}_outputs")
+        outputs["probs"].update(probs)
+        outputs["targets"].update(targets)
 
     @staticmethod
     def _gathered(outputs: nn.ModuleDict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from pneumonia.checkpoint import load_checkpoint
+from pneumonia.checkpoint import read_checkpoint
 from pneumonia.data.scan import find_split_dirs
 from pneumonia.runtime import configure_torch, tune_malloc
 
@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # num_workers=0 is a deliberate default on small CPU machines (see DESIGN.md).
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     if cfg.get("ckpt_path"):
-        load_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign: a clear error, now
+        read_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign: a clear error, now
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
