@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pneumonia.data.images import DEFAULT_MAX_PIXELS, load_resized
+from pneumonia.data.images import DEFAULT_MAX_PIXELS
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
 
 
@@ -106,13 +107,18 @@ class Preprocessing:
             "layout": "NCHW float32",
         }
 
-    def load(self, path: Path) -> torch.Tensor:
-        """One file -> uint8 (1, crop, crop) tensor, exactly as the eval DataLoader makes it."""
-        from torchvision import tv_tensors
+    @cached_property
+    def _reader(self):
+        from pneumonia.data import ChestXRayDataset
 
-        pixels = load_resized(path, self.resize_size, self.max_pixels)
-        image = tv_tensors.Image(torch.from_numpy(pixels).unsqueeze(0))  # (H, W) -> (1, H, W)
-        return eval_transforms(crop_size=self.crop_size)(image)
+        transform = eval_transforms(crop_size=self.crop_size)
+        return ChestXRayDataset(
+            [], [], transform, resize_size=self.resize_size, max_pixels=self.max_pixels
+        )
+
+    def load(self, path: Path) -> torch.Tensor:
+        """One file -> uint8 (1, crop, crop) tensor, by the eval DataLoader's own code."""
+        return self._reader.load(path)
 
     def collate(self) -> NormalizeCollate:
         return NormalizeCollate(self.mean, self.std)

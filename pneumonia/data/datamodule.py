@@ -66,13 +66,16 @@ class ChestXRayDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path = self.files[i]
+        return self.load(self.files[i]), self.labels[i]
+
+    def load(self, path: Path) -> torch.Tensor:
+        """One file -> its transformed uint8 image, from the cache when there is one."""
         if self.cache is not None:
             pixels = self.cache.get(path)
         else:
             pixels = load_resized(path, self.resize_size, self.max_pixels)
         image = tv_tensors.Image(torch.from_numpy(pixels).unsqueeze(0))  # (H, W) -> (1, H, W)
-        return self.transform(image), self.labels[i]
+        return self.transform(image)
 
 
 @dataclass
