@@ -1,10 +1,105 @@
-"""Lightning callbacks of this project (the standard ones come from Lightning itself)."""
+"""Lightning callbacks of this project (the standard ones come from Lightning itself).
+
+Plotting is imported inside the hooks that draw, so that loading a model for inference never
+loads matplotlib.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BaseFinetuning
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
+
+if TYPE_CHECKING:
+    from pneumonia.model import PneumoniaClassifier
+
+
+def _tensorboards(trainer: pl.Trainer) -> list[TensorBoardLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+class UnfreezeBackbone(BaseFinetuning):
+    """Freeze the backbone, then unfreeze it at ``epoch`` with ``lr_ratio`` times the head lr.
+
+    BaseFinetuning records the added parameter group, so a resumed run restores it.
+    """
+
+    def __init__(self, epoch: int, lr_ratio: float = 0.1) -> None:
+        super().__init__()
+        self.epoch = epoch
+        self.lr_ratio = lr_ratio
+
+    def freeze_before_training(self, pl_module: PneumoniaClassifier) -> None:
+        pl_module.backbone.requires_grad_(False)
+
+    def finetune_function(self, pl_module: PneumoniaClassifier, epoch: int, optimizer) -> None:
+        if epoch != self.epoch:
+            return
+        reference = dict(optimizer.param_groups[0])
+        lr = reference["lr"] * self.lr_ratio
+        self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=lr)
+        group = optimizer.param_groups[-1]
+        # Schedulers keep per-group state that a late group lacks (OneCycleLR reads max_lr from
+        # every group, ReduceLROnPlateau indexes min_lrs, cosine zips base_lrs): extend it.
+        for key in ("initial_lr", "max_lr", "min_lr"):
+            if key in reference:
+                group[key] = reference[key] * self.lr_ratio
+        for key in ("max_momentum", "base_momentum"):
+            if key in reference:
+                group.setdefault(key, reference[key])
+        for config in pl_module.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if len(getattr(scheduler, "base_lrs", [])) == len(optimizer.param_groups) - 1:
+                scheduler.base_lrs.append(group.get("initial_lr", lr))
+            if len(getattr(scheduler, "min_lrs", [])) == len(optimizer.param_groups) - 1:
+                scheduler.min_lrs.append(scheduler.min_lrs[0])
+
+
+class EvaluationFigures(pl.Callback):
+    """Log the confusion matrix and ROC curve of every validation and test epoch to TensorBoard.
+
+    Reads the epoch's predictions that the module gathered over all ranks
+    (``pl_module.epoch_predictions``); the hooks run after the module's epoch end.
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: PneumoniaClassifier) -> None:
+        if not trainer.sanity_checking:
+            self._log(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: PneumoniaClassifier) -> None:
+        self._log(trainer, pl_module, "test")
+
+    @staticmethod
+    def _log(trainer: pl.Trainer, pl_module: PneumoniaClassifier, stage: str) -> None:
+        predictions = pl_module.epoch_predictions.get(stage)
+        loggers = _tensorboards(trainer)
+        if not loggers or trainer.global_rank != 0 or predictions is None:
+            return
+        if not len(predictions.targets):
+            return
+        from matplotlib import pyplot as plt
+
+        from pneumonia.plots import evaluation_figures
+
+        # Validation figures at 0.5; test figures at the stored threshold, as test/* reports.
+        threshold = predictions.threshold if stage == "test" else 0.5
+        figures = evaluation_figures(
+            predictions.probs,
+            predictions.targets,
+            threshold,
+            pl_module.class_names,
+            f"{stage}, epoch {trainer.current_epoch}",
+        )
+        for tb in loggers:
+            for name, fig in figures.items():
+                tb.experiment.add_figure(
+                    f"{stage}/{name}", fig, global_step=trainer.global_step, close=False
+                )
+        for fig in figures.values():
+            plt.close(fig)
 
 
 class SampleGrid(pl.Callback):
@@ -21,7 +116,7 @@ class SampleGrid(pl.Callback):
         if self._done or trainer.global_rank != 0:
             return
         self._done = True
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        loggers = _tensorboards(trainer)
         if not loggers:
             return
         images, labels = batch

@@ -9,13 +9,13 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from pneumonia.model import BACKBONES, PneumoniaClassifier, _get
+from pneumonia.backbones import cam_layer
+from pneumonia.model import PneumoniaClassifier
 
 
 def cam_target_layer(model: PneumoniaClassifier) -> nn.Module:
     """The last block of the backbone's final conv stage (ResNet ``layer4[-1]`` and so on)."""
-    layer = _get(model.backbone, BACKBONES[model.hparams.backbone].cam_layer)
-    return layer[-1] if isinstance(layer, nn.Sequential) else layer
+    return cam_layer(model.backbone, model.hparams.backbone)
 
 
 def gradcam(model: PneumoniaClassifier, images: torch.Tensor, class_index: int | None = None):

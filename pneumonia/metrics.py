@@ -6,10 +6,12 @@ needs to show (sensitivity against specificity).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torchmetrics import MetricCollection
+from torch import nn
+from torchmetrics import CatMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -29,8 +31,8 @@ from torchmetrics.functional.classification import (
     binary_specificity,
 )
 
-ThresholdMethod = Literal["f1", "youden", "sensitivity"]
-THRESHOLD_METHODS = ("f1", "youden", "sensitivity")
+ThresholdRule = Literal["f1", "youden", "sensitivity"]
+THRESHOLD_RULES = ("f1", "youden", "sensitivity")
 
 
 def thresholded_metrics(threshold: float = 0.5) -> MetricCollection:
@@ -49,6 +51,31 @@ def thresholded_metrics(threshold: float = 0.5) -> MetricCollection:
 def ranking_metrics() -> MetricCollection:
     """Threshold-free metrics."""
     return MetricCollection({"auroc": BinaryAUROC(), "average_precision": BinaryAveragePrecision()})
+
+
+@dataclass(frozen=True)
+class EpochPredictions:
+    """One validation or test epoch's predictions, gathered from all ranks."""
+
+    probs: torch.Tensor  # PNEUMONIA probability
+    targets: torch.Tensor  # 1 = PNEUMONIA
+    threshold: float  # the decision threshold in force after this epoch
+
+
+def prediction_store() -> nn.ModuleDict:
+    """Collects an epoch's probabilities and targets; CatMetric gathers them over ranks."""
+    return nn.ModuleDict({"probs": CatMetric(), "targets": CatMetric()})
+
+
+def gathered_predictions(store: nn.ModuleDict) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' probabilities and targets from a :func:`prediction_store`, which is reset."""
+    if not store["probs"].update_called:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    probs = store["probs"].compute().flatten().float().cpu()
+    targets = store["targets"].compute().flatten().long().cpu()
+    store["probs"].reset()
+    store["targets"].reset()
+    return probs, targets
 
 
 def metrics_at(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, float]:
@@ -71,24 +98,24 @@ def confusion_matrix(probs: torch.Tensor, targets: torch.Tensor, threshold: floa
 def choose_threshold(
     probs: torch.Tensor,
     targets: torch.Tensor,
-    method: ThresholdMethod | float,
+    rule: ThresholdRule | float,
     *,
     target_sensitivity: float = 0.95,
 ) -> float:
     """Decision threshold on the PNEUMONIA probability, from validation predictions.
 
     Args:
-        method: ``"f1"`` maximises F1; ``"youden"`` maximises sensitivity + specificity - 1;
+        rule: ``"f1"`` maximises F1; ``"youden"`` maximises sensitivity + specificity - 1;
             ``"sensitivity"`` takes the highest threshold whose sensitivity reaches
             ``target_sensitivity``; a number is used as it is.
     """
-    if isinstance(method, int | float) and not isinstance(method, bool):
-        if not 0.0 <= float(method) <= 1.0:
-            raise ValueError(f"model.threshold={method} must lie in [0, 1]")
-        return float(method)
-    if method not in THRESHOLD_METHODS:
+    if isinstance(rule, int | float) and not isinstance(rule, bool):
+        if not 0.0 <= float(rule) <= 1.0:
+            raise ValueError(f"model.threshold_rule={rule} must lie in [0, 1]")
+        return float(rule)
+    if rule not in THRESHOLD_RULES:
         raise ValueError(
-            f"model.threshold={method!r} is not one of {', '.join(THRESHOLD_METHODS)} "
+            f"model.threshold_rule={rule!r} is not one of {', '.join(THRESHOLD_RULES)} "
             "or a number in [0, 1]"
         )
     targets = targets.long()
@@ -100,9 +127,9 @@ def choose_threshold(
     fpr, tpr, thresholds = binary_roc(probs, targets)  # thresholds fall, tpr rises
     lower = torch.cat([thresholds[1:], thresholds.new_zeros(1)])
     cut = ((thresholds.clamp(0, 1) + lower) / 2).clamp(0, 1)
-    if method == "youden":
+    if rule == "youden":
         return float(cut[int(torch.argmax(tpr - fpr))])
-    if method == "f1":
+    if rule == "f1":
         precision = tpr / (tpr + fpr * (targets == 0).sum() / (targets == 1).sum()).clamp_min(1e-12)
         f1 = 2 * precision * tpr / (precision + tpr).clamp_min(1e-12)
         return float(cut[int(torch.argmax(f1))])

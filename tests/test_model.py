@@ -1,91 +1,19 @@
-"""The LightningModule's parts: backbones, weights, freezing, thresholds, optimisers."""
+"""The LightningModule: freezing, loss weights, the positive class, bad settings."""
 
 from __future__ import annotations
 
-import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-import torchvision
-from torchmetrics.functional.classification import binary_f1_score
 
-from pneumonia.metrics import choose_threshold, confusion_matrix, metrics_at
-from pneumonia.model import BACKBONES, PneumoniaClassifier, WeightsUnavailableError
-
-
-@pytest.fixture
-def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty torch hub cache; any download attempt fails as it does offline."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, *args, **kwargs):
-        raise urllib.error.URLError(f"no network in tests ({url})")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return Path(torch.hub.get_dir()) / "checkpoints"
+from pneumonia.data import ChestXRayDataModule
+from pneumonia.model import PneumoniaClassifier
 
 
 def trainable(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_b0"])
-def test_backbones_get_a_new_two_class_head(name: str) -> None:
-    model = PneumoniaClassifier(backbone=name, weights=None)
-    reference = torchvision.models.get_model(name, weights=None)
-    classifier = dict(reference.named_modules())[BACKBONES[name].head]
-    assert model.head.in_features == classifier.in_features
-    assert model.head.out_features == 2
-    logits = model(torch.randn(2, 3, 64, 64))
-    assert logits.shape == (2, 2)
-
-
-def test_unknown_backbone_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"Unknown backbone 'resnet5'.*resnet50"):
-        PneumoniaClassifier(backbone="resnet5", weights=None)
-
-
-def test_pretrained_weights_come_from_the_hub_cache(offline_hub: Path) -> None:
-    reference = torchvision.models.resnet18()
-    with torch.no_grad():
-        reference.conv1.weight.fill_(0.123)
-    offline_hub.mkdir(parents=True)
-    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-    torch.save(reference.state_dict(), offline_hub / Path(url).name)
-    model = PneumoniaClassifier(backbone="resnet18", weights="IMAGENET1K_V1")
-    assert torch.all(model.backbone.conv1.weight == 0.123)
-
-
-def test_offline_without_cached_weights_names_both_ways_out(offline_hub: Path) -> None:
-    with pytest.raises(WeightsUnavailableError) as info:
-        PneumoniaClassifier(backbone="resnet18", weights="IMAGENET1K_V1")
-    message = str(info.value)
-    assert "model.weights=null" in message
-    assert "model.weights=/path/to/resnet18.pth" in message
-    assert str(offline_hub) in message
-
-
-def test_weights_from_a_local_state_dict_file(tmp_path: Path) -> None:
-    reference = torchvision.models.resnet18()
-    with torch.no_grad():
-        reference.layer1[0].conv1.weight.fill_(-0.5)
-    path = tmp_path / "mine.pth"
-    torch.save(reference.state_dict(), path)
-    model = PneumoniaClassifier(backbone="resnet18", weights=str(path))
-    assert torch.all(model.backbone.layer1[0].conv1.weight == -0.5)
-
-
-def test_weights_file_for_another_architecture_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "densenet.pth"
-    torch.save(torchvision.models.densenet121().state_dict(), path)
-    with pytest.raises(WeightsUnavailableError, match="does not fit"):
-        PneumoniaClassifier(backbone="resnet18", weights=str(path))
-
-
-def test_unknown_weights_name_is_an_error() -> None:
-    with pytest.raises(WeightsUnavailableError, match=r"IMAGENET1K_V1, IMAGENET1K_V2"):
-        PneumoniaClassifier(backbone="resnet50", weights="IMAGENET_V3")
 
 
 def test_freeze_backbone_leaves_only_the_head_trainable() -> None:
@@ -119,8 +47,9 @@ def test_channels_last_and_compile_keep_state_dict_keys() -> None:
     [
         ({"optimizer": "adagrad"}, "model.optimizer"),
         ({"scheduler": "step"}, "model.scheduler"),
-        ({"threshold": "median"}, "model.threshold"),
-        ({"threshold": 1.5}, "model.threshold"),
+        ({"threshold_rule": "median"}, "model.threshold_rule"),
+        ({"threshold_rule": 1.5}, "model.threshold_rule"),
+        ({"positive_class": "Pneumonia"}, "model.positive_class"),
     ],
 )
 def test_bad_model_settings_fail_early(kwargs: dict, match: str) -> None:
@@ -128,58 +57,65 @@ def test_bad_model_settings_fail_early(kwargs: dict, match: str) -> None:
         PneumoniaClassifier(backbone="resnet18", weights=None, **kwargs)
 
 
-# ----------------------------------------------------------------------------- thresholds
-def _scores(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    targets = (torch.rand(n, generator=g) < 0.6).long()
-    probs = (torch.rand(n, generator=g) * 0.7 + 0.3 * targets).clamp(0, 1)
-    return probs, targets
+# ----------------------------------------------------------------------------- the loss
+def attach(model: PneumoniaClassifier, datamodule) -> None:
+    """What Lightning does before ``setup``: the module sees the trainer's DataModule."""
+    model._trainer = SimpleNamespace(datamodule=datamodule)
+    model.setup("fit")
 
 
-GRID = torch.linspace(0, 1, 2001).tolist()
+def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None):
+    """Cross-entropy written out: sum_i w_{y_i} * -log p_i(y_i) / sum_i w_{y_i}."""
+    nll = -torch.log_softmax(logits.float(), dim=1)[torch.arange(len(targets)), targets]
+    w = torch.ones_like(nll) if weight is None else weight[targets]
+    return (w * nll).sum() / w.sum()
 
 
-def test_f1_threshold_is_at_least_as_good_as_any_grid_point() -> None:
-    probs, targets = _scores()
-    t = choose_threshold(probs, targets, "f1")
-    best_on_grid = max(binary_f1_score(probs, targets, threshold=x).item() for x in GRID)
-    assert metrics_at(probs, targets, t)["f1"] >= best_on_grid - 1e-6
+@pytest.fixture
+def datamodule(tiny_root: Path, tmp_path: Path) -> ChestXRayDataModule:
+    dm = ChestXRayDataModule(tiny_root, cache_dir=tmp_path, resize_size=40, crop_size=32)
+    dm.setup("fit")
+    return dm
 
 
-def test_youden_threshold_maximises_sensitivity_plus_specificity() -> None:
-    probs, targets = _scores(seed=1)
-    t = choose_threshold(probs, targets, "youden")
-
-    def youden(x: float) -> float:
-        m = metrics_at(probs, targets, x)
-        return m["recall"] + m["specificity"] - 1
-
-    assert youden(t) >= max(youden(x) for x in GRID[::4]) - 1e-6
-
-
-@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
-def test_sensitivity_threshold_reaches_the_target_with_the_best_specificity(target: float) -> None:
-    probs, targets = _scores(seed=2)
-    t = choose_threshold(probs, targets, "sensitivity", target_sensitivity=target)
-    chosen = metrics_at(probs, targets, t)
-    assert chosen["recall"] >= target
-    reaching = [metrics_at(probs, targets, x) for x in GRID[::4]]
-    best_spec = max(m["specificity"] for m in reaching if m["recall"] >= target)
-    assert chosen["specificity"] >= best_spec - 1e-6
+def test_loss_uses_the_training_splits_class_weights(datamodule: ChestXRayDataModule) -> None:
+    torch.manual_seed(0)
+    model = PneumoniaClassifier(backbone="resnet18", weights=None).eval()
+    attach(model, datamodule)
+    torch.testing.assert_close(model.class_weights, datamodule.class_weights)
+    assert model.hparams.class_weights == pytest.approx(datamodule.class_weights.tolist())
+    assert model.class_weights[0] > 1 > model.class_weights[1]  # NORMAL is the rarer class
+    images, targets = next(iter(datamodule.eval_dataloader("train")))
+    loss, _, _ = model._step((images, targets))
+    with torch.no_grad():
+        logits = model(images)
+    weighted = weighted_ce(logits, targets, datamodule.class_weights)
+    assert loss.item() == pytest.approx(weighted.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(weighted_ce(logits, targets, None).item(), rel=1e-3)
 
 
-def test_fixed_threshold_and_single_class_fallback() -> None:
-    probs, targets = _scores()
-    assert choose_threshold(probs, targets, 0.3) == 0.3
-    assert choose_threshold(probs, torch.ones_like(targets), "f1") == 0.5
+def test_class_weighted_false_trains_on_the_plain_loss(datamodule: ChestXRayDataModule) -> None:
+    model = PneumoniaClassifier(backbone="resnet18", weights=None, class_weighted=False).eval()
+    attach(model, datamodule)
+    assert model.class_weights is None
+    assert "class_weights" not in model.state_dict()
+    images, targets = next(iter(datamodule.eval_dataloader("train")))
+    loss, _, _ = model._step((images, targets))
+    with torch.no_grad():
+        plain = weighted_ce(model(images), targets, None)
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
 
 
-def test_metrics_agree_with_the_confusion_matrix() -> None:
-    probs, targets = _scores(seed=3)
-    (tn, fp), (fn, tp) = confusion_matrix(probs, targets, 0.4).tolist()
-    m = metrics_at(probs, targets, 0.4)
-    assert m["accuracy"] == pytest.approx((tp + tn) / len(targets))
-    assert m["recall"] == pytest.approx(tp / (tp + fn))
-    assert m["specificity"] == pytest.approx(tn / (tn + fp))
-    assert m["precision"] == pytest.approx(tp / (tp + fp))
-    assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+def test_a_positive_class_at_index_0_is_the_one_scored() -> None:
+    model = PneumoniaClassifier(
+        backbone="resnet18", weights=None, class_names=["PNEUMONIA", "normal"]
+    ).eval()
+    assert model.positive_index == 0
+    images = torch.randn(6, 3, 32, 32)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])  # indices into ["PNEUMONIA", "normal"]
+    _, probs, targets = model._step((images, labels))
+    with torch.no_grad():
+        expected = torch.softmax(model(images), dim=1)[:, 0]
+    torch.testing.assert_close(probs, expected)
+    torch.testing.assert_close(model.predict_proba(images).detach(), expected)
+    assert targets.tolist() == [1, 0, 1, 0, 0, 1]  # 1 = PNEUMONIA, whatever its index

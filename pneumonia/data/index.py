@@ -1,0 +1,206 @@
+"""What is in a data folder: the Kaggle layout ``root/{train,val,test}/{CLASS}/*``, its image
+files, which of them cannot be used, and a summary table. No Lightning here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from pneumonia.data.images import BadImageError, is_image_file, load_gray
+from pneumonia.runtime import decode_threads
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+EXPECTED_LAYOUT = "root/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg (val/ and test/ optional)"
+BadImagePolicy = Literal["error", "skip"]
+
+
+class DataLayoutError(FileNotFoundError):
+    """The data root does not hold the expected folder layout."""
+
+
+class BadImagesError(ValueError):
+    """One or more image files cannot be used; lists every one of them."""
+
+
+@dataclass
+class SplitListing:
+    """Files of one split folder, labelled by their class folder."""
+
+    files: list[Path]
+    labels: list[int]
+    ignored: list[Path] = field(default_factory=list)  # non-image files such as .DS_Store
+
+
+def _describe(root: Path, limit: int = 8) -> str:
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    if not entries:
+        return "it is empty"
+    shown = ", ".join(entries[:limit]) + (", ..." if len(entries) > limit else "")
+    return f"it holds: {shown}"
+
+
+def find_split_dirs(root: Path) -> dict[str, Path]:
+    """Return the split folders under ``root``; ``train`` is required.
+
+    Raises:
+        DataLayoutError: the root is missing or does not look like the Kaggle layout.
+    """
+    fixes = "Point data.root=... at the folder holding train/, or run the demo: experiment=demo."
+    if not root.exists():
+        raise DataLayoutError(
+            f"Data root {root} does not exist. Expected {EXPECTED_LAYOUT}. {fixes}"
+        )
+    if not root.is_dir():
+        raise DataLayoutError(f"Data root {root} is a file, not a folder. {fixes}")
+    if not (root / "train").is_dir():
+        for nested in ("chest_xray", "chest-xray", "chest_xray_pneumonia"):
+            if (root / nested / "train").is_dir():
+                raise DataLayoutError(
+                    f"Data root {root} holds the dataset one level down, in {nested}/. "
+                    f"Use data.root={root / nested}"
+                )
+        raise DataLayoutError(
+            f"Data root {root} has no train/ folder ({_describe(root)}). "
+            f"Expected {EXPECTED_LAYOUT}. {fixes}"
+        )
+    return {s: root / s for s in SPLITS if (root / s).is_dir()}
+
+
+def class_names(train_dir: Path) -> list[str]:
+    """Class names from the train folder's sub-folders, sorted as ImageFolder sorts them."""
+    classes = sorted(
+        p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    if len(classes) < 2:
+        raise DataLayoutError(
+            f"{train_dir} must hold one folder per class (e.g. NORMAL/ and PNEUMONIA/); "
+            f"found {classes or 'none'} ({_describe(train_dir)})."
+        )
+    return classes
+
+
+def list_split(split_dir: Path, classes: list[str]) -> SplitListing:
+    """List image files of one split, checking its class folders match ``classes``.
+
+    Raises:
+        DataLayoutError: different class folders than train, or an empty class folder.
+    """
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if found != classes:
+        raise DataLayoutError(
+            f"{split_dir} has class folders {found}, but train/ has {classes}. "
+            "Every split must hold the same class folders."
+        )
+    listing = SplitListing(files=[], labels=[])
+    for label, name in enumerate(classes):
+        n_before = len(listing.files)
+        for path in sorted((split_dir / name).rglob("*")):
+            if path.is_dir():
+                continue
+            hidden = any(part.startswith(".") for part in path.relative_to(split_dir).parts)
+            if is_image_file(path) and not hidden:
+                listing.files.append(path)
+                listing.labels.append(label)
+            else:
+                listing.ignored.append(path)
+        if len(listing.files) == n_before:
+            raise DataLayoutError(
+                f"Class folder {split_dir / name} holds no images (extensions: .jpeg, .jpg, .png,"
+                " ...). Add images or remove the folder from every split."
+            )
+    return listing
+
+
+@dataclass
+class DataIndex:
+    """Every split folder of a data root, listed and labelled by class folder."""
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, SplitListing]
+    skipped: dict[str, str] = field(default_factory=dict)  # resolved path -> reason
+
+    @classmethod
+    def scan(cls, root: Path) -> DataIndex:
+        """List ``root``'s splits; a wrong layout raises :class:`DataLayoutError`."""
+        dirs = find_split_dirs(root)
+        classes = class_names(dirs["train"])
+        return cls(root, classes, {split: list_split(d, classes) for split, d in dirs.items()})
+
+    def all_files(self) -> list[Path]:
+        return [f for listing in self.splits.values() for f in listing.files]
+
+    def drop_bad(
+        self, bad: dict[str, str], policy: BadImagePolicy, warn: Callable[[str], None]
+    ) -> None:
+        """Apply the bad-image policy to ``bad`` (resolved path -> reason).
+
+        Raises:
+            BadImagesError: under ``error``, naming every unusable file and the way out.
+        """
+        if not bad:
+            return
+        total = len(self.all_files())
+        lines = "\n".join(f"  {path}: {reason}" for path, reason in sorted(bad.items()))
+        if policy == "error":
+            raise BadImagesError(
+                f"{len(bad)} of {total} image files under {self.root} cannot be used:\n{lines}\n"
+                "Fix or remove them, or set data.on_bad_image=skip to train without them."
+            )
+        warn(f"Skipping {len(bad)} unusable image files (data.on_bad_image=skip):\n{lines}")
+        for listing in self.splits.values():
+            keep = [i for i, f in enumerate(listing.files) if str(f.resolve()) not in bad]
+            listing.files = [listing.files[i] for i in keep]
+            listing.labels = [listing.labels[i] for i in keep]
+        self.skipped = dict(bad)
+
+
+def verify_images(files: list[Path], max_pixels: int) -> dict[str, str]:
+    """Fully decode every file (when there is no cache): resolved path -> reason, for failures."""
+
+    def check(path: Path) -> str | None:
+        try:
+            load_gray(path, max_pixels)
+        except BadImageError as e:
+            return str(e)
+        return None
+
+    bad: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+        results = tqdm(pool.map(check, files), total=len(files), desc="Checking images", unit="img")
+        for path, reason in zip(files, results, strict=True):
+            if reason is not None:
+                bad[str(path.resolve())] = reason
+    return bad
+
+
+def summary_table(
+    root: Path, classes: list[str], rows: dict[str, tuple[list[int], int]], skipped: int
+) -> str:
+    """Images per split and class, patients per split, skipped files, as aligned text.
+
+    Args:
+        rows: split -> (images per class in class order, number of patients).
+    """
+    head = ["split", *classes, "total", "patients"]
+    table = [head]
+    for split, (counts, patients) in rows.items():
+        table.append([split, *map(str, counts), str(sum(counts)), str(patients)])
+    widths = [max(len(r[c]) for r in table) for c in range(len(head))]
+    lines = [
+        "  ".join(
+            v.ljust(w) if c == 0 else v.rjust(w)
+            for c, (v, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in table
+    ]
+    lines.append(f"skipped files: {skipped}")
+    return f"Data at {root}:\n" + "\n".join(lines)

@@ -1,0 +1,83 @@
+"""Backbones: torchvision models with a new two-class head, and where their weights come from."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from pneumonia.backbones import BACKBONES, WeightsUnavailableError
+from pneumonia.model import PneumoniaClassifier
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache; any download attempt fails as it does offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError(f"no network in tests ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_b0"])
+def test_backbones_get_a_new_two_class_head(name: str) -> None:
+    model = PneumoniaClassifier(backbone=name, weights=None)
+    reference = torchvision.models.get_model(name, weights=None)
+    classifier = dict(reference.named_modules())[BACKBONES[name].head]
+    assert model.head.in_features == classifier.in_features
+    assert model.head.out_features == 2
+    logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 2)
+
+
+def test_unknown_backbone_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"Unknown backbone 'resnet5'.*resnet50"):
+        PneumoniaClassifier(backbone="resnet5", weights=None)
+
+
+def test_pretrained_weights_come_from_the_hub_cache(offline_hub: Path) -> None:
+    reference = torchvision.models.resnet18()
+    with torch.no_grad():
+        reference.conv1.weight.fill_(0.123)
+    offline_hub.mkdir(parents=True)
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    torch.save(reference.state_dict(), offline_hub / Path(url).name)
+    model = PneumoniaClassifier(backbone="resnet18", weights="IMAGENET1K_V1")
+    assert torch.all(model.backbone.conv1.weight == 0.123)
+
+
+def test_offline_without_cached_weights_names_both_ways_out(offline_hub: Path) -> None:
+    with pytest.raises(WeightsUnavailableError) as info:
+        PneumoniaClassifier(backbone="resnet18", weights="IMAGENET1K_V1")
+    message = str(info.value)
+    assert "model.weights=null" in message
+    assert "model.weights=/path/to/resnet18.pth" in message
+    assert str(offline_hub) in message
+
+
+def test_weights_from_a_local_state_dict_file(tmp_path: Path) -> None:
+    reference = torchvision.models.resnet18()
+    with torch.no_grad():
+        reference.layer1[0].conv1.weight.fill_(-0.5)
+    path = tmp_path / "mine.pth"
+    torch.save(reference.state_dict(), path)
+    model = PneumoniaClassifier(backbone="resnet18", weights=str(path))
+    assert torch.all(model.backbone.layer1[0].conv1.weight == -0.5)
+
+
+def test_weights_file_for_another_architecture_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "densenet.pth"
+    torch.save(torchvision.models.densenet121().state_dict(), path)
+    with pytest.raises(WeightsUnavailableError, match="does not fit"):
+        PneumoniaClassifier(backbone="resnet18", weights=str(path))
+
+
+def test_unknown_weights_name_is_an_error() -> None:
+    with pytest.raises(WeightsUnavailableError, match=r"IMAGENET1K_V1, IMAGENET1K_V2"):
+        PneumoniaClassifier(backbone="resnet50", weights="IMAGENET_V3")
