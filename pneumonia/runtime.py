@@ -1,4 +1,4 @@
-"""Process-wide settings that make training faster and that no config can express."""
+"""What this machine offers, and process-wide settings that make training faster."""
 
 from __future__ import annotations
 
@@ -11,6 +11,27 @@ import platform
 import torch
 
 log = logging.getLogger(__name__)
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (a CPU-limited container's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def decode_threads() -> int:
+    """Threads for decoding images: Pillow releases the GIL, so they scale across cores."""
+    return min(8, usable_cpus())
+
+
+def loader_workers(on_gpu: bool) -> int:
+    """DataLoader workers. On small CPU machines workers fight the compute threads, so none."""
+    cores = usable_cpus()
+    if on_gpu:
+        return min(8, max(1, cores - 1))
+    return 0 if cores <= 4 else min(4, cores // 4)
+
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3

@@ -1,14 +1,18 @@
-"""Chest X-ray data: folder scanning, patient-grouped splits, decoded cache, transforms."""
+"""Chest X-ray data: folder index, patient-grouped splits, decoded cache, preprocessing."""
 
-from pneumonia.data.datamodule import BadImagesError, ChestXRayDataModule, ChestXRayDataset
-from pneumonia.data.scan import DataLayoutError
+from pneumonia.data.datamodule import ChestXRayDataModule
+from pneumonia.data.dataset import ChestXRayDataset, Preprocessing, PreprocessingError
+from pneumonia.data.index import BadImagesError, DataIndex, DataLayoutError
 from pneumonia.data.synthetic import ensure_synthetic_dataset, generate_synthetic_dataset
 
 __all__ = [
     "BadImagesError",
     "ChestXRayDataModule",
     "ChestXRayDataset",
+    "DataIndex",
     "DataLayoutError",
+    "Preprocessing",
+    "PreprocessingError",
     "ensure_synthetic_dataset",
     "generate_synthetic_dataset",
 ]

@@ -1,9 +1,10 @@
 """A decoded-image cache: every file decoded and resized once, stored as uint8 in a memmap.
 
 Decoding JPEGs dominates a CPU data pipeline (110-190 img/s with PIL against 1,400-1,700 img/s
-from a uint8 cache, see DESIGN.md). The cache is keyed by the file list with sizes and mtimes,
-the resolution and the pixel limit, so a changed dataset or resolution never reads stale pixels.
-Files that fail to decode are recorded in the cache too, so a second run knows them at once.
+from a uint8 cache on the machines measured so far). The cache is keyed by the file list with
+sizes and mtimes and by the decode settings (resolution, interpolation, pixel limit), so a
+changed dataset or setting never reads stale pixels. Files that fail to decode are recorded in
+the cache too, so a second run knows them at once.
 """
 
 from __future__ import annotations
@@ -14,40 +15,41 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from pneumonia.data.images import BadImageError, load_resized
+from pneumonia.data.images import BadImageError
+from pneumonia.runtime import decode_threads
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _PIXELS, _INDEX, _META = "pixels.u8", "index.npy", "meta.json"
 
 
 def default_cache_dir() -> Path:
+    """``$PNEUMONIA_CACHE_DIR``, else ``$XDG_CACHE_HOME/pneumonia``, else ``~/.cache/pneumonia``.
+
+    The one place that resolves it: ``paths.cache_dir=null`` in the config means this.
+    """
+    if os.environ.get("PNEUMONIA_CACHE_DIR"):
+        return Path(os.environ["PNEUMONIA_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "pneumonia"
 
 
-def cache_key(files: Sequence[Path], size: int, max_pixels: int) -> str:
-    """Hash of what decides the cached pixels: files, their sizes/mtimes, resolution, limit."""
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, size, max_pixels]).encode())
+def cache_key(files: Sequence[Path], settings: dict[str, Any]) -> str:
+    """Hash of what decides the cached pixels: files, their sizes/mtimes, decode settings."""
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, settings], sort_keys=True).encode())
     for f in files:
         st = f.stat()
         h.update(f"\n{f.resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
-
-
-def _decode(path: Path, size: int, max_pixels: int) -> np.ndarray | str:
-    try:
-        return load_resized(path, size, max_pixels)
-    except BadImageError as e:
-        return str(e)
 
 
 class DecodedImageCache:
@@ -58,7 +60,7 @@ class DecodedImageCache:
         meta = json.loads((self.directory / _META).read_text())
         if meta.get("version") != CACHE_VERSION:
             raise ValueError(f"cache {directory} has version {meta.get('version')}")
-        self.size: int = meta["size"]
+        self.settings: dict[str, Any] = meta["settings"]
         self.files: list[str] = meta["files"]
         self.bad: dict[str, str] = meta["bad"]
         self._index = np.load(self.directory / _INDEX)  # (N, 3): offset, height, width
@@ -91,23 +93,34 @@ class DecodedImageCache:
         cls,
         files: Sequence[Path],
         *,
-        size: int,
+        decode: Callable[[Path], np.ndarray],
+        settings: dict[str, Any],
         cache_dir: Path,
-        max_pixels: int,
         num_threads: int | None = None,
     ) -> DecodedImageCache:
-        """Open the cache for exactly these files and settings, building it if absent."""
+        """Open the cache for exactly these files and settings, building it if absent.
+
+        Args:
+            decode: path -> (H, W) uint8 pixels; raises ``BadImageError`` for unusable files.
+            settings: every setting that changes what ``decode`` returns (``resize_size``
+                names the cache folder).
+        """
         files = sorted({Path(f).resolve() for f in files}, key=str)
-        directory = Path(cache_dir) / f"{size}px-{cache_key(files, size, max_pixels)}"
+        name = f"{settings.get('resize_size', 'x')}px-{cache_key(files, settings)}"
+        directory = Path(cache_dir) / name
         if (directory / _META).is_file():
             log.info("Reading decoded images from cache %s", directory)
             return cls(directory)
-        cls._build(files, directory, size=size, max_pixels=max_pixels, num_threads=num_threads)
+        cls._build(files, directory, decode, settings, num_threads or decode_threads())
         return cls(directory)
 
     @staticmethod
     def _build(
-        files: list[Path], directory: Path, *, size: int, max_pixels: int, num_threads: int | None
+        files: list[Path],
+        directory: Path,
+        decode: Callable[[Path], np.ndarray],
+        settings: dict[str, Any],
+        workers: int,
     ) -> None:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
@@ -115,16 +128,20 @@ class DecodedImageCache:
         index = np.zeros((len(files), 3), dtype=np.int64)
         bad: dict[str, str] = {}
         offset = 0
-        # Pillow releases the GIL while decoding and resizing, so threads scale across cores.
-        workers = num_threads or min(8, os.cpu_count() or 1)
+
+        def attempt(path: Path) -> np.ndarray | str:
+            try:
+                return decode(path)
+            except BadImageError as e:
+                return str(e)
+
         try:
             with (
                 open(tmp / _PIXELS, "wb") as out,
                 ThreadPoolExecutor(max_workers=workers) as pool,
             ):
-                results = pool.map(lambda f: _decode(f, size, max_pixels), files)
                 bar = tqdm(
-                    results, total=len(files), desc=f"Caching images at {size}px", unit="img"
+                    pool.map(attempt, files), total=len(files), desc="Caching images", unit="img"
                 )
                 for i, arr in enumerate(bar):
                     if isinstance(arr, str):
@@ -136,8 +153,7 @@ class DecodedImageCache:
             np.save(tmp / _INDEX, index)
             meta = {
                 "version": CACHE_VERSION,
-                "size": size,
-                "max_pixels": max_pixels,
+                "settings": settings,
                 "files": [str(f) for f in files],
                 "bad": bad,
             }

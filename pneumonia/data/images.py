@@ -15,6 +15,13 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000; the largest Kermany originals are ~7 MP
+# Pillow filters for the decode-time resize; Pillow antialiases whenever it downscales.
+RESAMPLING = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 class BadImageError(ValueError):
@@ -98,8 +105,8 @@ def load_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise BadImageError(f"cannot decode ({type(e).__name__}: {e})") from e
 
 
-def resize_shorter(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the shorter side equals ``size`` (antialiased bicubic, as ``v2.Resize(int)``)."""
+def resize_shorter(gray: np.ndarray, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """Resize so the shorter side equals ``size`` (antialiased, as ``v2.Resize(int)``)."""
     h, w = gray.shape
     if min(h, w) == size:
         return np.ascontiguousarray(gray)
@@ -107,15 +114,17 @@ def resize_shorter(gray: np.ndarray, size: int) -> np.ndarray:
         new_h, new_w = size, max(1, round(w * size / h))
     else:
         new_h, new_w = max(1, round(h * size / w)), size
-    im = Image.fromarray(gray).resize((new_w, new_h), Image.Resampling.BICUBIC)
+    im = Image.fromarray(gray).resize((new_w, new_h), RESAMPLING[interpolation])
     return np.array(im, dtype=np.uint8)
 
 
-def load_resized(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_resized(
+    path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, interpolation: str = "bicubic"
+) -> np.ndarray:
     """Decode ``path`` and resize its shorter side to ``size``: (H, W) uint8."""
     im_gray = load_gray(path, max_pixels)
     if size <= 0:
         raise ValueError(f"resize size must be positive, got {size}")
     # Pillow's draft mode lets JPEG decode at 1/2..1/8 scale, but would make cached and uncached
     # pixels depend on the decoder's scaling; we decode at full size for exactness.
-    return resize_shorter(im_gray, size)
+    return resize_shorter(im_gray, size, interpolation)

@@ -11,8 +11,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pneumonia.data.index import SplitListing
+
+OFFICIAL_VAL_MIN = 100
 
 # personN_bacteria_M.jpeg / personN_virus_M.jpeg (also personN_virus_M_K.jpeg) -> personN
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
@@ -70,3 +76,47 @@ def patient_split(
     val_set = set(val)
     train = [i for i in range(len(files)) if i not in val_set]
     return train, sorted(val_set)
+
+
+@dataclass
+class Split:
+    files: list[Path]
+    labels: list[int]
+
+
+def fit_splits(
+    train: SplitListing,
+    val: SplitListing | None,
+    *,
+    val_split: Literal["patient", "official"],
+    fraction: float,
+    seed: int,
+    warn: Callable[[str], None],
+) -> dict[str, Split]:
+    """The training and validation splits from the ``train/`` (and ``val/``) folders.
+
+    ``patient`` pools both folders and carves a patient-grouped ``fraction``; ``official``
+    keeps ``val/`` as it is (warning when it is too small to select a model on).
+    """
+    if val_split == "official" and val is not None:
+        if len(val.files) < OFFICIAL_VAL_MIN:
+            warn(
+                f"The official val split holds only {len(val.files)} images: too few for "
+                "model selection or threshold tuning. data.val_split=patient carves a "
+                "patient-grouped split instead."
+            )
+        return {"train": Split(train.files, train.labels), "val": Split(val.files, val.labels)}
+    if val_split == "official":
+        warn(
+            f"data.val_split=official but there is no val/ folder: carving a "
+            f"patient-grouped {fraction:.0%} of train instead."
+        )
+    files, labels = list(train.files), list(train.labels)
+    if val is not None:
+        files += val.files
+        labels += val.labels
+    train_idx, val_idx = patient_split(files, labels, fraction=fraction, seed=seed)
+    return {
+        "train": Split([files[i] for i in train_idx], [labels[i] for i in train_idx]),
+        "val": Split([files[i] for i in val_idx], [labels[i] for i in val_idx]),
+    }

@@ -22,14 +22,16 @@ def train_transforms(
     *,
     crop_size: int = 224,
     crop: Literal["center", "random"] = "center",
-    hflip_prob: float = 0.5,
+    hflip_prob: float = 0.0,
     rotation_degrees: float = 10.0,
     translate: float = 0.05,
 ) -> v2.Compose:
-    """The notebook's recipe: crop, horizontal flip, rotation +-10 degrees, translate 5%.
+    """Crop, rotation +-10 degrees, translate 5%; a horizontal flip only when asked for.
 
     ``crop="center"`` matches the notebook (Resize(255) + CenterCrop(224)); ``"random"`` takes
     a random ``crop_size`` window instead. Set a probability or magnitude to 0 to drop a part.
+    The notebook also flipped half the images; that is off by default because a chest is not
+    mirror-symmetric (the heart sits on the left): ``hflip_prob=0.5`` restores it.
     """
     if crop not in ("center", "random"):
         raise ValueError(f"data.crop must be 'center' or 'random', got {crop!r}")

@@ -1,0 +1,154 @@
+"""The preprocessing of one image, and the Dataset that applies it to labelled files.
+
+:class:`Preprocessing` is the single definition of how a file becomes the model's input at
+evaluation time. The DataModule builds it from its arguments, the checkpoint stores it, and
+evaluate, predict, Grad-CAM and export read it back from there; nothing re-derives it from
+defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from pneumonia.data.images import DEFAULT_MAX_PIXELS, RESAMPLING, load_resized
+from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
+
+
+class PreprocessingError(ValueError):
+    """A preprocessing record that is missing, incomplete or not understood."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """File -> normalised float (3, crop, crop): decode, gray, resize, center crop, normalise.
+
+    Args:
+        resize_size: the shorter side after decoding (what the decoded-image cache stores).
+        crop_size: the square center crop the model sees.
+        interpolation: Pillow filter of the resize (antialiased when it shrinks).
+        mean, std: per-channel normalisation of the ``[0, 1]`` gray value repeated to 3 channels.
+        max_pixels: larger images are refused as possible decompression bombs.
+    """
+
+    resize_size: int = 256
+    crop_size: int = 224
+    interpolation: str = "bicubic"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.crop_size > self.resize_size:
+            raise ValueError(
+                f"data.crop_size ({self.crop_size}) must not exceed data.resize_size "
+                f"({self.resize_size})"
+            )
+        if self.interpolation not in RESAMPLING:
+            raise ValueError(
+                f"data.interpolation={self.interpolation!r}; valid: {', '.join(RESAMPLING)}"
+            )
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    # ------------------------------------------------------------------ records
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any] | None) -> Preprocessing:
+        """The inverse of :meth:`to_dict`; every field must be present."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(record, dict) or set(record) != names:
+            found = sorted(record) if isinstance(record, dict) else record
+            raise PreprocessingError(
+                f"a preprocessing record needs exactly the fields {sorted(names)}; found {found}"
+            )
+        return cls(**record)
+
+    def decode_settings(self) -> dict[str, Any]:
+        """What decides the decoded pixels (and so keys the decoded-image cache)."""
+        return {
+            "resize_size": self.resize_size,
+            "interpolation": self.interpolation,
+            "max_pixels": self.max_pixels,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Every step, in order, for a deployment that must reproduce the model's inputs."""
+        return {
+            "steps": [
+                "decode; apply the EXIF orientation",
+                "to 8-bit gray: Pillow convert('L') (ITU-R 601-2 luma) for colour images; "
+                "16-bit and float images scaled by their bit depth, not clipped",
+                f"resize the shorter side to {self.resize_size} px "
+                f"({self.interpolation}, antialiased), keeping the aspect ratio",
+                f"center crop {self.crop_size} x {self.crop_size}",
+                "scale to [0, 1] (uint8 / 255) and repeat the gray channel to 3 channels",
+                "subtract mean, divide by std, per channel",
+            ],
+            **self.to_dict(),
+            "channels": 3,
+            "layout": "NCHW float32",
+        }
+
+    def normalized(self, gray: float) -> list[float]:
+        """A gray level in [0, 1] as the model sees it, per channel."""
+        return [(gray - m) / s for m, s in zip(self.mean, self.std, strict=True)]
+
+    # ------------------------------------------------------------------ applying it
+    def decode(self, path: Path) -> np.ndarray:
+        """One file -> (H, W) uint8 gray with its shorter side at ``resize_size``."""
+        return load_resized(path, self.resize_size, self.max_pixels, self.interpolation)
+
+    @cached_property
+    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return eval_transforms(crop_size=self.crop_size)
+
+    @cached_property
+    def collate(self) -> NormalizeCollate:
+        """Stacks uint8 samples into the normalised float (B, 3, crop, crop) batch."""
+        return NormalizeCollate(self.mean, self.std)
+
+    def load(self, path: Path) -> torch.Tensor:
+        """One file -> uint8 (1, crop, crop), exactly as the evaluation DataLoader gives it."""
+        return self.eval_transform(as_image(self.decode(path)))
+
+
+def as_image(pixels: np.ndarray) -> tv_tensors.Image:
+    return tv_tensors.Image(torch.from_numpy(pixels).unsqueeze(0))  # (H, W) -> (1, H, W)
+
+
+class ChestXRayDataset(Dataset):
+    """Labelled image files -> (uint8 (C, H, W) image after ``transform``, label).
+
+    Args:
+        decode: path -> (H, W) uint8 pixels at the training resolution: the decoded-image
+            cache's ``get`` or :meth:`Preprocessing.decode`.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        labels: Sequence[int],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        decode: Callable[[Path], np.ndarray],
+    ) -> None:
+        self.files = list(files)
+        self.labels = list(labels)
+        self.transform = transform
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(as_image(self.decode(self.files[i]))), self.labels[i]

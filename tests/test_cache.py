@@ -1,0 +1,91 @@
+"""The decoded-image cache: the same pixels as decoding, read without decoding, never stale."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pneumonia.data.dataset as dataset_module
+from pneumonia.data import BadImagesError, ChestXRayDataModule
+
+from .test_datamodule import _break_some, make_dm
+
+
+def _no_decoding(*args, **kwargs):
+    raise AssertionError("decoded an image although the cache should have been used")
+
+
+def _all_eval_tensors(dm: ChestXRayDataModule) -> torch.Tensor:
+    loader = dm._loader("train", dm.eval_transform, shuffle=False)
+    return torch.cat([x for x, _ in loader])
+
+
+def test_cache_gives_the_same_tensors_as_decoding(tiny_root: Path, tmp_path: Path) -> None:
+    cached = make_dm(tiny_root, tmp_path, cache=True)
+    cached.setup("fit")
+    fresh = make_dm(tiny_root, tmp_path, cache=False)
+    fresh.setup("fit")
+    assert cached.files("train") == fresh.files("train")
+    assert torch.equal(_all_eval_tensors(cached), _all_eval_tensors(fresh))
+
+
+def test_second_setup_reads_the_cache_without_decoding(
+    tiny_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    make_dm(tiny_root, tmp_path).setup("fit")
+    monkeypatch.setattr(dataset_module, "load_resized", _no_decoding)
+    dm = make_dm(tiny_root, tmp_path)
+    dm.setup("fit")
+    images, _ = next(iter(dm.train_dataloader()))
+    assert images.shape[1:] == (3, 32, 32)
+
+
+def test_changed_data_or_resolution_never_reads_a_stale_cache(
+    tiny_copy: Path, tmp_path: Path
+) -> None:
+    make_dm(tiny_copy, tmp_path).setup("fit")
+    caches = lambda: {p.name for p in (tmp_path / "cache").iterdir()}  # noqa: E731
+    assert len(caches()) == 1
+    make_dm(tiny_copy, tmp_path, resize_size=48).setup("fit")
+    assert len(caches()) == 2
+
+    target = sorted((tiny_copy / "train" / "NORMAL").glob("*.jpeg"))[0]
+    white = np.full((60, 60), 255, np.uint8)
+    Image.fromarray(white).save(target)
+    os.utime(target, ns=(1, 1))  # even with an old mtime, the size differs
+    dm = make_dm(tiny_copy, tmp_path, val_split="official")
+    dm.setup("fit")
+    assert len(caches()) == 3
+    i = dm.files("train").index(target)
+    image = dm._loader("train", dm.eval_transform, shuffle=False).dataset[i][0]
+    assert int(image.min()) >= 250  # the new white pixels, not the cached X-ray
+
+
+def test_dataloader_with_workers_reopens_the_memmap(tiny_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(tiny_root, tmp_path, num_workers=2)
+    dm.setup("fit")
+    n = sum(len(labels) for _, labels in dm.train_dataloader())
+    assert n == len(dm.files("train"))
+
+
+def test_bad_images_do_not_lose_the_cache(tiny_copy: Path, tmp_path: Path, monkeypatch) -> None:
+    _break_some(tiny_copy)
+    with pytest.raises(BadImagesError):
+        make_dm(tiny_copy, tmp_path).setup("fit")
+    monkeypatch.setattr(dataset_module, "load_resized", _no_decoding)
+    with pytest.warns(UserWarning, match="Skipping 3"):
+        make_dm(tiny_copy, tmp_path, on_bad_image="skip").setup("fit")
+
+
+def test_another_interpolation_gets_its_own_cache(tiny_root: Path, tmp_path: Path) -> None:
+    bicubic = make_dm(tiny_root, tmp_path)
+    bicubic.setup("fit")
+    nearest = make_dm(tiny_root, tmp_path, interpolation="nearest")
+    nearest.setup("fit")
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert not torch.equal(_all_eval_tensors(bicubic), _all_eval_tensors(nearest))

@@ -1,0 +1,130 @@
+"""The data index: the folder layout, its image files and the bad-image policy, no Lightning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pneumonia.data.index import (
+    BadImagesError,
+    DataIndex,
+    DataLayoutError,
+    summary_table,
+    verify_images,
+)
+
+
+def test_index_lists_every_split_with_labels_from_the_class_folders(tiny_root: Path) -> None:
+    index = DataIndex.scan(tiny_root)
+    assert index.classes == ["NORMAL", "PNEUMONIA"]
+    assert set(index.splits) == {"train", "val", "test"}
+    for split, listing in index.splits.items():
+        for path, label in zip(listing.files, listing.labels, strict=True):
+            assert path.parent.name == index.classes[label]
+            assert path.parent.parent.name == split
+        assert len(listing.files) == len(list((tiny_root / split).rglob("*.jpeg")))
+
+
+def test_root_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(DataLayoutError, match=r"does not exist.*data\.root=.*experiment=demo"):
+        DataIndex.scan(tmp_path / "nope")
+
+
+def test_root_with_chest_xray_one_level_down(tiny_root: Path, tmp_path: Path) -> None:
+    outer = tmp_path / "download"
+    outer.mkdir()
+    (outer / "chest_xray").symlink_to(tiny_root)
+    with pytest.raises(DataLayoutError, match=r"one level down.*data\.root=.*chest_xray"):
+        DataIndex.scan(outer)
+
+
+def test_root_without_train_lists_what_it_found(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels.csv").write_text("a,b\n")
+    with pytest.raises(DataLayoutError, match=r"no train/ folder.*images/, labels\.csv"):
+        DataIndex.scan(tmp_path)
+
+
+def test_val_with_other_class_folders_is_an_error(tiny_copy: Path) -> None:
+    (tiny_copy / "val" / "PNEUMONIA").rename(tiny_copy / "val" / "BACTERIA")
+    expected = r"\['BACTERIA', 'NORMAL'\].*\['NORMAL', 'PNEUMONIA'\]"
+    with pytest.raises(DataLayoutError, match=expected):
+        DataIndex.scan(tiny_copy)
+
+
+def test_empty_class_folder_is_an_error(tiny_copy: Path) -> None:
+    for f in (tiny_copy / "test" / "NORMAL").iterdir():
+        f.unlink()
+    (tiny_copy / "test" / "NORMAL" / ".DS_Store").write_bytes(b"\0\0")
+    with pytest.raises(DataLayoutError, match=r"test/NORMAL holds no images"):
+        DataIndex.scan(tiny_copy)
+
+
+def test_non_image_files_are_ignored_and_listed(tiny_copy: Path) -> None:
+    normal = tiny_copy / "train" / "NORMAL"
+    junk = {
+        normal / ".DS_Store": b"\0\1\2",
+        normal / "Thumbs.db": b"\0\1\2",
+        normal / "notes.txt": b"seen by a radiologist",
+        normal / "._IM-0001-0001.jpeg": b"\0\5\0\7",  # macOS resource fork
+    }
+    for path, data in junk.items():
+        path.write_bytes(data)
+    train = DataIndex.scan(tiny_copy).splits["train"]
+    assert all(f.suffix == ".jpeg" and not f.name.startswith(".") for f in train.files)
+    assert set(train.ignored) == set(junk)
+
+
+# ----------------------------------------------------------------------------- bad images
+def _break_two(root: Path) -> list[Path]:
+    normal = sorted((root / "train" / "NORMAL").glob("*.jpeg"))
+    normal[0].write_bytes(b"")
+    normal[1].write_bytes(b"<html>not found</html>")
+    return normal[:2]
+
+
+def test_verify_names_each_unusable_file_with_its_reason(tiny_copy: Path) -> None:
+    broken = _break_two(tiny_copy)
+    index = DataIndex.scan(tiny_copy)
+    bad = verify_images(index.all_files(), max_pixels=10**8)
+    assert set(bad) == {str(p.resolve()) for p in broken}
+    assert "empty file" in bad[str(broken[0].resolve())]
+
+
+def test_error_policy_lists_every_bad_file_and_the_way_out(tiny_copy: Path) -> None:
+    broken = _break_two(tiny_copy)
+    index = DataIndex.scan(tiny_copy)
+    bad = verify_images(index.all_files(), max_pixels=10**8)
+    with pytest.raises(BadImagesError) as info:
+        index.drop_bad(bad, "error", warn=pytest.fail)
+    message = str(info.value)
+    assert all(p.name in message for p in broken)
+    assert "data.on_bad_image=skip" in message
+
+
+def test_skip_policy_drops_warns_and_remembers(tiny_copy: Path) -> None:
+    broken = _break_two(tiny_copy)
+    index = DataIndex.scan(tiny_copy)
+    before = len(index.splits["train"].files)
+    warnings: list[str] = []
+    index.drop_bad(verify_images(index.all_files(), 10**8), "skip", warn=warnings.append)
+    train = index.splits["train"]
+    assert len(train.files) == len(train.labels) == before - 2
+    assert not set(train.files) & set(broken)
+    assert len(warnings) == 1
+    assert all(p.name in warnings[0] for p in broken)
+    assert set(index.skipped) == {str(p.resolve()) for p in broken}
+
+
+def test_summary_table_aligns_counts_per_split_and_class() -> None:
+    text = summary_table(
+        Path("/data"), ["NORMAL", "PNEUMONIA"], {"train": ([10, 200], 150), "val": ([1, 2], 3)}, 4
+    )
+    lines = text.splitlines()
+    assert lines[0] == "Data at /data:"
+    assert lines[1].split() == ["split", "NORMAL", "PNEUMONIA", "total", "patients"]
+    assert lines[2].split() == ["train", "10", "200", "210", "150"]
+    assert lines[3].split() == ["val", "1", "2", "3", "3"]
+    assert len({len(line) for line in lines[1:4]}) == 1  # one column width for every row
+    assert lines[-1] == "skipped files: 4"
