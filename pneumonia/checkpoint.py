@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from pneumonia.data.dataset import Preprocessing, PreprocessingError
 from pneumonia.model import PneumoniaClassifier
 
 
@@ -23,7 +24,8 @@ class LoadedCheckpoint:
     path: Path
     threshold: float
     class_names: list[str]
-    data_hparams: dict[str, Any]  # the DataModule arguments the model was trained with
+    preprocessing: Preprocessing  # the eval preprocessing the model was trained with
+    data_hparams: dict[str, Any]  # the DataModule arguments (root, split...) of the training run
     config: dict[str, Any] | None  # the full Hydra config of the training run
 
     @property
@@ -65,11 +67,20 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: a truncated file, a checkpoint from another project, or one that does
-            not fit this version's model.
+        CheckpointError: a truncated file, a checkpoint from another project, one without its
+            preprocessing record, or one that does not fit this version's model.
     """
     path = Path(path).expanduser()
     ckpt = read_checkpoint(path)
+    meta = ckpt["pneumonia"]
+    try:
+        preprocessing = Preprocessing.from_dict(meta.get("preprocessing"))
+    except (PreprocessingError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} does not record the preprocessing its model was trained with ({e}). "
+            "Checkpoints written before preprocessing was stored cannot be evaluated safely: "
+            "retrain with this version."
+        ) from e
     hparams = dict(ckpt["hyper_parameters"])
     # The state dict holds every weight: no download, and no compile for inference.
     hparams.update(weights=None, compile=False)
@@ -78,13 +89,14 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (TypeError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path} does not match this version's model: {e}") from e
+    model.preprocessing = preprocessing.to_dict()
     model.eval()
-    meta = ckpt["pneumonia"]
     return LoadedCheckpoint(
         model=model,
         path=path,
         threshold=float(model.threshold),
         class_names=list(meta["class_names"]),
+        preprocessing=preprocessing,
         data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})),
         config=meta.get("config"),
     )

@@ -73,13 +73,19 @@ def predict_split(
     args = {
         **ckpt.data_hparams,
         **{k: v for k, v in (data_overrides or {}).items() if v is not None},
+        **ckpt.preprocessing.to_dict(),  # always the checkpoint's own, whatever the overrides
     }
     datamodule = ChestXRayDataModule(**args)
     datamodule.setup("test" if split == "test" else "fit")
     loader = datamodule.eval_dataloader(split)
     files = datamodule.files(split)
     probs, labels = predict_batches(
-        ckpt.model, loader, device=resolve_device(accelerator), precision=precision, tta=tta
+        ckpt.model,
+        loader,
+        device=resolve_device(accelerator),
+        precision=precision,
+        tta=tta,
+        fill=ckpt.preprocessing.normalized(0.0),
     )
     targets = (torch.tensor(labels) == ckpt.positive_index).long()
     return Predictions(files=files, targets=targets, probs=probs)
@@ -147,7 +153,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Split **{result['split']}** of `{result['data_root']}`: {result['num_images']} images, "
         f"{result['num_pneumonia']} PNEUMONIA. Test-time augmentation: "
-        f"{'horizontal flip averaged' if result['tta'] else 'none'}.",
+        f"{'small rotations averaged' if result['tta'] else 'none'}.",
         f"Intervals: {conf} percentile bootstrap, {result['bootstrap']['resamples']} resamples.",
         "",
         f"| metric | at threshold {t:.3f} | {conf} CI | at 0.5 | {conf} CI |",

@@ -1,8 +1,9 @@
 """``python -m pneumonia.export ckpt_path=... format=onnx|torchscript``.
 
 Writes the network (normalised image in, class probabilities out) and, beside it, a JSON file
-with everything a deployment needs to reproduce the training-time preprocessing and decision:
-resize/crop sizes, mean/std, class names and the threshold chosen on validation.
+with everything a deployment needs to reproduce the model's inputs and decision: the
+checkpoint's preprocessing (every step: gray conversion, resize with its interpolation, crop,
+mean/std), class names and the threshold chosen on validation.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
-from pneumonia.inference import Preprocessing
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -42,7 +42,7 @@ def export_model(
     """Write ``model.onnx`` or ``model.pt`` and ``model.json``; return both paths."""
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: use {' or '.join(FORMATS)}")
-    pre = Preprocessing.from_data_hparams(ckpt.data_hparams)
+    pre = ckpt.preprocessing
     net = ExportedClassifier(ckpt.model).eval().to(memory_format=torch.contiguous_format)
     example = torch.randn(2, 3, pre.crop_size, pre.crop_size)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,14 +64,15 @@ def export_model(
         else:
             # TorchScript is deprecated upstream but still what many C++ / mobile runtimes load.
             torch.jit.save(torch.jit.trace(net, example), str(path))
-    meta = metadata(ckpt, pre, path)
+    meta = metadata(ckpt, path)
     sidecar = path.with_suffix(".json")
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     return path, sidecar
 
 
-def metadata(ckpt: LoadedCheckpoint, pre: Preprocessing, path: Path) -> dict[str, Any]:
+def metadata(ckpt: LoadedCheckpoint, path: Path) -> dict[str, Any]:
     positive = ckpt.class_names[ckpt.positive_index]
+    pre = ckpt.preprocessing
     return {
         "model_file": path.name,
         "source_checkpoint": str(ckpt.path),
@@ -83,7 +84,7 @@ def metadata(ckpt: LoadedCheckpoint, pre: Preprocessing, path: Path) -> dict[str
         "positive_index": ckpt.positive_index,
         "threshold": ckpt.threshold,
         "decision": f"{positive} when probabilities[:, {ckpt.positive_index}] > threshold",
-        "preprocessing": pre.as_dict(),
+        "preprocessing": pre.describe(),
     }
 
 

@@ -1,22 +1,23 @@
-"""Running a trained classifier: devices, precision, test-time augmentation, preprocessing.
+"""Running a trained classifier: devices, precision and test-time augmentation.
 
-Shared by ``evaluate``, ``predict``, ``export`` and the notebooks, so every path applies the
-exact preprocessing the model was trained with (recorded in its checkpoint).
+Shared by ``evaluate``, ``predict`` and the notebooks. The preprocessing that turns files into
+the batches used here is the checkpoint's :class:`pneumonia.data.Preprocessing`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
-from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from pneumonia.data.images import DEFAULT_MAX_PIXELS
-from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
+# Test-time augmentation: small rotations, inside the +-10 degrees that training augments with.
+# Never a horizontal mirror: a chest is not mirror-symmetric, and a model trained without flips
+# has never seen a heart on the right.
+TTA_DEGREES = (-5.0, 0.0, 5.0)
 
 
 def resolve_device(accelerator: str = "auto") -> torch.device:
@@ -41,19 +42,43 @@ def autocast(device: torch.device, precision: str | int) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def tta_views(images: torch.Tensor, fill: Sequence[float]) -> list[torch.Tensor]:
+    """The deterministic views that ``tta`` averages: the image rotated by ``TTA_DEGREES``.
+
+    Args:
+        fill: per-channel value of the corners a rotation uncovers, in the normalised space
+            (black, as training's RandomAffine fills them: ``Preprocessing.normalized(0)``).
+    """
+    # Rotating (image - fill) with zero padding and adding fill back is linear: exactly the
+    # black-cornered rotation of the unnormalised image, normalised.
+    fill_ = torch.tensor(list(fill), dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return [
+        images
+        if degrees == 0
+        else TF.rotate(images - fill_, degrees, interpolation=InterpolationMode.BILINEAR) + fill_
+        for degrees in TTA_DEGREES
+    ]
+
+
 @torch.inference_mode()
 def pneumonia_probability(
-    model: torch.nn.Module, images: torch.Tensor, *, tta: bool = False
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    *,
+    tta: bool = False,
+    fill: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) normalised images -> (B,) PNEUMONIA probabilities.
 
-    ``tta`` averages the probabilities of the image and its horizontal mirror: deterministic,
-    never random.
+    ``tta`` averages the probabilities of the views of :func:`tta_views` (which need ``fill``):
+    deterministic, never random, and never mirrored.
     """
-    probs = model.predict_proba(images).float()
-    if tta:
-        probs = (probs + model.predict_proba(torch.flip(images, dims=[3])).float()) / 2
-    return probs
+    if not tta:
+        return model.predict_proba(images).float()
+    if fill is None:
+        raise ValueError("tta needs the fill of uncovered corners: Preprocessing.normalized(0)")
+    views = tta_views(images, fill)
+    return torch.stack([model.predict_proba(v).float() for v in views]).mean(dim=0)
 
 
 def predict_batches(
@@ -63,62 +88,15 @@ def predict_batches(
     device: torch.device,
     precision: str | int = "32",
     tta: bool = False,
+    fill: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, list[Any]]:
     """Probabilities for every batch of ``(images, extra)``; ``extra`` is passed through."""
     model.to(device).eval()
     probs, extras = [], []
     for images, extra in batches:
         with autocast(device, precision):
-            p = pneumonia_probability(model, images.to(device, non_blocking=True), tta=tta)
+            images = images.to(device, non_blocking=True)
+            p = pneumonia_probability(model, images, tta=tta, fill=fill)
         probs.append(p.cpu())
         extras.extend(extra.tolist() if torch.is_tensor(extra) else extra)
     return (torch.cat(probs) if probs else torch.zeros(0)), extras
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The eval-time preprocessing a checkpoint was trained with."""
-
-    resize_size: int = 256
-    crop_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    @classmethod
-    def from_data_hparams(cls, hp: dict[str, Any]) -> Preprocessing:
-        defaults = cls()
-        return cls(
-            resize_size=int(hp.get("resize_size", defaults.resize_size)),
-            crop_size=int(hp.get("crop_size", defaults.crop_size)),
-            mean=tuple(hp.get("mean", defaults.mean)),
-            std=tuple(hp.get("std", defaults.std)),
-            max_pixels=int(hp.get("max_pixels", defaults.max_pixels)),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "resize_shorter_side": self.resize_size,
-            "center_crop": self.crop_size,
-            "grayscale_repeated_to_channels": 3,
-            "scale": "uint8 / 255",
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "layout": "NCHW float32",
-        }
-
-    @cached_property
-    def _reader(self):
-        from pneumonia.data import ChestXRayDataset
-
-        transform = eval_transforms(crop_size=self.crop_size)
-        return ChestXRayDataset(
-            [], [], transform, resize_size=self.resize_size, max_pixels=self.max_pixels
-        )
-
-    def load(self, path: Path) -> torch.Tensor:
-        """One file -> uint8 (1, crop, crop) tensor, by the eval DataLoader's own code."""
-        return self._reader.load(path)
-
-    def collate(self) -> NormalizeCollate:
-        return NormalizeCollate(self.mean, self.std)

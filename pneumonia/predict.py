@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.data.images import BadImageError, is_image_file
-from pneumonia.inference import Preprocessing, autocast, pneumonia_probability, resolve_device
+from pneumonia.inference import autocast, pneumonia_probability, resolve_device
+from pneumonia.runtime import decode_threads
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def predict_files(
     root: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per file: probability of PNEUMONIA and the label at the stored threshold."""
-    pre = Preprocessing.from_data_hparams(ckpt.data_hparams)
-    collate = pre.collate()
+    pre = ckpt.preprocessing
     device = resolve_device(accelerator)
     model = ckpt.model.to(device).eval()
     positive, negative = ckpt.positive_index, 1 - ckpt.positive_index
@@ -64,7 +63,7 @@ def predict_files(
             return None, str(e)
 
     rows: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             loaded = list(pool.map(load, chunk))
@@ -73,9 +72,12 @@ def predict_files(
             ]
             probs: dict[Path, float] = {}
             if good:
-                images, _ = collate([(img, 0) for _, img in good])
+                images, _ = pre.collate([(img, 0) for _, img in good])
                 with autocast(device, precision):
-                    p = pneumonia_probability(model, images.to(device), tta=tta).cpu().tolist()
+                    p = pneumonia_probability(
+                        model, images.to(device), tta=tta, fill=pre.normalized(0.0)
+                    )
+                    p = p.cpu().tolist()
                 probs = {f: prob for (f, _), prob in zip(good, p, strict=True)}
                 if gradcam_dir is not None:
                     _write_gradcam(ckpt, good, images, gradcam_dir, root)

@@ -16,7 +16,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from pneumonia.checkpoint import read_checkpoint
-from pneumonia.data.scan import find_split_dirs
+from pneumonia.data.index import find_split_dirs
+from pneumonia.metrics import confusion_matrix
 from pneumonia.runtime import configure_torch, tune_malloc
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 model, datamodule=datamodule, ckpt_path=best or None, weights_only=True
             )
             metrics |= _scalars(results)
-            metrics["test/confusion_matrix"] = model.last_test["confusion_matrix"]
+            last = model.epoch_predictions["test"]
+            metrics["test/confusion_matrix"] = confusion_matrix(
+                last.probs, last.targets, last.threshold
+            ).tolist()
         else:
             log.warning("No test split under %s: skipping the test.", datamodule.root)
     metrics["threshold"] = float(model.threshold)
@@ -87,7 +91,7 @@ def _write_outputs(
 ) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    if model.last_test:
+    if "test" in model.epoch_predictions:
         _save_test_figures(model, output_dir)
     scalars = {f"hp/{k}": v for k, v in metrics.items() if isinstance(v, float)}
     flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -101,9 +105,9 @@ def _write_outputs(
 def _save_test_figures(model, output_dir: Path) -> None:
     from pneumonia.plots import evaluation_figures, save_figure
 
-    last = model.last_test
+    last = model.epoch_predictions["test"]
     figures = evaluation_figures(
-        last["probs"], last["targets"], last["threshold"], model.class_names, "test"
+        last.probs, last.targets, last.threshold, model.class_names, "test"
     )
     for name, fig in figures.items():
         save_figure(fig, output_dir / f"{name}.png")

@@ -1,4 +1,4 @@
-"""Evaluate, predict, export, safe checkpoint loading and the analysis notebook."""
+"""Evaluate: a checkpoint on a split, with bootstrap intervals, as the API and as the CLI."""
 
 from __future__ import annotations
 
@@ -9,62 +9,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from pneumonia.checkpoint import CheckpointError, load_checkpoint
-from pneumonia.evaluate import Predictions, confident_mistakes, evaluate, predict_split, report
-from pneumonia.export import export_model
-from pneumonia.inference import Preprocessing
-from pneumonia.predict import list_inputs, predict_files
-from pneumonia.train import train
-
-from .conftest import REPO_ROOT, compose_train_cfg
+from pneumonia.config import compose
+from pneumonia.evaluate import Predictions, confident_mistakes, evaluate, report
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
-    """One tiny demo run shared by this module: its metrics, run dir and best checkpoint."""
-    tmp = tmp_path_factory.mktemp("trained")
-    cfg = compose_train_cfg(tmp, tiny_root, "trainer.max_epochs=2")
-    metrics = train(cfg)
-    return {
-        "metrics": metrics,
-        "run": Path(cfg.paths.output_dir),
-        "ckpt": Path(metrics["best_model_path"]),
-        "root": tiny_root,
-        "tmp": tmp,
-    }
-
-
 def compose_eval(tmp_path: Path, ckpt: Path, *overrides: str):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="evaluate",
-            overrides=[
-                f"ckpt_path={ckpt}",
-                f"paths.root_dir={tmp_path}",
-                f"data.cache_dir={tmp_path / 'cache'}",
-                "bootstrap.resamples=200",
-                *overrides,
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "eval")
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose(
+        "evaluate",
+        [
+            f"ckpt_path={ckpt}",
+            f"paths.root_dir={tmp_path}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "bootstrap.resamples=200",
+            *overrides,
+        ],
+        output_dir=tmp_path / "eval",
+    )
 
 
-# ----------------------------------------------------------------------------- evaluate
 def test_evaluate_writes_a_report_that_agrees_with_training(trained: dict, tmp_path: Path):
     result = evaluate(compose_eval(tmp_path, trained["ckpt"]))
     out = tmp_path / "eval"
@@ -111,18 +78,6 @@ def test_bootstrap_interval_matches_binomial_noise_on_624_images() -> None:
     assert half_width == pytest.approx(binomial, rel=0.2)
     first = report(preds, 0.5, resamples=100, seed=2)
     assert report(preds, 0.5, resamples=100, seed=2) == first  # seeded: the same report twice
-
-
-def test_tta_is_deterministic_and_averages_the_mirror(trained: dict) -> None:
-    ckpt = load_checkpoint(trained["ckpt"])
-    plain = predict_split(ckpt, "test", accelerator="cpu")
-    tta = predict_split(ckpt, "test", tta=True, accelerator="cpu")
-    assert torch.equal(tta.probs, predict_split(ckpt, "test", tta=True, accelerator="cpu").probs)
-    pre = Preprocessing.from_data_hparams(ckpt.data_hparams)
-    images, _ = pre.collate()([(pre.load(f), 0) for f in plain.files])
-    with torch.no_grad():
-        mirrored = ckpt.model.predict_proba(torch.flip(images, dims=[3]))
-    torch.testing.assert_close(tta.probs, (plain.probs + mirrored) / 2, atol=1e-5, rtol=0)
 
 
 def test_evaluate_on_data_without_a_test_split_says_so(trained: dict, tmp_path: Path) -> None:
@@ -177,153 +132,8 @@ def test_evaluate_cli_runs_and_reports_a_missing_checkpoint(trained: dict, tmp_p
     assert "gone.ckpt does not exist" in missing.stderr
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def test_checkpoint_errors_are_clear(trained: dict, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_checkpoint(tmp_path / "nope.ckpt")
-    truncated = tmp_path / "truncated.ckpt"
-    truncated.write_bytes(trained["ckpt"].read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        load_checkpoint(truncated)
-    foreign = tmp_path / "other_project.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, foreign)
-    with pytest.raises(CheckpointError, match="not written by pneumonia.train"):
-        load_checkpoint(foreign)
-    pickled = tmp_path / "pickled_model.ckpt"
-    torch.save({"model": Path("an arbitrary object")}, pickled)  # needs unpickling a class
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        load_checkpoint(pickled)
-
-
-def test_loaded_checkpoint_carries_threshold_classes_and_preprocessing(trained: dict) -> None:
-    ckpt = load_checkpoint(trained["ckpt"])
-    assert ckpt.threshold == pytest.approx(trained["metrics"]["threshold"])
-    assert ckpt.class_names == ["NORMAL", "PNEUMONIA"]
-    assert Preprocessing.from_data_hparams(ckpt.data_hparams).crop_size == 32
-    assert not ckpt.model.training
-
-
-# ----------------------------------------------------------------------------- predict
-def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, tmp_path: Path):
-    ckpt = load_checkpoint(trained["ckpt"])
-    reference = predict_split(ckpt, "test", accelerator="cpu")
-    folder = tmp_path / "incoming"
-    (folder / "sub").mkdir(parents=True)
-    picks = reference.files[:3]
-    for i, f in enumerate(picks):
-        (folder / ("sub" if i == 0 else ".") / f.name).write_bytes(f.read_bytes())
-    (folder / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    (folder / "notes.txt").write_text("not an image")
-    files = list_inputs(folder)
-    assert [f.name for f in files] == sorted(
-        f.name for f in [*picks[1:], folder / "corrupt.jpeg"]
-    ) + [picks[0].name]
-    rows = predict_files(
-        ckpt, files, batch_size=2, accelerator="cpu", gradcam_dir=tmp_path / "cam", root=folder
-    )
-    by_name = {Path(r["file"]).name: r for r in rows}
-    assert (
-        "cannot" in by_name["corrupt.jpeg"]["error"]
-        or "not a readable" in by_name["corrupt.jpeg"]["error"]
-    )
-    assert by_name["corrupt.jpeg"]["probability"] == ""
-    for f in picks:
-        i = reference.files.index(f)
-        assert float(by_name[f.name]["probability"]) == pytest.approx(
-            float(reference.probs[i]), abs=1e-5
-        )
-        assert by_name[f.name]["error"] == ""
-    cams = sorted(p.name for p in (tmp_path / "cam").glob("*.png"))
-    assert len(cams) == 3
-    assert f"sub__{Path(picks[0].name).stem}_gradcam.png" in cams
-    with Image.open(tmp_path / "cam" / cams[0]) as im:
-        assert im.size == (32, 32)
-        assert im.mode == "RGB"
-
-
-def test_predict_on_a_missing_input(trained: dict, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        list_inputs(tmp_path / "nothing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="holds no image files"):
-        list_inputs(tmp_path / "empty")
-
-
-def test_gradcam_highlights_something_and_targets_the_last_stage(trained: dict) -> None:
-    from pneumonia.explain import cam_target_layer, gradcam
-
-    ckpt = load_checkpoint(trained["ckpt"])
-    assert cam_target_layer(ckpt.model) is ckpt.model.backbone.layer4[-1]
-    pre = Preprocessing.from_data_hparams(ckpt.data_hparams)
-    files = sorted((trained["root"] / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]
-    images, _ = pre.collate()([(pre.load(f), 0) for f in files])
-    maps = gradcam(ckpt.model, images)
-    assert maps.shape == (2, 32, 32)
-    assert maps.min() >= 0
-    assert maps.max() <= 1
-
-
-# ----------------------------------------------------------------------------- export
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_matches_pytorch(trained: dict, tmp_path: Path, fmt: str) -> None:
-    ckpt = load_checkpoint(trained["ckpt"])
-    path, sidecar = export_model(ckpt, fmt, tmp_path)
-    meta = json.loads(sidecar.read_text())
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "model.json"])
-    assert meta["threshold"] == pytest.approx(ckpt.threshold)
-    assert meta["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert meta["preprocessing"]["center_crop"] == 32
-    assert meta["positive_class"] == "PNEUMONIA"
-    x = torch.randn(5, 3, 32, 32)  # another batch size than the export example
-    with torch.no_grad():
-        expected = torch.softmax(ckpt.model(x), dim=1).numpy()
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(["probabilities"], {"image": x.numpy()})[0]
-    else:
-        got = torch.jit.load(str(path))(x).detach().numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-
-
-# ----------------------------------------------------------------------------- notebook
 def test_confident_mistakes_are_wrong_and_sorted() -> None:
     probs = torch.tensor([0.9, 0.2, 0.6, 0.05, 0.99])
     targets = torch.tensor([0, 1, 0, 0, 1])
     preds = Predictions(files=[Path(str(i)) for i in range(5)], targets=targets, probs=probs)
     assert confident_mistakes(preds, 0.5) == [0, 1, 2]
-
-
-def test_notebook_is_stripped_in_git() -> None:
-    import nbformat
-
-    nb = nbformat.read(REPO_ROOT / "notebooks" / "analysis.ipynb", as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code
-    assert all(not c.outputs and c.execution_count is None for c in code)
-
-
-@pytest.mark.slow
-def test_analysis_notebook_executes_on_a_tiny_run(trained: dict, monkeypatch) -> None:
-    import nbformat
-    from nbclient import NotebookClient
-
-    monkeypatch.setenv("PNEUMONIA_RUN_DIR", str(trained["run"]))
-    nb = nbformat.read(REPO_ROOT / "notebooks" / "analysis.ipynb", as_version=4)
-    NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(trained["tmp"])}},
-    ).execute()
-    images = [
-        o
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.outputs
-        if "image/png" in o.get("data", {})
-    ]
-    assert len(images) >= 5  # curves, confusion matrix, ROC, PR, Grad-CAM (+ mistakes)
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert f"threshold {trained['metrics']['threshold']:.3f}" in text

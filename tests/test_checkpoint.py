@@ -1,0 +1,58 @@
+"""Loading checkpoints safely: clear errors, and everything inference needs travels with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumonia.checkpoint import CheckpointError, load_checkpoint
+from pneumonia.data import Preprocessing
+
+
+def test_checkpoint_errors_are_clear(trained: dict, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(trained["ckpt"].read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "other_project.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, foreign)
+    with pytest.raises(CheckpointError, match="not written by pneumonia.train"):
+        load_checkpoint(foreign)
+    pickled = tmp_path / "pickled_model.ckpt"
+    torch.save({"model": Path("an arbitrary object")}, pickled)  # needs unpickling a class
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(pickled)
+
+
+def test_loaded_checkpoint_carries_threshold_classes_and_preprocessing(trained: dict) -> None:
+    ckpt = load_checkpoint(trained["ckpt"])
+    assert ckpt.threshold == pytest.approx(trained["metrics"]["threshold"])
+    assert ckpt.class_names == ["NORMAL", "PNEUMONIA"]
+    # The training run's preprocessing (tiny_overrides: resize 40, crop 32), stored explicitly.
+    assert ckpt.preprocessing == Preprocessing(resize_size=40, crop_size=32)
+    raw = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    assert raw["pneumonia"]["preprocessing"] == ckpt.preprocessing.to_dict()
+    assert not ckpt.model.training
+
+
+@pytest.mark.parametrize(
+    "record",
+    [None, {"resize_size": 40, "crop_size": 32}],
+    ids=["no preprocessing", "incomplete preprocessing"],
+)
+def test_checkpoint_without_its_preprocessing_is_refused(
+    trained: dict, tmp_path: Path, record
+) -> None:
+    raw = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    if record is None:
+        del raw["pneumonia"]["preprocessing"]
+    else:
+        raw["pneumonia"]["preprocessing"] = record
+    path = tmp_path / "old.ckpt"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"does not record the preprocessing.*retrain"):
+        load_checkpoint(path)

@@ -1,0 +1,46 @@
+"""export: ONNX / TorchScript files that compute what PyTorch computes, with a full sidecar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pneumonia.checkpoint import load_checkpoint
+from pneumonia.data import Preprocessing
+from pneumonia.export import export_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch(trained: dict, tmp_path: Path, fmt: str) -> None:
+    ckpt = load_checkpoint(trained["ckpt"])
+    path, sidecar = export_model(ckpt, fmt, tmp_path)
+    meta = json.loads(sidecar.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "model.json"])
+    assert meta["threshold"] == pytest.approx(ckpt.threshold)
+    pre = meta["preprocessing"]
+    assert Preprocessing.from_dict({k: pre[k] for k in Preprocessing().to_dict()}) == (
+        ckpt.preprocessing
+    )
+    assert pre["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert (pre["resize_size"], pre["crop_size"], pre["interpolation"]) == (40, 32, "bicubic")
+    steps = " ".join(pre["steps"])
+    for needle in ("gray", "bicubic", "center crop 32", "repeat the gray channel"):
+        assert needle in steps, needle
+    assert meta["positive_class"] == "PNEUMONIA"
+    x = torch.randn(5, 3, 32, 32)  # another batch size than the export example
+    with torch.no_grad():
+        expected = torch.softmax(ckpt.model(x), dim=1).numpy()
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(["probabilities"], {"image": x.numpy()})[0]
+    else:
+        got = torch.jit.load(str(path))(x).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

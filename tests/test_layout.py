@@ -1,0 +1,77 @@
+"""The package's layering: lower layers never import higher ones, inference loads no plotting."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pneumonia"
+
+# Each module may import only modules of its own layer or a lower one.
+LAYERS = [
+    {"runtime", "metrics", "backbones", "optim", "config"},  # leaves
+    {"data"},  # the data package, all of it
+    {"plots"},
+    {"callbacks"},
+    {"model"},
+    {"checkpoint", "inference", "explain", "runs"},
+    {"evaluate", "predict", "export", "train"},  # the commands
+]
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1]  # pneumonia.<top>...
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def project_imports(path: Path) -> set[str]:
+    """``pneumonia.*`` modules imported anywhere in the file, except under TYPE_CHECKING."""
+    tree = ast.parse(path.read_text())
+    type_checking = {
+        id(node)
+        for branch in ast.walk(tree)
+        if isinstance(branch, ast.If) and ast.unparse(branch.test) == "TYPE_CHECKING"
+        for node in ast.walk(branch)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_checking:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("pneumonia.")}
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+
+
+def test_every_module_has_a_layer() -> None:
+    for path in MODULES:
+        layer_of("pneumonia." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_higher_layer(path: Path) -> None:
+    name = "pneumonia." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    higher = [m for m in project_imports(path) if layer_of(m) > layer_of(name)]
+    assert not higher, f"{name} imports {higher} from a higher layer"
+
+
+def test_loading_a_model_for_inference_loads_no_plotting() -> None:
+    # torchmetrics imports matplotlib on its own whenever it is installed; what this project
+    # controls is that its figures (pneumonia.plots and mlxtend) stay out.
+    code = (
+        "import sys, pneumonia.checkpoint, pneumonia.inference, pneumonia.predict, "
+        "pneumonia.export, pneumonia.explain\n"
+        "print(sorted(m for m in ('mlxtend', 'pneumonia.plots') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,0 +1,59 @@
+"""predict: probabilities for a folder of new images, unreadable files reported per row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pneumonia.checkpoint import load_checkpoint
+from pneumonia.evaluate import predict_split
+from pneumonia.predict import list_inputs, predict_files
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, tmp_path: Path):
+    ckpt = load_checkpoint(trained["ckpt"])
+    reference = predict_split(ckpt, "test", accelerator="cpu")
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    picks = reference.files[:3]
+    for i, f in enumerate(picks):
+        (folder / ("sub" if i == 0 else ".") / f.name).write_bytes(f.read_bytes())
+    (folder / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "notes.txt").write_text("not an image")
+    files = list_inputs(folder)
+    assert [f.name for f in files] == sorted(
+        f.name for f in [*picks[1:], folder / "corrupt.jpeg"]
+    ) + [picks[0].name]
+    rows = predict_files(
+        ckpt, files, batch_size=2, accelerator="cpu", gradcam_dir=tmp_path / "cam", root=folder
+    )
+    by_name = {Path(r["file"]).name: r for r in rows}
+    assert (
+        "cannot" in by_name["corrupt.jpeg"]["error"]
+        or "not a readable" in by_name["corrupt.jpeg"]["error"]
+    )
+    assert by_name["corrupt.jpeg"]["probability"] == ""
+    for f in picks:
+        i = reference.files.index(f)
+        assert float(by_name[f.name]["probability"]) == pytest.approx(
+            float(reference.probs[i]), abs=1e-5
+        )
+        assert by_name[f.name]["error"] == ""
+    cams = sorted(p.name for p in (tmp_path / "cam").glob("*.png"))
+    assert len(cams) == 3
+    assert f"sub__{Path(picks[0].name).stem}_gradcam.png" in cams
+    with Image.open(tmp_path / "cam" / cams[0]) as im:
+        assert im.size == (32, 32)
+        assert im.mode == "RGB"
+
+
+def test_predict_on_a_missing_input(trained: dict, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_inputs(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no image files"):
+        list_inputs(tmp_path / "empty")
