@@ -183,10 +183,9 @@ class EpochTimer(pl.Callback):
 
 def case_train_project(a, root, work):
     """``python -m pneumonia.train`` as a user runs it, timed per training epoch."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    from pneumonia.config import compose
     from pneumonia.train import train
 
     trainer = "gpu" if a.device == "cuda" else "cpu"
@@ -208,17 +207,14 @@ def case_train_project(a, root, work):
         "logger=csv",
         # timing only: no checkpoint writes or image logging inside the timed epochs
         "~callbacks.sample_grid",
+        "~callbacks.evaluation_figures",
         "~callbacks.model_checkpoint",
         "~callbacks.last_checkpoint",
         "+trainer.enable_checkpointing=false",
         "optimized_metric=null",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
+    cfg = compose("train", overrides, output_dir=work / f"run-{os.getpid()}")
     with open_dict(cfg):
-        cfg.paths.output_dir = str(work / f"run-{os.getpid()}")
-        del cfg.hydra
         cfg.callbacks.epoch_timer = {"_target_": "__main__.EpochTimer"}
     EpochTimer.cuda = a.device == "cuda"
     train(cfg)
@@ -228,6 +224,7 @@ def case_train_project(a, root, work):
 
 def case_infer(a, root, work, precision: str):
     from pneumonia.checkpoint import LoadedCheckpoint
+    from pneumonia.data import Preprocessing
     from pneumonia.model import PneumoniaClassifier
     from pneumonia.predict import list_inputs, predict_files
 
@@ -237,6 +234,7 @@ def case_infer(a, root, work, precision: str):
         path=Path("random.ckpt"),
         threshold=0.5,
         class_names=["NORMAL", "PNEUMONIA"],
+        preprocessing=Preprocessing(),
         data_hparams={},
         config=None,
     )

@@ -9,9 +9,18 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
-def latest_run(root: str | Path = "outputs/train/runs") -> Path:
-    """The newest run directory under ``root`` that finished (has a metrics.json)."""
-    runs = sorted(p.parent for p in Path(root).glob("*/metrics.json"))
+def runs_root() -> Path:
+    """Where ``python -m pneumonia.train`` puts its runs, read from the config (``hydra.run.dir``
+    less its date folder; ``PNEUMONIA_ROOT`` moves it, as it moves the runs)."""
+    from pneumonia.config import compose
+
+    return Path(compose("train").hydra.run.dir).parent
+
+
+def latest_run(root: str | Path | None = None) -> Path:
+    """The newest run directory under ``root`` (default :func:`runs_root`) that finished."""
+    root = runs_root() if root is None else Path(root)
+    runs = sorted(p.parent for p in root.glob("*/metrics.json"))
     if not runs:
         raise FileNotFoundError(
             f"No finished training run under {root}. Train one first, e.g. "
@@ -20,7 +29,7 @@ def latest_run(root: str | Path = "outputs/train/runs") -> Path:
     return runs[-1]
 
 
-def run_dir_from_env(default_root: str | Path = "outputs/train/runs") -> Path:
+def run_dir_from_env(default_root: str | Path | None = None) -> Path:
     """``PNEUMONIA_RUN_DIR`` if set, else the latest finished run."""
     value = os.environ.get("PNEUMONIA_RUN_DIR")
     return Path(value) if value else latest_run(default_root)

@@ -51,9 +51,6 @@ def originals() -> Path:
     return ORIGINALS
 
 
-CONFIG_DIR = REPO_ROOT / "conf"
-
-
 def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
     """Command-line overrides for a CPU run on tiny images, writing under tmp_path."""
     return [
@@ -76,24 +73,34 @@ def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
 
 def compose_train_cfg(tmp_path: Path, data_root: Path, *overrides: str):
     """The real train config, overridden for a CPU, tiny images and tmp_path outputs."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from pneumonia.config import compose
 
-    GlobalHydra.instance().clear()
     base = tiny_overrides(tmp_path, data_root)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        del cfg.hydra
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose("train", [*base, *overrides], output_dir=tmp_path / "run")
 
 
 @pytest.fixture
 def train_cfg(tmp_path: Path, tiny_root: Path):
     """Factory: ``train_cfg(*overrides)`` -> a composed config writing under tmp_path."""
     return lambda *overrides: compose_train_cfg(tmp_path, tiny_root, *overrides)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
+    """One tiny demo run shared by the session: its metrics, run dir and best checkpoint."""
+    import warnings
+
+    from pneumonia.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = compose_train_cfg(tmp, tiny_root, "trainer.max_epochs=2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        metrics = train(cfg)
+    return {
+        "metrics": metrics,
+        "run": Path(cfg.paths.output_dir),
+        "ckpt": Path(metrics["best_model_path"]),
+        "root": tiny_root,
+        "tmp": tmp,
+    }

@@ -1,0 +1,50 @@
+"""Finding runs: where the CLI writes them is where the notebook helpers look."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pneumonia.runs import best_checkpoint, latest_run, runs_root
+
+from .conftest import tiny_overrides
+
+
+@pytest.mark.slow
+def test_latest_run_finds_what_the_cli_wrote(
+    tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PNEUMONIA_ROOT", str(tmp_path / "project"))
+    # The run's own folders follow PNEUMONIA_ROOT: leave paths.root_dir to it.
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_root) if "paths.root_dir" not in o]
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumonia.train", *overrides, "debug=fdr"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert runs_root() == tmp_path / "project" / "outputs" / "train" / "runs"
+    run = latest_run()
+    assert run.parent == runs_root()
+    assert json.loads((run / "metrics.json").read_text())["test/num_samples"] == 8
+
+
+def test_latest_run_is_the_newest_finished_one(tmp_path: Path) -> None:
+    for name, finished in (("2026-01-01_10-00-00", True), ("2026-01-02_10-00-00", True)):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        if finished:
+            (tmp_path / name / "metrics.json").write_text('{"best_model_path": null}')
+    (tmp_path / "2026-01-03_10-00-00").mkdir()  # still running: no metrics.json yet
+    assert latest_run(tmp_path).name == "2026-01-02_10-00-00"
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        best_checkpoint(latest_run(tmp_path))
+    with pytest.raises(FileNotFoundError, match="No finished training run"):
+        latest_run(tmp_path / "empty")
