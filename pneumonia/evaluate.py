@@ -75,6 +75,11 @@ def predict_split(
         **{k: v for k, v in (data_overrides or {}).items() if v is not None},
         **ckpt.preprocessing.to_dict(),  # always the checkpoint's own, whatever the overrides
     }
+    if not args.get("root"):
+        raise ValueError(
+            f"{ckpt.path} does not record the data folder it was trained on: pass the folder "
+            "to evaluate with data.root=..."
+        )
     datamodule = ChestXRayDataModule(**args)
     datamodule.setup("test" if split == "test" else "fit")
     loader = datamodule.eval_dataloader(split)

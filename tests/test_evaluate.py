@@ -89,6 +89,19 @@ def test_evaluate_on_data_without_a_test_split_says_so(trained: dict, tmp_path: 
         evaluate(compose_eval(tmp_path, trained["ckpt"], f"data.root={root}"))
 
 
+def test_a_checkpoint_without_its_data_folder_asks_for_one(trained: dict) -> None:
+    from dataclasses import replace
+
+    from pneumonia.checkpoint import load_checkpoint
+    from pneumonia.evaluate import predict_split
+
+    ckpt = replace(load_checkpoint(trained["ckpt"]), data_hparams={})
+    with pytest.raises(ValueError, match=r"data\.root="):
+        predict_split(ckpt, "test")
+    given = predict_split(ckpt, "test", data_overrides={"root": str(trained["root"])})
+    assert len(given.files) == len(list((trained["root"] / "test").rglob("*.jpeg")))
+
+
 def test_evaluate_cli_runs_and_reports_a_missing_checkpoint(trained: dict, tmp_path: Path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     common = [
