@@ -1,8 +1,13 @@
 """Speed, side by side in one run: the original notebook against this project.
 
-    python benchmarks/bench.py                 # CPU, about 6-8 minutes on 2 cores
-    python benchmarks/bench.py --device cuda   # the GPU path (bf16-mixed, workers, cache)
+    python benchmarks/bench.py                 # CPU, about 8-12 minutes on 2 cores
+    python benchmarks/bench.py --device cuda   # the GPU path (precision auto, workers, cache)
     python benchmarks/bench.py --quick         # a smoke run of every case
+
+It first prints what the machine offers (CPU model and flags, cores, torch's CPU capability,
+the precision ``auto`` picks and why); figures only carry over between machines of the same
+kind, ratios measured side by side in one run carry over better. The project and the
+hand-tuned loop run at the precision ``auto`` picks, and again at the other one for reference.
 
 Each case runs in a fresh subprocess (allocator state and malloc tuning cannot leak between
 cases); each figure is the median over ``--repeats`` epochs or passes of that process. Data:
@@ -30,6 +35,34 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 ORIGINALS = REPO.parent / "shared" / "data" / "originals"
 RESNET50_FWD_GFLOP = 8.2  # one 224 px forward pass; a training step is about 3x that
+
+
+# ----------------------------------------------------------------------------- the machine
+def machine(device: str) -> str:
+    """What decides the figures: CPU model and flags, cores, torch's kernels, the precision."""
+    from pneumonia.runtime import cpu_flags, resolve_precision, usable_cpus
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    shown = ", ".join(f for f in wanted if f in flags) if flags is not None else "unreadable"
+    choice = resolve_precision("auto", device)
+    lines = [
+        f"Machine: {model}; {usable_cpus()} usable cores of {os.cpu_count()}",
+        f"  CPU flags: {shown or 'none of ' + ', '.join(wanted)}; "
+        f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}",
+        f"  precision auto on {device}: {choice.precision} ({choice.reason})",
+    ]
+    if device == "cuda":
+        lines.append(f"  GPU: {torch.cuda.get_device_name()}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,6 +145,12 @@ def epochs(loader, repeats: int, step=None, device: str = "cpu") -> list[float]:
 
 
 # ----------------------------------------------------------------------------- training
+def auto_is_bf16(device: str) -> bool:
+    from pneumonia.runtime import resolve_precision
+
+    return resolve_precision("auto", device).precision.startswith("bf16")
+
+
 def make_step(device: str, *, bf16: bool, channels_last: bool, weight: torch.Tensor):
     import torchvision
 
@@ -157,10 +196,11 @@ def case_train_notebook(a, root, work):
     return {"rates": epochs(loader, a.repeats, step, a.device)}
 
 
-def case_train_handtuned(a, root, work):
+def case_train_handtuned(a, root, work, *, other: bool = False):
     dm, _ = project_datamodule(root, work / "cache", a.batch_size, a.device)
-    step = make_step(a.device, bf16=True, channels_last=True, weight=dm.class_weights)
-    return {"rates": epochs(dm.train_dataloader(), a.repeats, step, a.device)}
+    bf16 = auto_is_bf16(a.device) != other
+    step = make_step(a.device, bf16=bf16, channels_last=True, weight=dm.class_weights)
+    return {"rates": epochs(dm.train_dataloader(), a.repeats, step, a.device), "bf16": bf16}
 
 
 class EpochTimer(pl.Callback):
@@ -181,7 +221,7 @@ class EpochTimer(pl.Callback):
         EpochTimer.rates.append(self.n / (time.perf_counter() - self.t))
 
 
-def case_train_project(a, root, work):
+def case_train_project(a, root, work, *, other: bool = False):
     """``python -m pneumonia.train`` as a user runs it, timed per training epoch."""
     from omegaconf import open_dict
 
@@ -189,7 +229,11 @@ def case_train_project(a, root, work):
     from pneumonia.train import train
 
     trainer = "gpu" if a.device == "cuda" else "cpu"
+    bf16 = auto_is_bf16(a.device) != other
+    # GPUs without bf16 get 16-mixed from auto; "the other" is then 32-true
+    precision = ("bf16-mixed" if bf16 else "32-true") if other else "auto"
     overrides = [
+        f"trainer.precision={precision}",
         "model=resnet50",
         "model.weights=null",
         "model.lr=1e-4",
@@ -208,6 +252,7 @@ def case_train_project(a, root, work):
         # timing only: no checkpoint writes or image logging inside the timed epochs
         "~callbacks.sample_grid",
         "~callbacks.evaluation_figures",
+        "~callbacks.time_budget",
         "~callbacks.model_checkpoint",
         "~callbacks.last_checkpoint",
         "+trainer.enable_checkpointing=false",
@@ -219,7 +264,8 @@ def case_train_project(a, root, work):
     EpochTimer.cuda = a.device == "cuda"
     train(cfg)
     rates = EpochTimer.rates
-    return {"rates": rates[1:] or rates}  # the first epoch includes one-off warm-up
+    # the first epoch includes one-off warm-up
+    return {"rates": rates[1:] or rates, "bf16": bf16}
 
 
 def case_infer(a, root, work, precision: str):
@@ -299,11 +345,13 @@ CASES = {
     "data_project": case_data_project,
     "train_notebook": case_train_notebook,
     "train_handtuned": case_train_handtuned,
+    "train_handtuned_other": lambda a, r, w: case_train_handtuned(a, r, w, other=True),
     "train_handtuned_glibc": case_train_handtuned,
     "train_project": case_train_project,
+    "train_project_other": lambda a, r, w: case_train_project(a, r, w, other=True),
     "train_project_glibc": case_train_project,
-    "infer_fp32": lambda a, r, w: case_infer(a, r, w, "32"),
-    "infer_bf16": lambda a, r, w: case_infer(a, r, w, "bf16"),
+    "infer_fp32": lambda a, r, w: case_infer(a, r, w, "32-true"),
+    "infer_bf16": lambda a, r, w: case_infer(a, r, w, "bf16-mixed"),
     "step_only": case_step_only,
     "matmul": case_matmul,
 }
@@ -378,8 +426,8 @@ def main() -> None:
     a.workdir = a.workdir or tmp.name
     prepare_data(Path(a.workdir))
     source = "originals" if (ORIGINALS / "NORMAL").is_dir() else "synthetic stand-ins"
+    print(machine(a.device), flush=True)
     print(
-        f"Benchmark on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, device {a.device}, data: {source}, "
         f"batch {a.batch_size}, median of {a.repeats}",
         flush=True,
@@ -389,6 +437,7 @@ def main() -> None:
     med = {k: statistics.median(v["rates"]) for k, v in r.items() if "rates" in v}
     ceil = r["matmul"]["gflops"]
     step_gflop = 3 * RESNET50_FWD_GFLOP
+    used, other = ("bf16", "fp32") if r["train_project"]["bf16"] else ("fp32", "bf16")
 
     rows = [
         (
@@ -402,14 +451,28 @@ def main() -> None:
             "2. training ResNet50 224px, img/s",
             "notebook loop: fp32, its pipeline",
             med["train_notebook"],
-            "python -m pneumonia.train (cache, bf16, channels_last)",
+            f"python -m pneumonia.train (precision auto = {used}, cache, channels_last)",
             med["train_project"],
         ),
         (
             "   vs a hand-tuned loop",
-            "hand-tuned: cache, bf16, channels_last, malloc",
+            f"hand-tuned: cache, {used}, channels_last, malloc",
             med["train_handtuned"],
             "python -m pneumonia.train",
+            med["train_project"],
+        ),
+        (
+            f"   the other precision ({other}), for reference",
+            f"hand-tuned, {other}",
+            med["train_handtuned_other"],
+            f"python -m pneumonia.train, trainer.precision={other}",
+            med["train_project_other"],
+        ),
+        (
+            f"   auto ({used}) against {other}",
+            f"python -m pneumonia.train, {other}",
+            med["train_project_other"],
+            f"python -m pneumonia.train, auto = {used}",
             med["train_project"],
         ),
         ("3. inference (predict), img/s", "fp32", med["infer_fp32"], "bf16", med["infer_bf16"]),
@@ -433,17 +496,18 @@ def main() -> None:
     for title, base, b, cand, c in rows:
         print(f"| {title} | {base} | {b:.1f} | {cand} | {c:.1f} | {c / b:.2f}x |")
     steps = r["step_only"]["step_img_s"]
+    ceiling_step = steps["bf16_cl"] if used == "bf16" else steps["fp32_cl"]
     print(
         f"\nTraining step alone (one resident batch), img/s: fp32 {steps['fp32']:.1f}, fp32 "
         f"channels_last {steps['fp32_cl']:.1f}, bf16 + channels_last {steps['bf16_cl']:.1f}: "
-        f"at most {steps['bf16_cl'] / med['train_notebook']:.2f}x the notebook loop; "
-        f"pneumonia.train reaches {med['train_project'] / steps['bf16_cl']:.0%} of it"
+        f"at {used}, at most {ceiling_step / med['train_notebook']:.2f}x the notebook loop; "
+        f"pneumonia.train reaches {med['train_project'] / ceiling_step:.0%} of it"
     )
     print(
         f"4. matmul ceilings (GFLOP/s): fp32 {ceil['fp32']:.0f}, bf16 {ceil['bf16']:.0f}; "
         f"the project's ResNet50 training step ({step_gflop:.1f} GFLOP/img) reaches "
         f"{med['train_project'] * step_gflop:.0f} GFLOP/s = "
-        f"{med['train_project'] * step_gflop / ceil['bf16']:.0%} of the bf16 ceiling"
+        f"{med['train_project'] * step_gflop / ceil[used]:.0%} of the {used} ceiling"
     )
     d = r["data_project"]
     print(

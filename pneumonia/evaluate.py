@@ -23,8 +23,9 @@ from torchmetrics.wrappers import BootStrapper
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.inference import predict_batches, resolve_device
+from pneumonia.inference import predict_batches
 from pneumonia.metrics import confusion_matrix, ranking_metrics, thresholded_metrics
+from pneumonia.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def predict_split(
     data_overrides: dict[str, Any] | None = None,
     tta: bool = False,
     accelerator: str = "auto",
-    precision: str | int = "32",
+    precision: str | int = "auto",
 ) -> Predictions:
     """Run a checkpoint over a split of its DataModule (eval transforms only)."""
     if split not in ("train", "val", "test"):

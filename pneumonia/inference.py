@@ -7,6 +7,7 @@ the batches used here is the checkpoint's :class:`pneumonia.data.Preprocessing`.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,32 +15,33 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from pneumonia.runtime import resolve_precision
+
+log = logging.getLogger(__name__)
+
 # Test-time augmentation: small rotations, inside the +-10 degrees that training augments with.
 # Never a horizontal mirror: a chest is not mirror-symmetric, and a model trained without flips
 # has never seen a heart on the right.
 TTA_DEGREES = (-5.0, 0.0, 5.0)
 
 
-def resolve_device(accelerator: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; ``gpu``/``cuda`` and ``cpu`` are taken literally."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("accelerator=gpu but no CUDA device is visible; use accelerator=cpu")
-        return torch.device("cuda")
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"accelerator={accelerator!r}: use auto, cpu or gpu")
-
-
 def autocast(device: torch.device, precision: str | int) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision=bf16`` (or ``bf16-mixed``); fp32 otherwise."""
-    if str(precision).startswith("bf16"):
+    """The autocast of a resolved Lightning precision (see ``runtime.resolve_precision``)."""
+    precision = str(precision)
+    if precision in ("bf16", "bf16-mixed"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    if str(precision) not in ("32", "32-true"):
-        raise ValueError(f"precision={precision!r}: use 32 or bf16")
-    return contextlib.nullcontext()
+    if precision in ("16", "16-mixed"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    if precision in ("32", "32-true"):
+        return contextlib.nullcontext()
+    raise ValueError(f"precision={precision!r}: use auto, 32-true, bf16-mixed or 16-mixed")
+
+
+def inference_precision(precision: str | int, device: torch.device) -> str:
+    """Resolve ``auto`` once per run, and say what was chosen."""
+    choice = resolve_precision(precision, device)
+    log.info("Precision %s on %s: %s", choice.precision, device.type, choice.reason)
+    return choice.precision
 
 
 def tta_views(images: torch.Tensor, fill: Sequence[float]) -> list[torch.Tensor]:
@@ -86,11 +88,12 @@ def predict_batches(
     batches: Iterable[tuple[torch.Tensor, Any]],
     *,
     device: torch.device,
-    precision: str | int = "32",
+    precision: str | int = "auto",
     tta: bool = False,
     fill: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, list[Any]]:
     """Probabilities for every batch of ``(images, extra)``; ``extra`` is passed through."""
+    precision = inference_precision(precision, device)
     model.to(device).eval()
     probs, extras = [], []
     for images, extra in batches:

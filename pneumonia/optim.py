@@ -43,7 +43,8 @@ SCHEDULERS: dict[str, _Builder | None] = {
     "onecycle": lambda opt, total: {
         "scheduler": sched.OneCycleLR(
             opt,
-            max_lr=[g["lr"] for g in opt.param_groups],
+            # a rebuilt schedule (TimeBudget) finds lr at its start value: max_lr is the peak
+            max_lr=[g.get("max_lr", g["lr"]) for g in opt.param_groups],
             total_steps=max(2, total()),
             pct_start=0.15,
         ),

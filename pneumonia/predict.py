@@ -18,8 +18,8 @@ from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.data.images import BadImageError, is_image_file
-from pneumonia.inference import autocast, pneumonia_probability, resolve_device
-from pneumonia.runtime import decode_threads
+from pneumonia.inference import autocast, inference_precision, pneumonia_probability
+from pneumonia.runtime import decode_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,14 @@ def predict_files(
     batch_size: int = 32,
     tta: bool = False,
     accelerator: str = "auto",
-    precision: str | int = "32",
+    precision: str | int = "auto",
     gradcam_dir: Path | None = None,
     root: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per file: probability of PNEUMONIA and the label at the stored threshold."""
     pre = ckpt.preprocessing
     device = resolve_device(accelerator)
+    precision = inference_precision(precision, device)
     model = ckpt.model.to(device).eval()
     positive, negative = ckpt.positive_index, 1 - ckpt.positive_index
 

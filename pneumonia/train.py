@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import read_checkpoint
 from pneumonia.data.index import find_split_dirs
 from pneumonia.metrics import confusion_matrix
-from pneumonia.runtime import configure_torch, tune_malloc
+from pneumonia.runtime import configure_torch, resolve_device, resolve_precision, tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one model as ``cfg`` says; return the metrics that also go to ``metrics.json``."""
     tune_malloc()
     configure_torch()
-    # num_workers=0 is a deliberate default on small CPU machines (see DESIGN.md).
+    # num_workers=0 is a deliberate default on small CPU machines: workers fight the compute.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     if cfg.get("ckpt_path"):
         read_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign: a clear error, now
@@ -46,6 +48,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     if not datamodule.synthetic:
         find_split_dirs(datamodule.root)  # fail before building a model when there is no data
+    choice = resolve_precision(cfg.trainer.precision, resolve_device(cfg.trainer.accelerator))
+    if rank_zero_only.rank == 0:
+        log.info("Precision %s: %s", choice.precision, choice.reason)
+    cfg.trainer.precision = choice.precision  # what ran, in the checkpoint's config and hparams
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = _instantiate_all(cfg.get("callbacks"))
@@ -81,6 +87,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.warning("No test split under %s: skipping the test.", datamodule.root)
     metrics["threshold"] = float(model.threshold)
     metrics["best_model_path"] = best or None
+    metrics["precision"] = {"used": choice.precision, "reason": choice.reason}
+    plans = [cb.plan for cb in trainer.callbacks if isinstance(cb, TimeBudget) and cb.plan]
+    if plans:
+        metrics["time_budget"] = {
+            **asdict(plans[0]),
+            "repeat_with": plans[0].repeat_overrides(choice.precision),
+        }
     _write_outputs(cfg, model, trainer, metrics, output_dir)
     return metrics
 

@@ -44,9 +44,12 @@ def test_tta_needs_the_fill_of_the_checkpoint() -> None:
 
 def test_tta_averages_small_rotations_of_the_unnormalised_image(trained: dict) -> None:
     ckpt = load_checkpoint(trained["ckpt"])
-    plain = predict_split(ckpt, "test", accelerator="cpu")
-    tta = predict_split(ckpt, "test", tta=True, accelerator="cpu")
-    assert torch.equal(tta.probs, predict_split(ckpt, "test", tta=True, accelerator="cpu").probs)
+    plain = predict_split(ckpt, "test", accelerator="cpu", precision="32-true")
+    tta = predict_split(ckpt, "test", tta=True, accelerator="cpu", precision="32-true")
+    assert torch.equal(
+        tta.probs,
+        predict_split(ckpt, "test", tta=True, accelerator="cpu", precision="32-true").probs,
+    )
     assert not torch.equal(tta.probs, plain.probs)
     # Independently: rotate the [0, 1] image with black (zero) corners, then normalise;
     # average over the angles.
@@ -60,3 +63,15 @@ def test_tta_averages_small_rotations_of_the_unnormalised_image(trained: dict) -
         with torch.no_grad():
             probs.append(ckpt.model.predict_proba((view.expand(-1, 3, -1, -1) - mean) / std))
     torch.testing.assert_close(tta.probs, torch.stack(probs).mean(dim=0), atol=1e-5, rtol=0)
+
+
+def test_autocast_follows_the_resolved_precision() -> None:
+    from pneumonia.inference import autocast
+
+    cpu = torch.device("cpu")
+    with autocast(cpu, "bf16-mixed"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(cpu, "32-true"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision='64'"):
+        autocast(cpu, "64")

@@ -16,7 +16,7 @@ LAYERS = [
     {"runtime", "metrics", "backbones", "optim", "config"},  # leaves
     {"data"},  # the data package, all of it
     {"plots"},
-    {"callbacks"},
+    {"callbacks", "budget"},
     {"model"},
     {"checkpoint", "inference", "explain", "runs"},
     {"evaluate", "predict", "export", "train"},  # the commands

@@ -1,10 +1,12 @@
-"""What the machine offers: threads and workers follow the CPUs this process may use."""
+"""What the machine offers: threads and workers for its CPUs, and the precision it runs fast."""
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
+import torch
 
 from pneumonia import runtime
 
@@ -28,3 +30,74 @@ def test_big_machines_get_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert runtime.decode_threads() == 8
     assert runtime.loader_workers(on_gpu=False) == 4
     assert runtime.loader_workers(on_gpu=True) == 8
+
+
+# ----------------------------------------------------------------------------- precision
+@pytest.fixture
+def cpu_with(monkeypatch: pytest.MonkeyPatch):
+    """Fake the CPU's flags (None: unreadable, as on macOS) and the matmul probe."""
+
+    def fake(flags: set[str] | None, probe_speedup: float = 1.0) -> None:
+        monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+        monkeypatch.setattr(runtime, "bf16_matmul_speedup", lambda: probe_speedup)
+
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("flags", "probe", "expected"),
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, 1.0, "bf16-mixed"),  # AMD Zen 4/5, Intel Xeon
+        ({"avx2", "amx_bf16", "amx_tile"}, 1.0, "bf16-mixed"),  # Intel Sapphire Rapids
+        ({"avx2", "fma"}, 9.9, "32-true"),  # AVX2 only: flags decide, no probe
+        (None, 2.1, "bf16-mixed"),  # flags unreadable: the probe decides
+        (None, 0.1, "32-true"),
+    ],
+)
+def test_auto_on_a_cpu_picks_bf16_only_where_it_is_native(
+    cpu_with, flags: set[str] | None, probe: float, expected: str
+) -> None:
+    cpu_with(flags, probe)
+    choice = runtime.resolve_precision("auto", "cpu")
+    assert choice.precision == expected
+    assert choice.reason
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_auto_on_a_gpu_follows_its_bf16_support(
+    monkeypatch: pytest.MonkeyPatch, bf16: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert runtime.resolve_precision("auto", "cuda").precision == expected
+
+
+def test_an_explicit_precision_wins_with_a_warning_when_it_is_the_slow_one(cpu_with) -> None:
+    cpu_with({"avx2"})
+    with pytest.warns(UserWarning, match="slow choice.*no native bf16.*32-true"):
+        choice = runtime.resolve_precision("bf16-mixed", "cpu")
+    assert choice == runtime.PrecisionChoice("bf16-mixed", "set explicitly")
+    cpu_with({"avx512_bf16"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_precision("bf16-mixed", "cpu").precision == "bf16-mixed"
+        assert runtime.resolve_precision(32, "cpu").precision == "32"
+
+
+def test_the_cpu_flags_are_read_where_linux_has_them() -> None:
+    flags = runtime.cpu_flags()
+    if os.path.exists("/proc/cpuinfo"):
+        assert flags  # whichever CPU this is, it has some
+    else:
+        assert flags is None
+
+
+def test_a_training_run_records_the_precision_auto_chose(train_cfg, cpu_with) -> None:
+    from pneumonia.train import train
+
+    cpu_with({"avx2"})  # as on an AVX2-only CPU, whatever this one is
+    cfg = train_cfg("debug=fdr")
+    assert cfg.trainer.precision == "auto"
+    metrics = train(cfg)
+    assert metrics["precision"]["used"] == "32-true"
+    assert "no native bf16" in metrics["precision"]["reason"]
+    assert cfg.trainer.precision == "32-true"  # what the checkpoint's config records

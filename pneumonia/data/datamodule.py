@@ -195,6 +195,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
             return True
         return split in self._scan().splits
 
+    def num_test_images(self) -> int:
+        """Images in ``test/`` (0 without one), known before ``setup("test")``."""
+        listing = self._scan().splits.get("test")
+        return len(listing.files) if listing else 0
+
     def _split(self, split: str) -> Split:
         if split not in self._splits:
             if split == "test" and not self.has_split("test"):

@@ -1,0 +1,238 @@
+"""Time-budgeted runs: fit the epochs and the learning-rate schedule into ``trainer.max_time``.
+
+Lightning's own ``max_time`` stops a run when time is up, wherever it is: a OneCycle or cosine
+schedule is then cut off near its peak, and on a slow machine the run may not reach a single
+validation. :class:`TimeBudget` measures this machine's training and evaluation speed before the
+first optimizer step, plans how many epochs (or steps, when not even one epoch fits) end inside
+the budget with the final validation and test, and rebuilds the per-step schedule over exactly
+that many steps, so it finishes annealing when the budget ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F  # noqa: N812
+from pytorch_lightning.callbacks import Timer
+
+from pneumonia.optim import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a time budget resolved to on this machine; ``max_steps`` repeats it exactly."""
+
+    budget_s: float
+    spent_s: float  # before training: data scan, cache build, model, measurement
+    step_s: float  # one optimizer step (forward, backward, update)
+    eval_image_s: float  # one image through the model without gradients
+    steps_per_epoch: int
+    epochs: int
+    max_steps: int
+    expected_s: float  # predicted time of the whole run, final validation and test included
+
+    def repeat_overrides(self, precision: str) -> str:
+        return (
+            f"trainer.max_time=null trainer.max_epochs={self.epochs} "
+            f"trainer.max_steps={self.max_steps} trainer.precision={precision}"
+        )
+
+
+def plan_budget(
+    *,
+    budget_s: float,
+    spent_s: float,
+    step_s: float,
+    eval_image_s: float,
+    steps_per_epoch: int,
+    val_images: int,
+    final_images: int,
+    max_epochs: int | None,
+    margin: float = 0.05,
+    epoch_overhead_s: float = 2.0,
+) -> BudgetPlan:
+    """The most whole epochs (at most ``max_epochs``) that fit, else the most steps of one.
+
+    Args:
+        final_images: images evaluated after training (the final validation and the test).
+        margin: fraction of the budget held back for what the measurement misses.
+        epoch_overhead_s: per-epoch cost besides steps and validation images (checkpoints,
+            figures, metrics).
+    """
+    val_s = val_images * eval_image_s + epoch_overhead_s
+    usable = budget_s * (1 - margin) - spent_s - final_images * eval_image_s
+    epoch_s = steps_per_epoch * step_s + val_s
+    epochs = int(usable // epoch_s) if usable > 0 else 0
+    if max_epochs is not None and max_epochs >= 0:
+        epochs = min(epochs, max_epochs)
+    if epochs >= 1:
+        max_steps = epochs * steps_per_epoch
+    else:  # not one epoch: stop inside it, validate, and anneal over what fits
+        epochs = 1
+        max_steps = int(min(max(1, (usable - val_s) // step_s), steps_per_epoch))
+    expected = spent_s + max_steps * step_s + epochs * val_s + final_images * eval_image_s
+    return BudgetPlan(
+        budget_s=budget_s,
+        spent_s=spent_s,
+        step_s=step_s,
+        eval_image_s=eval_image_s,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        max_steps=max_steps,
+        expected_s=expected,
+    )
+
+
+def measure_speed(
+    trainer: pl.Trainer, module: pl.LightningModule, batch: Any, *, repeats: int = 3
+) -> tuple[float, float]:
+    """(seconds per training batch, seconds per evaluated image) on ``batch``, leaving no trace.
+
+    Forward and backward at the trainer's precision, then the same forward without gradients;
+    the module's buffers (BatchNorm statistics) and gradients are restored afterwards.
+    """
+    images, targets = trainer.strategy.batch_to_device(batch)
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+
+    def timed(fn) -> float:
+        fn()  # warm-up: first calls allocate
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync()
+        return (time.perf_counter() - start) / repeats
+
+    def train_step() -> None:
+        with trainer.precision_plugin.forward_context():
+            loss = F.cross_entropy(module(images).float(), targets)
+        loss.backward()
+
+    def eval_step() -> None:
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            module(images)
+
+    try:
+        module.train()
+        step_s = timed(train_step)
+        module.eval()
+        eval_image_s = timed(eval_step) / len(images)
+    finally:
+        module.train()
+        module.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in module.named_buffers():
+                b.copy_(buffers[name])
+    return step_s, eval_image_s
+
+
+def _validation_images(trainer: pl.Trainer) -> int:
+    """Images one validation epoch evaluates (``limit_val_batches`` applied)."""
+    loader = trainer.val_dataloaders
+    if loader is None and trainer.datamodule is not None:  # no sanity check has set it up
+        loader = trainer.datamodule.val_dataloader()
+    if loader is None:
+        return 0
+    batches, limit = len(loader), trainer.limit_val_batches
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    return min(len(loader.dataset), batches * (loader.batch_size or 1))
+
+
+class TimeBudget(pl.Callback):
+    """Plan a run with ``trainer.max_time`` so that it ends, annealed and evaluated, in time.
+
+    Does nothing without ``max_time``. The budget counts from this callback's creation, at the
+    start of ``train()``, so the data scan and cache build count too. The plan is logged, kept
+    in checkpoints (a resumed run keeps it) and in ``metrics.json`` with the overrides that
+    repeat it exactly without a budget.
+    """
+
+    def __init__(self, margin: float = 0.05, epoch_overhead_s: float = 2.0) -> None:
+        self.margin = margin
+        self.epoch_overhead_s = epoch_overhead_s
+        self.started = time.monotonic()
+        self.plan: BudgetPlan | None = None
+
+    @staticmethod
+    def _budget(trainer: pl.Trainer) -> float | None:
+        timers = [cb for cb in trainer.callbacks if isinstance(cb, Timer)]
+        return timers[0]._duration if timers else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        budget = self._budget(trainer)
+        if budget is None or trainer.fast_dev_run:
+            return
+        if self.plan is None:  # a resumed run keeps the plan its checkpoint carries
+            plan = self._make_plan(trainer, pl_module, budget)
+            self.plan = trainer.strategy.broadcast(plan)  # every rank follows rank 0's plan
+            self._rebuild_schedules(trainer, pl_module, self.plan.max_steps)
+            log.info(
+                "Time budget %.0f s: %d epoch(s), %d steps (%.3f s/step, %.4f s/eval image), "
+                "expected to end at %.0f s. Repeat exactly with: %s",
+                budget,
+                self.plan.epochs,
+                self.plan.max_steps,
+                self.plan.step_s,
+                self.plan.eval_image_s,
+                self.plan.expected_s,
+                self.plan.repeat_overrides(str(trainer.precision)),
+            )
+        trainer.fit_loop.max_epochs = self.plan.epochs
+        trainer.fit_loop.epoch_loop.max_steps = self.plan.max_steps
+
+    def _make_plan(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, budget: float
+    ) -> BudgetPlan:
+        # The measuring batch must not move the RNG the real run's shuffling and augmentation
+        # draw from, or a repeat with max_steps would see other batches.
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            batch = next(iter(trainer.train_dataloader))
+            batch_s, eval_image_s = measure_speed(trainer, pl_module, batch)
+        datamodule = trainer.datamodule
+        val_images = _validation_images(trainer)
+        test_images = datamodule.num_test_images() if hasattr(datamodule, "num_test_images") else 0
+        accumulate = trainer.accumulate_grad_batches
+        return plan_budget(
+            budget_s=budget,
+            spent_s=time.monotonic() - self.started,
+            step_s=batch_s * accumulate,
+            eval_image_s=eval_image_s,
+            steps_per_epoch=math.ceil(trainer.num_training_batches / accumulate),
+            val_images=val_images,
+            final_images=val_images + test_images,
+            max_epochs=trainer.max_epochs,
+            margin=self.margin,
+            epoch_overhead_s=self.epoch_overhead_s,
+        )
+
+    @staticmethod
+    def _rebuild_schedules(trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> None:
+        """Per-step schedules over exactly ``steps``: no optimizer step has happened yet."""
+        name = getattr(pl_module.hparams, "scheduler", None)
+        for config in trainer.lr_scheduler_configs:
+            if config.interval == "step" and name:
+                rebuilt = build_scheduler(config.scheduler.optimizer, name, lambda: steps)
+                config.scheduler = rebuilt["scheduler"]
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        # Stopping inside the first epoch: should_stop makes Lightning validate before it ends.
+        plan = self.plan
+        if plan and plan.steps_per_epoch > plan.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plan": asdict(self.plan) if self.plan else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        plan = state_dict.get("plan")
+        self.plan = BudgetPlan(**plan) if plan else None

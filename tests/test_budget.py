@@ -1,0 +1,109 @@
+"""Time budgets: the plan for a machine, and a run that ends annealed and validated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pneumonia.budget import plan_budget
+from pneumonia.train import train
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+# A Kermany-sized run: 148 steps of 32 images per epoch, 523 validation and 624 test images.
+KERMANY = {"steps_per_epoch": 148, "val_images": 523, "final_images": 523 + 624}
+
+
+def test_a_fast_machine_gets_every_epoch_the_recipe_asks_for() -> None:
+    plan = plan_budget(
+        budget_s=1800, spent_s=10, step_s=0.3, eval_image_s=0.003, max_epochs=22, **KERMANY
+    )
+    assert (plan.epochs, plan.max_steps) == (22, 22 * 148)
+    assert plan.expected_s < 1800
+
+
+def test_a_slower_machine_gets_fewer_whole_epochs_that_end_in_time() -> None:
+    fast = plan_budget(
+        budget_s=1800, spent_s=10, step_s=0.5, eval_image_s=0.005, max_epochs=22, **KERMANY
+    )
+    slow = plan_budget(
+        budget_s=1800, spent_s=10, step_s=1.2, eval_image_s=0.012, max_epochs=22, **KERMANY
+    )
+    assert 1 <= slow.epochs < fast.epochs <= 22
+    for plan in (fast, slow):
+        assert plan.max_steps == plan.epochs * 148  # the schedule spans whole epochs
+        assert plan.expected_s <= 1800 * 0.95  # inside the budget, margin kept
+        one_more = plan.expected_s + 148 * plan.step_s + 523 * plan.eval_image_s + 2.0
+        assert one_more > 1800 * 0.95 or plan.epochs == 22  # and no epoch left unused
+
+
+def test_a_machine_too_slow_for_one_epoch_stops_inside_it() -> None:
+    plan = plan_budget(
+        budget_s=600, spent_s=30, step_s=5.0, eval_image_s=0.05, max_epochs=22, **KERMANY
+    )
+    assert plan.epochs == 1
+    assert 1 <= plan.max_steps < 148
+    assert plan.expected_s <= 600 * 0.95
+
+
+def read_scalars(run: Path, tag: str) -> list[float]:
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
+@pytest.mark.slow
+def test_a_budgeted_demo_run_anneals_fully_and_validates(train_cfg) -> None:
+    cfg = train_cfg(
+        "trainer.max_time=00:00:00:10",
+        "trainer.max_epochs=1000",  # the budget, not the epoch count, ends this run
+        "callbacks.lr_monitor.logging_interval=step",
+        "test=false",
+    )
+    assert cfg.model.scheduler == "onecycle"
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    plan = json.loads((run / "metrics.json").read_text())["time_budget"]
+    assert 1 <= plan["epochs"] < 1000
+    assert plan["max_steps"] == plan["epochs"] * plan["steps_per_epoch"]
+    assert f"trainer.max_steps={plan['max_steps']}" in plan["repeat_with"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == plan["max_steps"]  # every planned step ran
+    assert last["lr_schedulers"][0]["total_steps"] == plan["max_steps"]  # the schedule fits
+    lrs = read_scalars(run, "lr-AdamW")  # the rate of every step
+    assert len(lrs) == plan["max_steps"]
+    assert max(lrs) == pytest.approx(cfg.model.lr, rel=1e-3)  # OneCycle's peak was reached
+    assert lrs[-1] < 1e-4 * max(lrs)  # and the last step ran at the annealed end
+    assert metrics["val/num_samples"] > 0
+    assert len(read_scalars(run, "val/loss")) >= plan["epochs"]  # a validation every epoch
+
+
+def test_a_budget_shorter_than_one_epoch_stops_inside_it_validated(
+    train_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pneumonia.budget as budget_module
+
+    # This machine, as slow as a big model on a small CPU: 20 s a step, 3 steps an epoch.
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (20.0, 0.01))
+    cfg = train_cfg(
+        "trainer.max_time=00:00:01:00",
+        "trainer.max_epochs=5",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.lr_monitor.logging_interval=step",
+        "test=false",
+    )
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    plan = json.loads((run / "metrics.json").read_text())["time_budget"]
+    assert (plan["epochs"], plan["steps_per_epoch"]) == (1, 3)
+    assert 1 <= plan["max_steps"] < 3
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == plan["max_steps"]
+    lrs = read_scalars(run, "lr-AdamW")
+    assert len(lrs) == plan["max_steps"]
+    assert lrs[-1] < 1e-4 * cfg.model.lr
+    # validated before stopping: the fit's validation, then the best checkpoint's again
+    assert len(read_scalars(run, "val/loss")) == 2
