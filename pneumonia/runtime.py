@@ -91,6 +91,9 @@ def bf16_matmul_speedup(size: int = 512, repeats: int = 5) -> float:
 
 def cpu_runs_bf16_natively() -> tuple[bool, str]:
     """Whether bf16 autocast pays off on this CPU, and why: its flags, else a probe."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and isa not in ("ALL", "DEFAULT") and not any(k in isa for k in ("BF16", "AMX")):
+        return False, f"ONEDNN_MAX_CPU_ISA={isa} keeps oneDNN from the CPU's native bf16"
     flags = cpu_flags()
     if flags is not None:
         native = [f for f in NATIVE_BF16_FLAGS if f in flags]

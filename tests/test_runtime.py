@@ -37,6 +37,8 @@ def test_big_machines_get_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 def cpu_with(monkeypatch: pytest.MonkeyPatch):
     """Fake the CPU's flags (None: unreadable, as on macOS) and the matmul probe."""
 
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+
     def fake(flags: set[str] | None, probe_speedup: float = 1.0) -> None:
         monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
         monkeypatch.setattr(runtime, "bf16_matmul_speedup", lambda: probe_speedup)
@@ -61,6 +63,18 @@ def test_auto_on_a_cpu_picks_bf16_only_where_it_is_native(
     choice = runtime.resolve_precision("auto", "cpu")
     assert choice.precision == expected
     assert choice.reason
+
+
+def test_an_isa_capped_below_bf16_counts_as_no_native_bf16(
+    cpu_with, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu_with({"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    choice = runtime.resolve_precision("auto", "cpu")
+    assert choice.precision == "32-true"
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in choice.reason
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert runtime.resolve_precision("auto", "cpu").precision == "bf16-mixed"
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
