@@ -47,28 +47,30 @@ def cpu_with(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize(
-    ("flags", "probe", "expected"),
+    ("flags", "probe", "expected", "why"),
     [
-        ({"avx2", "avx512f", "avx512_bf16"}, 1.0, "bf16-mixed"),  # AMD Zen 4/5, Intel Xeon
-        ({"avx2", "amx_bf16", "amx_tile"}, 1.0, "bf16-mixed"),  # Intel Sapphire Rapids
-        ({"avx2", "fma"}, 9.9, "32-true"),  # AVX2 only: flags decide, no probe
-        (None, 2.1, "bf16-mixed"),  # flags unreadable: the probe decides
-        (None, 0.1, "32-true"),
+        ({"avx2", "avx512f", "avx512_bf16"}, 2.2, "bf16-mixed", "has avx512_bf16 and"),
+        ({"avx2", "amx_bf16", "amx_tile"}, 4.0, "bf16-mixed", "has amx_bf16 and"),
+        # the flag alone is not enough: an Intel Xeon with avx512_bf16 ran bf16 at 0.5x fp32
+        ({"avx2", "avx512f", "avx512_bf16"}, 0.5, "32-true", "only 0.50x"),
+        ({"avx2", "fma"}, 9.9, "32-true", "no native bf16"),  # AVX2 only: no probe needed
+        (None, 2.1, "bf16-mixed", "flags unreadable"),  # the probe decides alone
+        (None, 0.1, "32-true", "flags unreadable"),
     ],
 )
-def test_auto_on_a_cpu_picks_bf16_only_where_it_is_native(
-    cpu_with, flags: set[str] | None, probe: float, expected: str
+def test_auto_on_a_cpu_picks_bf16_only_where_it_pays_off(
+    cpu_with, flags: set[str] | None, probe: float, expected: str, why: str
 ) -> None:
     cpu_with(flags, probe)
     choice = runtime.resolve_precision("auto", "cpu")
     assert choice.precision == expected
-    assert choice.reason
+    assert why in choice.reason
 
 
 def test_an_isa_capped_below_bf16_counts_as_no_native_bf16(
     cpu_with, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cpu_with({"avx2", "avx512f", "avx512_bf16"})
+    cpu_with({"avx2", "avx512f", "avx512_bf16"}, probe_speedup=2.0)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     choice = runtime.resolve_precision("auto", "cpu")
     assert choice.precision == "32-true"
@@ -90,7 +92,7 @@ def test_an_explicit_precision_wins_with_a_warning_when_it_is_the_slow_one(cpu_w
     with pytest.warns(UserWarning, match="slow choice.*no native bf16.*32-true"):
         choice = runtime.resolve_precision("bf16-mixed", "cpu")
     assert choice == runtime.PrecisionChoice("bf16-mixed", "set explicitly")
-    cpu_with({"avx512_bf16"})
+    cpu_with({"avx512_bf16"}, probe_speedup=2.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert runtime.resolve_precision("bf16-mixed", "cpu").precision == "bf16-mixed"
