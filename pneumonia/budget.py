@@ -10,9 +10,12 @@ that many steps, so it finishes annealing when the budget ends.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,16 +95,20 @@ def plan_budget(
 
 
 def measure_speed(
-    trainer: pl.Trainer, module: pl.LightningModule, batch: Any, *, repeats: int = 3
+    trainer: pl.Trainer, module: pl.LightningModule, batches: Iterator[Any], *, repeats: int = 3
 ) -> tuple[float, float]:
-    """(seconds per training batch, seconds per evaluated image) on ``batch``, leaving no trace.
+    """(seconds per training batch, seconds per evaluated image), leaving no trace.
 
-    Forward and backward at the trainer's precision, then the same forward without gradients;
-    the module's buffers (BatchNorm statistics) and gradients are restored afterwards.
+    A training batch is timed whole: fetching it (decode, augmentation, collation), forward and
+    backward at the trainer's precision, and the optimizer's step, taken at a learning rate of
+    0. The optimizers' state, the module's buffers (BatchNorm statistics) and its gradients are
+    restored afterwards, so the run goes on as if nothing had been measured.
     """
-    images, targets = trainer.strategy.batch_to_device(batch)
+    optimizers = trainer.optimizers
+    saved = [copy.deepcopy(o.state_dict()) for o in optimizers]
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
-    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    last: list[torch.Tensor] = []
 
     def timed(fn) -> float:
         fn()  # warm-up: first calls allocate
@@ -113,22 +120,31 @@ def measure_speed(
         return (time.perf_counter() - start) / repeats
 
     def train_step() -> None:
+        images, targets = trainer.strategy.batch_to_device(next(batches))
         with trainer.precision_plugin.forward_context():
             loss = F.cross_entropy(module(images).float(), targets)
         loss.backward()
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        last[:] = [images]
 
     def eval_step() -> None:
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            module(images)
+            module(last[0])
 
     try:
         module.train()
         step_s = timed(train_step)
         module.eval()
-        eval_image_s = timed(eval_step) / len(images)
+        eval_image_s = timed(eval_step) / len(last[0])
     finally:
         module.train()
         module.zero_grad(set_to_none=True)
+        for optimizer, state in zip(optimizers, saved, strict=True):
+            optimizer.load_state_dict(state)
         with torch.no_grad():
             for name, b in module.named_buffers():
                 b.copy_(buffers[name])
@@ -196,8 +212,8 @@ class TimeBudget(pl.Callback):
         # draw from, or a repeat with max_steps would see other batches.
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
-            batch = next(iter(trainer.train_dataloader))
-            batch_s, eval_image_s = measure_speed(trainer, pl_module, batch)
+            batches = itertools.cycle(trainer.train_dataloader)  # a tiny epoch comes round again
+            batch_s, eval_image_s = measure_speed(trainer, pl_module, batches)
         datamodule = trainer.datamodule
         val_images = _validation_images(trainer)
         test_images = datamodule.num_test_images() if hasattr(datamodule, "num_test_images") else 0

@@ -12,6 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from pneumonia.budget import plan_budget
 from pneumonia.train import train
 
+from .conftest import compose_train_cfg
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # A Kermany-sized run: 148 steps of 32 images per epoch, 523 validation and 624 test images.
@@ -75,7 +77,7 @@ def test_a_budgeted_demo_run_anneals_fully_and_validates(train_cfg) -> None:
     assert last["lr_schedulers"][0]["total_steps"] == plan["max_steps"]  # the schedule fits
     lrs = read_scalars(run, "lr-AdamW")  # the rate of every step
     assert len(lrs) == plan["max_steps"]
-    assert max(lrs) == pytest.approx(cfg.model.lr, rel=1e-3)  # OneCycle's peak was reached
+    assert max(lrs) == pytest.approx(cfg.model.lr, rel=0.05)  # OneCycle reached its peak
     assert lrs[-1] < 1e-4 * max(lrs)  # and the last step ran at the annealed end
     assert metrics["val/num_samples"] > 0
     assert len(read_scalars(run, "val/loss")) >= plan["epochs"]  # a validation every epoch
@@ -107,3 +109,28 @@ def test_a_budget_shorter_than_one_epoch_stops_inside_it_validated(
     assert lrs[-1] < 1e-4 * cfg.model.lr
     # validated before stopping: the fit's validation, then the best checkpoint's again
     assert len(read_scalars(run, "val/loss")) == 2
+
+
+@pytest.mark.slow
+def test_the_recorded_overrides_repeat_a_budgeted_run_exactly(tmp_path: Path, tiny_root: Path):
+    common = ["trainer.max_epochs=1000", "test=false", "trainer.precision=32-true"]
+    budgeted = compose_train_cfg(tmp_path / "a", tiny_root, "trainer.max_time=00:00:00:08", *common)
+    plan = train(budgeted)["time_budget"]
+    overrides = plan["repeat_with"].split()
+    assert "trainer.max_time=null" in overrides
+    repeat = compose_train_cfg(tmp_path / "b", tiny_root, *common, *overrides)
+    assert train(repeat).get("time_budget") is None  # no budget, no measuring
+
+    def last(cfg) -> dict:
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    a, b = last(budgeted), last(repeat)
+    assert a["global_step"] == b["global_step"] == plan["max_steps"]
+    # measuring the machine changed nothing: not the weights, the optimizer or the schedule
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(value, b["state_dict"][key], rtol=0, atol=0, msg=key)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in state_a:
+        torch.testing.assert_close(state_a[i]["exp_avg"], state_b[i]["exp_avg"], rtol=0, atol=0)
