@@ -155,8 +155,9 @@ def tune_malloc() -> bool:
     """Stop glibc malloc from returning large tensor buffers to the OS after every step.
 
     By default glibc serves allocations above a (dynamic) threshold with fresh mmaps and trims
-    the heap eagerly, so each training step page-faults its activations in again; DESIGN.md
-    measured 1.2-1.9x slower CPU training from it. Equivalent to MALLOC_MMAP_THRESHOLD_=33554432
+    the heap eagerly, so each training step page-faults its activations in again: 1.2-1.9x
+    slower CPU training on an earlier stack (no difference on machines A and B of
+    benchmarks/RESULTS.md). Equivalent to MALLOC_MMAP_THRESHOLD_=33554432
     MALLOC_TRIM_THRESHOLD_=<huge> MALLOC_TOP_PAD_=1073741824. PNEUMONIA_MALLOC_TUNING=0 turns
     it off. Returns whether it applied.
     """
