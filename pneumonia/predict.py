@@ -52,6 +52,7 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """One row per file: probability of PNEUMONIA and the label at the stored threshold."""
     pre = ckpt.preprocessing
+    fill = pre.normalized(0.0)  # the corners TTA's rotations uncover: black, as in training
     device = resolve_device(accelerator)
     precision = inference_precision(precision, device)
     model = ckpt.model.to(device).eval()
@@ -75,9 +76,7 @@ def predict_files(
             if good:
                 images, _ = pre.collate([(img, 0) for _, img in good])
                 with autocast(device, precision):
-                    p = pneumonia_probability(
-                        model, images.to(device), tta=tta, fill=pre.normalized(0.0)
-                    )
+                    p = pneumonia_probability(model, images.to(device), tta=tta, fill=fill)
                     p = p.cpu().tolist()
                 probs = {f: prob for (f, _), prob in zip(good, p, strict=True)}
                 if gradcam_dir is not None:
