@@ -11,6 +11,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from pneumonia.backbones import build_backbone
+from pneumonia.calibration import brier, fit_temperature, logit, nll, probability
 from pneumonia.callbacks import UnfreezeBackbone
 from pneumonia.metrics import (
     EpochPredictions,
@@ -35,9 +36,13 @@ log = logging.getLogger(__name__)
 class PneumoniaClassifier(pl.LightningModule):
     """Binary chest X-ray classifier (NORMAL vs PNEUMONIA) on a torchvision backbone.
 
-    The PNEUMONIA probability is ``softmax(logits)[:, positive_index]``. The decision threshold
-    is a buffer, chosen by ``threshold_rule`` on each validation epoch's predictions, so every
-    checkpoint carries the threshold tuned for its own weights.
+    The score of an image is the logit difference ``z`` (PNEUMONIA minus NORMAL). Its
+    PNEUMONIA probability is calibrated (see ``pneumonia.calibration``): ``z`` divided by a
+    temperature fitted on each validation epoch, and shifted from the prevalence the training
+    loss implied (0.5 with class weights) to ``prevalence``, the population the probability is
+    meant for. The decision threshold is a buffer set by ``threshold_rule``: ``bayes`` (the
+    default) takes the cost-minimising ``1 / (1 + cost_ratio)``; the tuned rules choose it on
+    each validation epoch. Temperature and threshold travel in every checkpoint.
     """
 
     def __init__(
@@ -58,8 +63,11 @@ class PneumoniaClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         scheduler: Literal["none", "cosine", "onecycle", "plateau"] = "none",
-        threshold_rule: str | float = "f1",
+        threshold_rule: str | float = "bayes",
         target_sensitivity: float = 0.95,
+        cost_ratio: float = 1.0,
+        prevalence: float = 0.5,
+        calibrate: bool = True,
         channels_last: bool = True,
         compile: bool = False,
     ) -> None:
@@ -70,7 +78,9 @@ class PneumoniaClassifier(pl.LightningModule):
             raise ValueError(f"model.optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"model.scheduler={scheduler!r}; valid: {', '.join(SCHEDULERS)}")
-        choose_threshold(torch.zeros(0), torch.zeros(0), threshold_rule)  # validates the rule
+        # Validates the rule and the cost ratio.
+        choose_threshold(torch.zeros(0), torch.zeros(0), threshold_rule, cost_ratio=cost_ratio)
+        logit(prevalence)  # validates the prevalence
         self.save_hyperparameters(logger=False)
         self.class_names = list(class_names or ["NORMAL", "PNEUMONIA"])
         self.positive_index = self._positive_index(self.class_names)
@@ -82,6 +92,10 @@ class PneumoniaClassifier(pl.LightningModule):
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weight if class_weighted else None)
         self.register_buffer("threshold", torch.tensor(0.5))
+        self.register_buffer("temperature", torch.tensor(1.0))
+        # Logit of the prevalence the training loss implied (0 = balanced, as class weights make
+        # it); set in setup("fit") from the training split.
+        self.register_buffer("reference_logit", torch.tensor(0.0))
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:
@@ -116,9 +130,23 @@ class PneumoniaClassifier(pl.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(images))
 
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logit difference PNEUMONIA - NORMAL, in float32."""
+        logits = logits.float()
+        return logits[:, self.positive_index] - logits[:, 1 - self.positive_index]
+
+    def probability(self, scores: torch.Tensor, prevalence: float | None = None) -> torch.Tensor:
+        """Calibrated PNEUMONIA probability of scores, for ``prevalence`` (default: the model's)."""
+        return probability(
+            scores,
+            temperature=float(self.temperature),
+            reference_logit=float(self.reference_logit),
+            prevalence=self.hparams.prevalence if prevalence is None else prevalence,
+        )
+
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """PNEUMONIA probability per image."""
-        return torch.softmax(self(images).float(), dim=1)[:, self.positive_index]
+        """Calibrated PNEUMONIA probability per image, at ``hparams.prevalence``."""
+        return self.probability(self.score(self(images)))
 
     def train(self, mode: bool = True) -> PneumoniaClassifier:
         super().train(mode)
@@ -149,6 +177,14 @@ class PneumoniaClassifier(pl.LightningModule):
             self.class_weights = weights
             self.hparams.class_weights = weights.tolist()
             log.info("Class weights %s for %s", [round(w, 4) for w in weights.tolist()], classes)
+        if stage == "fit" and hasattr(datamodule, "split_counts"):
+            # The prevalence the loss sees: counts times class weights (balanced with the
+            # default weights, the training split's own without).
+            counts = torch.tensor(datamodule.split_counts("train"), dtype=torch.float64)
+            if self.class_weights is not None:
+                counts = counts * self.class_weights.double().cpu()
+            share = float(counts[self.positive_index] / counts.sum())
+            self.reference_logit.fill_(logit(min(max(share, 1e-6), 1 - 1e-6)))
 
     def configure_callbacks(self) -> list[pl.Callback]:
         if self.hparams.freeze_backbone and self.hparams.unfreeze_at_epoch is not None:
@@ -167,12 +203,12 @@ class PneumoniaClassifier(pl.LightningModule):
             weight=self.class_weights,
             label_smoothing=self.hparams.label_smoothing,
         )
-        probs = torch.softmax(logits.detach().float(), dim=1)[:, self.positive_index]
+        scores = self.score(logits.detach())
         binary_targets = (targets == self.positive_index).long()
-        return loss, probs, binary_targets
+        return loss, scores, self.probability(scores), binary_targets
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, probs, targets = self._step(batch)
+        loss, _, probs, targets = self._step(batch)
         n = len(targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         self.train_metrics.update(probs, targets)
@@ -189,7 +225,7 @@ class PneumoniaClassifier(pl.LightningModule):
 
     def _eval_step(self, stage: str, batch, *, prog_bar: bool) -> None:
         """Loss and metrics of one val/test batch; predictions kept for the epoch end."""
-        loss, probs, targets = self._step(batch)
+        loss, scores, probs, targets = self._step(batch)
         n = len(targets)
         self.log(
             f"{stage}/loss", loss, on_epoch=True, prog_bar=prog_bar, batch_size=n, sync_dist=True
@@ -198,34 +234,48 @@ class PneumoniaClassifier(pl.LightningModule):
             collection.update(probs, targets)
             self.log_dict(collection, on_epoch=True, batch_size=n)
         outputs = getattr(self, f"{stage}_outputs")
-        outputs["probs"].update(probs)
+        outputs["scores"].update(scores)
         outputs["targets"].update(targets)
 
     def on_validation_epoch_end(self) -> None:
-        probs, targets = gathered_predictions(self.val_outputs)
-        if self.trainer.sanity_checking:
+        scores, targets = gathered_predictions(self.val_outputs)
+        if self.trainer.sanity_checking or not len(targets):
             return
+        # Proper scoring rules of the uncalibrated scores at the split's own prevalence: they
+        # keep discriminating where AUROC and accuracy saturate, and nothing in them was fitted
+        # on this split, so they are fair grounds for choosing a checkpoint.
+        prevalence = float(targets.float().mean().clamp(1e-3, 1 - 1e-3))
+        raw = probability(scores, reference_logit=float(self.reference_logit), prevalence=prevalence)
+        if self.hparams.calibrate:
+            offset = logit(prevalence) - float(self.reference_logit)
+            self.temperature.fill_(fit_temperature(scores, targets, offset=offset))
+        probs = self.probability(scores)
         threshold = choose_threshold(
             probs,
             targets,
             self.hparams.threshold_rule,
             target_sensitivity=self.hparams.target_sensitivity,
+            cost_ratio=self.hparams.cost_ratio,
         )
         self.threshold.fill_(threshold)
         # Computed from all ranks' gathered predictions: identical on every rank.
+        self.log("val/nll", nll(raw, targets), sync_dist=True)
+        self.log("val/brier", brier(raw, targets), sync_dist=True)
+        self.log("val/temperature", float(self.temperature), sync_dist=True)
         self.log("val/threshold", threshold, sync_dist=True)
         self.log("val/num_samples", float(len(targets)), sync_dist=True)
-        self.epoch_predictions["val"] = EpochPredictions(probs, targets, threshold)
+        self.epoch_predictions["val"] = EpochPredictions(probs, targets, threshold, scores)
 
     def on_test_epoch_end(self) -> None:
-        probs, targets = gathered_predictions(self.test_outputs)
+        scores, targets = gathered_predictions(self.test_outputs)
+        probs = self.probability(scores)
         threshold = float(self.threshold)
         tuned = metrics_at(probs, targets, threshold) if len(targets) else {}
         for name, value in tuned.items():  # from all ranks' gathered predictions
             self.log(f"test/{name}", value, sync_dist=True)
         self.log("test/threshold", threshold, sync_dist=True)
         self.log("test/num_samples", float(len(targets)), sync_dist=True)
-        self.epoch_predictions["test"] = EpochPredictions(probs, targets, threshold)
+        self.epoch_predictions["test"] = EpochPredictions(probs, targets, threshold, scores)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -247,12 +297,25 @@ class PneumoniaClassifier(pl.LightningModule):
     def on_train_start(self) -> None:
         check_schedule_covers_run(self.trainer)
 
+    def decision(self) -> dict[str, Any]:
+        """How the probability and the threshold were made, for reports and checkpoints."""
+        hp = self.hparams
+        return {
+            "threshold_rule": hp.threshold_rule,
+            "threshold": float(self.threshold),
+            "cost_ratio": hp.cost_ratio,
+            "prevalence": hp.prevalence,
+            "temperature": float(self.temperature),
+            "reference_prevalence": float(torch.sigmoid(self.reference_logit)),
+        }
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pneumonia"] = {
             "class_names": self.class_names,
             "positive_index": self.positive_index,
             "threshold": float(self.threshold),
+            "decision": self.decision(),
             "preprocessing": self.preprocessing,
             "config": self.run_config,
         }

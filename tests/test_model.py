@@ -86,7 +86,7 @@ def test_loss_uses_the_training_splits_class_weights(datamodule: ChestXRayDataMo
     assert model.hparams.class_weights == pytest.approx(datamodule.class_weights.tolist())
     assert model.class_weights[0] > 1 > model.class_weights[1]  # NORMAL is the rarer class
     images, targets = next(iter(datamodule.eval_dataloader("train")))
-    loss, _, _ = model._step((images, targets))
+    loss, *_ = model._step((images, targets))
     with torch.no_grad():
         logits = model(images)
     weighted = weighted_ce(logits, targets, datamodule.class_weights)
@@ -100,7 +100,7 @@ def test_class_weighted_false_trains_on_the_plain_loss(datamodule: ChestXRayData
     assert model.class_weights is None
     assert "class_weights" not in model.state_dict()
     images, targets = next(iter(datamodule.eval_dataloader("train")))
-    loss, _, _ = model._step((images, targets))
+    loss, *_ = model._step((images, targets))
     with torch.no_grad():
         plain = weighted_ce(model(images), targets, None)
     assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
@@ -113,7 +113,7 @@ def test_a_positive_class_at_index_0_is_the_one_scored() -> None:
     assert model.positive_index == 0
     images = torch.randn(6, 3, 32, 32)
     labels = torch.tensor([0, 1, 0, 1, 1, 0])  # indices into ["PNEUMONIA", "normal"]
-    _, probs, targets = model._step((images, labels))
+    _, _, probs, targets = model._step((images, labels))
     with torch.no_grad():
         expected = torch.softmax(model(images), dim=1)[:, 0]
     torch.testing.assert_close(probs, expected)

@@ -378,7 +378,7 @@ def test_backbone_configs_are_small_deltas_of_one_base() -> None:
     models = {name: compose("train", [f"model={name}"]).model for name in ("resnet18", "resnet50")}
     differ = {k for k in models["resnet50"] if models["resnet50"][k] != models["resnet18"][k]}
     assert differ == {"backbone", "weights"}
-    assert models["resnet18"].threshold_rule == "f1"
+    assert models["resnet18"].threshold_rule == "bayes"
 
 
 def test_the_old_threshold_key_is_refused_by_name(tmp_path: Path, tiny_root: Path) -> None:

@@ -43,7 +43,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         cache: decode each image once into a uint8 memmap at ``resize_size``.
         val_split: ``"patient"`` pools train+val and carves a patient-grouped, stratified split
             of ``val_fraction``; ``"official"`` uses ``val/`` as it is.
-        resize_size, crop_size, interpolation, mean, std, max_pixels: the
+        resize_size, resize_mode, crop_size, interpolation, mean, std, max_pixels: the
             :class:`Preprocessing`, which checkpoints store.
         crop, hflip_prob, rotation_degrees, translate: training augmentation. No horizontal
             flip by default: a chest is not mirror-symmetric (the heart sits on the left).
@@ -64,6 +64,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 42,
         resize_size: int = 256,
+        resize_mode: str = "shorter",
         crop_size: int = 224,
         interpolation: str = "bicubic",
         crop: Literal["center", "random"] = "center",
@@ -97,6 +98,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.synthetic = synthetic
         self.preprocessing = Preprocessing(
             resize_size=resize_size,
+            resize_mode=resize_mode,
             crop_size=crop_size,
             interpolation=interpolation,
             mean=tuple(mean),

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from pneumonia.data.images import DEFAULT_MAX_PIXELS, RESAMPLING, load_resized
+from pneumonia.data.images import DEFAULT_MAX_PIXELS, RESAMPLING, RESIZE_MODES, load_resized
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
 
 
@@ -32,11 +32,16 @@ class Preprocessing:
     """File -> normalised float (3, crop, crop): decode, gray, resize, center crop, normalise.
 
     Args:
-        resize_size: the shorter side after decoding (what the decoded-image cache stores).
+        resize_size: the shorter side after decoding (what the decoded-image cache stores), or
+            the side of the square with ``resize_mode="square"``.
         crop_size: the square center crop the model sees.
         interpolation: Pillow filter of the resize (antialiased when it shrinks).
         mean, std: per-channel normalisation of the ``[0, 1]`` gray value repeated to 3 channels.
         max_pixels: larger images are refused as possible decompression bombs.
+        resize_mode: ``shorter`` keeps the aspect ratio (the crop cuts the longer side);
+            ``square`` stretches the whole image to a square, which is how the shared
+            224 x 224 copies of the Kermany set were made: training on those and evaluating
+            original files needs ``square`` so that both see the same geometry.
     """
 
     resize_size: int = 256
@@ -45,8 +50,13 @@ class Preprocessing:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     max_pixels: int = DEFAULT_MAX_PIXELS
+    resize_mode: str = "shorter"
 
     def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(
+                f"data.resize_mode={self.resize_mode!r}; valid: {', '.join(RESIZE_MODES)}"
+            )
         if self.crop_size > self.resize_size:
             raise ValueError(
                 f"data.crop_size ({self.crop_size}) must not exceed data.resize_size "
@@ -65,8 +75,13 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any] | None) -> Preprocessing:
-        """The inverse of :meth:`to_dict`; every field must be present."""
+        """The inverse of :meth:`to_dict`; every field must be present.
+
+        Records written before ``resize_mode`` existed were all made with ``shorter``.
+        """
         names = {f.name for f in fields(cls)}
+        if isinstance(record, dict) and "resize_mode" not in record:
+            record = {**record, "resize_mode": "shorter"}
         if not isinstance(record, dict) or set(record) != names:
             found = sorted(record) if isinstance(record, dict) else record
             raise PreprocessingError(
@@ -78,6 +93,7 @@ class Preprocessing:
         """What decides the decoded pixels (and so keys the decoded-image cache)."""
         return {
             "resize_size": self.resize_size,
+            "resize_mode": self.resize_mode,
             "interpolation": self.interpolation,
             "max_pixels": self.max_pixels,
         }
@@ -90,7 +106,10 @@ class Preprocessing:
                 "to 8-bit gray: Pillow convert('L') (ITU-R 601-2 luma) for colour images; "
                 "16-bit and float images scaled by their bit depth, not clipped",
                 f"resize the shorter side to {self.resize_size} px "
-                f"({self.interpolation}, antialiased), keeping the aspect ratio",
+                f"({self.interpolation}, antialiased), keeping the aspect ratio"
+                if self.resize_mode == "shorter"
+                else f"resize the whole image to {self.resize_size} x {self.resize_size} px "
+                f"({self.interpolation}, antialiased), not keeping the aspect ratio",
                 f"center crop {self.crop_size} x {self.crop_size}",
                 "scale to [0, 1] (uint8 / 255) and repeat the gray channel to 3 channels",
                 "subtract mean, divide by std, per channel",
@@ -106,8 +125,10 @@ class Preprocessing:
 
     # ------------------------------------------------------------------ applying it
     def decode(self, path: Path) -> np.ndarray:
-        """One file -> (H, W) uint8 gray with its shorter side at ``resize_size``."""
-        return load_resized(path, self.resize_size, self.max_pixels, self.interpolation)
+        """One file -> (H, W) uint8 gray at ``resize_size`` (see ``resize_mode``)."""
+        return load_resized(
+            path, self.resize_size, self.max_pixels, self.interpolation, self.resize_mode
+        )
 
     @cached_property
     def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:

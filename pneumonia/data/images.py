@@ -118,13 +118,33 @@ def resize_shorter(gray: np.ndarray, size: int, interpolation: str = "bicubic") 
     return np.array(im, dtype=np.uint8)
 
 
+def resize_square(gray: np.ndarray, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """Resize to ``size`` x ``size`` whatever the aspect ratio (antialiased when shrinking)."""
+    if gray.shape == (size, size):
+        return np.ascontiguousarray(gray)
+    im = Image.fromarray(gray).resize((size, size), RESAMPLING[interpolation])
+    return np.array(im, dtype=np.uint8)
+
+
+# How the decode-time resize treats the aspect ratio: ``shorter`` keeps it (shorter side to the
+# size, the crop then cuts the longer side), ``square`` stretches the whole image to a square,
+# as the widely shared 224 x 224 copies of the Kermany set were made.
+RESIZE_MODES = {"shorter": resize_shorter, "square": resize_square}
+
+
 def load_resized(
-    path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, interpolation: str = "bicubic"
+    path: Path,
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    interpolation: str = "bicubic",
+    mode: str = "shorter",
 ) -> np.ndarray:
-    """Decode ``path`` and resize its shorter side to ``size``: (H, W) uint8."""
+    """Decode ``path`` and resize it as ``mode`` says (see :data:`RESIZE_MODES`): (H, W) uint8."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"data.resize_mode={mode!r}; valid: {', '.join(RESIZE_MODES)}")
     im_gray = load_gray(path, max_pixels)
     if size <= 0:
         raise ValueError(f"resize size must be positive, got {size}")
     # Pillow's draft mode lets JPEG decode at 1/2..1/8 scale, but would make cached and uncached
     # pixels depend on the decoder's scaling; we decode at full size for exactness.
-    return resize_shorter(im_gray, size, interpolation)
+    return RESIZE_MODES[mode](im_gray, size, interpolation)
