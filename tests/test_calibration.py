@@ -67,7 +67,9 @@ def test_shift_prevalence_gives_the_exact_posterior_of_the_new_population() -> N
     x, _ = gaussian_sample(1000, 0.5)
     at_half = exact_posterior(x, 0.5)
     for target in (0.1, 0.625, 0.9):
-        torch.testing.assert_close(shift_prevalence(at_half, 0.5, target), exact_posterior(x, target))
+        torch.testing.assert_close(
+            shift_prevalence(at_half, 0.5, target), exact_posterior(x, target)
+        )
     assert probability(2.0 * x, prevalence=0.625).double() == pytest.approx(
         exact_posterior(x, 0.625), abs=1e-5
     )
