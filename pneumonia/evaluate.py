@@ -18,13 +18,16 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics import Metric
-from torchmetrics.wrappers import BootStrapper
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.data import ChestXRayDataModule
 from pneumonia.inference import predict_batches
-from pneumonia.metrics import confusion_matrix, ranking_metrics, thresholded_metrics
+from pneumonia.metrics import (
+    bootstrap_interval,
+    confusion_matrix,
+    ranking_metrics,
+    thresholded_metrics,
+)
 from pneumonia.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -105,19 +108,6 @@ def confident_mistakes(preds: Predictions, threshold: float, k: int = 8) -> list
     return wrong[torch.argsort(margin, descending=True)][:k].tolist()
 
 
-def _bootstrap(metric: Metric, probs, targets, resamples: int, confidence: float):
-    alpha = (1 - confidence) / 2
-    boot = BootStrapper(
-        metric,
-        num_bootstraps=resamples,
-        quantile=torch.tensor([alpha, 1 - alpha]),
-        sampling_strategy="multinomial",
-    )
-    boot.update(probs, targets)
-    low, high = boot.compute()["quantile"].tolist()
-    return low, high
-
-
 def report(
     preds: Predictions,
     threshold: float,
@@ -139,7 +129,9 @@ def report(
             section = {}
             for name, metric in collection.items():
                 value = metric.clone()(probs, targets).item()
-                low, high = _bootstrap(metric.clone(), probs, targets, resamples, confidence)
+                low, high = bootstrap_interval(
+                    metric.clone(), probs, targets, resamples, confidence
+                )
                 section[name] = {"value": value, "ci_low": low, "ci_high": high}
             out[key] = section
     out["confusion_matrix"] = confusion_matrix(probs, targets, threshold).tolist()

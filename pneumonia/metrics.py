@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torchmetrics import CatMetric, MetricCollection
+from torchmetrics import CatMetric, Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -30,6 +30,7 @@ from torchmetrics.functional.classification import (
     binary_roc,
     binary_specificity,
 )
+from torchmetrics.wrappers import BootStrapper
 
 from pneumonia.calibration import bayes_threshold
 
@@ -148,3 +149,27 @@ def choose_threshold(
         raise ValueError(f"model.target_sensitivity={target_sensitivity} must lie in (0, 1]")
     reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
     return float(cut[int(reaching[0])])
+
+
+def bootstrap_interval(
+    metric: Metric,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric`` (torchmetrics' BootStrapper).
+
+    Uses the global torch RNG: seed it (inside ``torch.random.fork_rng``) for a repeatable
+    interval.
+    """
+    alpha = (1 - confidence) / 2
+    boot = BootStrapper(
+        metric,
+        num_bootstraps=resamples,
+        quantile=torch.tensor([alpha, 1 - alpha]),
+        sampling_strategy="multinomial",
+    )
+    boot.update(probs, targets)
+    low, high = boot.compute()["quantile"].tolist()
+    return low, high

@@ -85,6 +85,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ).tolist()
         else:
             log.warning("No test split under %s: skipping the test.", datamodule.root)
+    checks = cfg.get("checks") or {}
+    if checks.get("enabled") and trainer.is_global_zero:
+        from pneumonia.checks import run_checks
+
+        metrics["checks"] = run_checks(
+            model,
+            datamodule,
+            device=resolve_device(cfg.trainer.accelerator),
+            precision=choice.precision,
+            degraded=checks.get("degraded", True),
+            resamples=checks.get("resamples", 1000),
+            seed=cfg.seed,
+        )
+        _log_checks(metrics["checks"])
+    metrics["decision"] = model.decision()
     metrics["threshold"] = float(model.threshold)
     metrics["best_model_path"] = best or None
     metrics["precision"] = {"used": choice.precision, "reason": choice.reason}
@@ -96,6 +111,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
     _write_outputs(cfg, model, trainer, metrics, output_dir)
     return metrics
+
+
+def _log_checks(checks: dict[str, Any]) -> None:
+    for name, r in checks.items():
+        if "auroc" in r and "auroc_ci" in r:
+            low, high = r["auroc_ci"]
+            log.info(
+                "Check %-26s AUROC %.3f (%.3f-%.3f)  NLL %.3f  acc %.3f  sens %.3f  spec %.3f",
+                name, r["auroc"], low, high, r["nll"], r["accuracy"], r["sensitivity"],
+                r["specificity"],
+            )  # fmt: skip
 
 
 @rank_zero_only

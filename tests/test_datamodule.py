@@ -265,3 +265,16 @@ def test_real_originals_decode_to_the_training_resolution(originals: Path) -> No
         pixels = load_resized(path, 256)
         assert min(pixels.shape) == 256
         assert 20 < pixels.mean() < 235  # a real radiograph, not a blank decode
+
+
+def test_a_last_training_batch_of_one_image_is_not_made(tiny_root: Path, tmp_path: Path) -> None:
+    # BatchNorm cannot train on a batch of one; evaluation keeps every image.
+    dm = ChestXRayDataModule(tiny_root, cache_dir=tmp_path, resize_size=40, crop_size=32)
+    dm.setup("fit")
+    n = len(dm.files("train"))
+    dm.batch_size = n - 1  # n images: one full batch and one of a single image
+    sizes = [len(labels) for _, labels in dm.train_dataloader()]
+    assert sizes == [n - 1]
+    dm.batch_size = n - 2
+    assert sorted(len(labels) for _, labels in dm.train_dataloader()) == [2, n - 2]
+    assert sum(len(labels) for _, labels in dm.eval_dataloader("train")) == n

@@ -18,7 +18,7 @@ LAYERS = [
     {"plots"},
     {"callbacks", "budget"},
     {"model"},
-    {"checkpoint", "inference", "explain", "runs"},
+    {"checkpoint", "inference", "explain", "runs", "checks"},
     {"evaluate", "predict", "export", "train"},  # the commands
 ]
 

@@ -21,8 +21,10 @@ from pneumonia.data.images import DEFAULT_MAX_PIXELS
 from pneumonia.data.index import (
     BadImagePolicy,
     DataIndex,
+    SplitListing,
     class_names,
     find_split_dirs,
+    list_split,
     summary_table,
     verify_images,
 )
@@ -48,6 +50,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
         crop, hflip_prob, rotation_degrees, translate: training augmentation. No horizontal
             flip by default: a chest is not mirror-symmetric (the heart sits on the left).
         on_bad_image: ``"error"`` lists unusable files in one error; ``"skip"`` warns and drops.
+        holdout_root: a labelled folder (``NORMAL/``, ``PNEUMONIA/``) kept out of training:
+            every patient in it is removed from the training and validation pool, and its
+            images form the ``holdout`` split, read from their own files (not the cache).
+            Original-resolution files of unseen patients check what a validation split of
+            the training collection cannot.
         synthetic: generate the synthetic demo dataset at ``root`` when it is missing.
     """
 
@@ -76,6 +83,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         on_bad_image: BadImagePolicy = "error",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         synthetic: bool = False,
+        holdout_root: str | Path | None = None,
     ) -> None:
         super().__init__()
         if val_split not in ("patient", "official"):
@@ -96,6 +104,9 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.seed = seed
         self.on_bad_image = on_bad_image
         self.synthetic = synthetic
+        self.holdout_root = Path(holdout_root).expanduser() if holdout_root else None
+        if self.holdout_root is not None:
+            self.hparams.holdout_root = str(self.holdout_root.resolve())
         self.preprocessing = Preprocessing(
             resize_size=resize_size,
             resize_mode=resize_mode,
@@ -156,11 +167,21 @@ class ChestXRayDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         listings = self._scan().splits
         known = set(self._splits)
+        if self.holdout_root is not None and "holdout" not in self._splits:
+            held = DataIndex(
+                self.holdout_root,
+                self.classes,
+                {"holdout": list_split(self.holdout_root, self.classes)},
+            )
+            bad = verify_images(held.all_files(), self.preprocessing.max_pixels)
+            held.drop_bad(bad, self.on_bad_image, rank_zero_warn)
+            listing = held.splits["holdout"]
+            self._splits["holdout"] = Split(listing.files, listing.labels)
         if stage in (None, "fit", "validate") and "train" not in self._splits:
             self._splits.update(
                 fit_splits(
-                    listings["train"],
-                    listings.get("val"),
+                    self._without_holdout_patients(listings["train"]),
+                    self._without_holdout_patients(listings.get("val")),
                     val_split=self.val_split,
                     fraction=self.val_fraction,
                     seed=self.seed,
@@ -174,6 +195,26 @@ class ChestXRayDataModule(pl.LightningDataModule):
             self._splits["test"] = Split(listings["test"].files, listings["test"].labels)
         if set(self._splits) != known and rank_zero_only.rank == 0:
             log.info("%s", self.summary())
+
+    def _without_holdout_patients(self, listing: SplitListing | None) -> SplitListing | None:
+        """``listing`` less every image of a patient in the holdout folder."""
+        if listing is None or "holdout" not in self._splits:
+            return listing
+        held = self.patients("holdout")
+        keep = [i for i, f in enumerate(listing.files) if patient_id(f) not in held]
+        removed = len(listing.files) - len(keep)
+        if removed and rank_zero_only.rank == 0:
+            log.info(
+                "Holdout %s: %d images of its %d patients left out of training and validation",
+                self.holdout_root,
+                removed,
+                len(held),
+            )
+        return SplitListing(
+            files=[listing.files[i] for i in keep],
+            labels=[listing.labels[i] for i in keep],
+            ignored=listing.ignored,
+        )
 
     # ----------------------------------------------------------------- public properties
     @property
@@ -195,6 +236,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
         """Whether ``split`` exists (``test`` needs a ``test/`` folder)."""
         if split in ("train", "val"):
             return True
+        if split == "holdout":
+            return self.holdout_root is not None
         return split in self._scan().splits
 
     def num_test_images(self) -> int:
@@ -215,7 +258,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
         return self._splits[split]
 
     def files(self, split: str) -> list[Path]:
-        """Image paths of ``split`` (``train``, ``val`` after ``setup("fit")``; ``test``)."""
+        """Image paths of ``split`` (``train``, ``val`` after ``setup("fit")``; ``test``;
+        ``holdout`` with ``holdout_root``)."""
         return list(self._split(split).files)
 
     def labels(self, split: str) -> list[int]:
@@ -240,7 +284,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         """A table of images per split and class, patients per split, skipped files."""
         rows = {
             split: (self.split_counts(split), len(self.patients(split)))
-            for split in ("train", "val", "test")
+            for split in ("train", "val", "test", "holdout")
             if split in self._splits
         }
         return summary_table(self.root, self.classes, rows, len(self.skipped))
@@ -254,7 +298,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, transform, *, shuffle: bool) -> DataLoader:
         data = self._split(split)
-        decode = self._cache.get if self._cache is not None else self.preprocessing.decode
+        cached = self._cache is not None and split != "holdout"
+        decode = self._cache.get if cached else self.preprocessing.decode
         dataset = ChestXRayDataset(data.files, data.labels, transform, decode)
         on_gpu = self._on_gpu()
         workers = self.num_workers if self.num_workers is not None else loader_workers(on_gpu)
@@ -277,7 +322,9 @@ class ChestXRayDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory if self.pin_memory is not None else on_gpu,
             persistent_workers=workers > 0,
             collate_fn=self.collate,
-            drop_last=False,
+            # A last training batch of one image breaks BatchNorm ("expected more than 1 value
+            # per channel"); shuffled, that image lands in a full batch in other epochs.
+            drop_last=shuffle and len(dataset) % self.batch_size == 1,
         )
 
     def eval_dataloader(self, split: str) -> DataLoader:
