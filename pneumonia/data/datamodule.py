@@ -49,6 +49,9 @@ class ChestXRayDataModule(pl.LightningDataModule):
             :class:`Preprocessing`, which checkpoints store.
         crop, hflip_prob, rotation_degrees, translate: training augmentation. No horizontal
             flip by default: a chest is not mirror-symmetric (the heart sits on the left).
+        augment: acquisition changes for training, keyword arguments of
+            :func:`~pneumonia.data.transforms.train_transforms` (``crop_scale``,
+            ``brightness``, ``contrast``, ``gamma``, ``blur_prob``, ``noise_std``).
         on_bad_image: ``"error"`` lists unusable files in one error; ``"skip"`` warns and drops.
         holdout_root: a labelled folder (``NORMAL/``, ``PNEUMONIA/``) kept out of training:
             every patient in it is removed from the training and validation pool, and its
@@ -74,10 +77,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
         resize_mode: str = "shorter",
         crop_size: int = 224,
         interpolation: str = "bicubic",
-        crop: Literal["center", "random"] = "center",
+        crop: Literal["center", "random", "random_resized"] = "center",
         hflip_prob: float = 0.0,
         rotation_degrees: float = 10.0,
         translate: float = 0.05,
+        augment: dict[str, float] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         on_bad_image: BadImagePolicy = "error",
@@ -122,6 +126,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
             hflip_prob=hflip_prob,
             rotation_degrees=rotation_degrees,
             translate=translate,
+            **(augment or {}),
         )
         self.eval_transform = self.preprocessing.eval_transform
         self.collate = self.preprocessing.collate

@@ -8,36 +8,84 @@ gray channel for 3-channel backbones and applies the ImageNet normalisation once
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class RandomGamma(v2.Transform):
+    """``pixel ** gamma`` with ``log(gamma)`` uniform in ``+-log(1 + strength)``: exposure and
+    detector response curves differ between scanners more than linear brightness does."""
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        self.log_range = math.log1p(strength)
+
+    def make_params(self, flat_inputs: list) -> dict:
+        u = float(torch.empty(()).uniform_(-self.log_range, self.log_range))
+        return {"gamma": math.exp(u)}
+
+    def transform(self, inpt, params: dict):
+        return v2.functional.adjust_gamma(inpt, params["gamma"])
+
+
+class RandomNoise(v2.Transform):
+    """Additive Gaussian noise of a random strength up to ``std`` (on the [0, 1] scale)."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = std
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"std": float(torch.empty(()).uniform_(0, self.std))}
+
+    def transform(self, inpt, params: dict):
+        noisy = inpt.float() + torch.randn(inpt.shape) * (params["std"] * 255)
+        return tv_tensors.wrap(noisy.round_().clamp_(0, 255).to(inpt.dtype), like=inpt)
+
+
 def train_transforms(
     *,
     crop_size: int = 224,
-    crop: Literal["center", "random"] = "center",
+    crop: Literal["center", "random", "random_resized"] = "center",
     hflip_prob: float = 0.0,
     rotation_degrees: float = 10.0,
     translate: float = 0.05,
+    crop_scale: float = 0.7,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    gamma: float = 0.0,
+    blur_prob: float = 0.0,
+    noise_std: float = 0.0,
 ) -> v2.Compose:
     """Crop, rotation +-10 degrees, translate 5%; a horizontal flip only when asked for.
 
     ``crop="center"`` matches the notebook (Resize(255) + CenterCrop(224)); ``"random"`` takes
-    a random ``crop_size`` window instead. Set a probability or magnitude to 0 to drop a part.
-    The notebook also flipped half the images; that is off by default because a chest is not
-    mirror-symmetric (the heart sits on the left): ``hflip_prob=0.5`` restores it.
+    a random ``crop_size`` window instead; ``"random_resized"`` a random window of
+    ``crop_scale``..1 of the area and aspect 3/4..4/3, resized to ``crop_size`` (field of view
+    and proportions vary between acquisitions). Set a probability or magnitude to 0 to drop a
+    part. The notebook also flipped half the images; that is off by default because a chest is
+    not mirror-symmetric (the heart sits on the left): ``hflip_prob=0.5`` restores it.
+
+    Acquisition changes, all off by default: ``brightness`` and ``contrast`` (ColorJitter
+    factors), ``gamma`` (see :class:`RandomGamma`), ``blur_prob`` (a Gaussian blur of sigma
+    0.1-1.5 px) and ``noise_std`` (see :class:`RandomNoise`).
     """
-    if crop not in ("center", "random"):
-        raise ValueError(f"data.crop must be 'center' or 'random', got {crop!r}")
-    parts: list[v2.Transform] = [
-        v2.CenterCrop(crop_size) if crop == "center" else v2.RandomCrop(crop_size),
-    ]
+    crops = {
+        "center": lambda: v2.CenterCrop(crop_size),
+        "random": lambda: v2.RandomCrop(crop_size),
+        "random_resized": lambda: v2.RandomResizedCrop(crop_size, scale=(crop_scale, 1.0)),
+    }
+    if crop not in crops:
+        raise ValueError(f"data.crop must be one of {', '.join(crops)}, got {crop!r}")
+    parts: list[v2.Transform] = [crops[crop]()]
     if hflip_prob > 0:
         parts.append(v2.RandomHorizontalFlip(p=hflip_prob))
     if rotation_degrees > 0 or translate > 0:
@@ -48,6 +96,14 @@ def train_transforms(
                 interpolation=v2.InterpolationMode.BILINEAR,
             )
         )
+    if brightness > 0 or contrast > 0:
+        parts.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
+    if gamma > 0:
+        parts.append(RandomGamma(gamma))
+    if blur_prob > 0:
+        parts.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=blur_prob))
+    if noise_std > 0:
+        parts.append(RandomNoise(noise_std))
     return v2.Compose(parts)
 
 
