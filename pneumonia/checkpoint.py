@@ -32,6 +32,11 @@ class LoadedCheckpoint:
     def positive_index(self) -> int:
         return self.model.positive_index
 
+    @property
+    def decision(self) -> dict[str, Any]:
+        """Threshold rule, cost ratio, prevalence and temperature behind the threshold."""
+        return self.model.decision()
+
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw dict of a ``pneumonia.train`` checkpoint, loaded with ``weights_only=True``.

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.inference import predict_batches
+from pneumonia.inference import adapt_to_prevalence, predict_batches
 from pneumonia.metrics import (
     bootstrap_interval,
     confusion_matrix,
@@ -153,6 +153,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['num_pneumonia']} PNEUMONIA. Test-time augmentation: "
         f"{'small rotations averaged' if result['tta'] else 'none'}.",
         f"Intervals: {conf} percentile bootstrap, {result['bootstrap']['resamples']} resamples.",
+        _decision_line(result.get("decision"), result.get("prior_shift")),
         "",
         f"| metric | at threshold {t:.3f} | {conf} CI | at 0.5 | {conf} CI |",
         "|---|---|---|---|---|",
@@ -178,6 +179,25 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _decision_line(decision: dict[str, Any] | None, shift: dict[str, Any] | None) -> str:
+    if not decision:
+        return ""
+    rule = decision["threshold_rule"]
+    line = f"Threshold {decision['threshold']:.3f} from rule `{rule}`"
+    if rule == "bayes":
+        line += f" (cost ratio {decision['cost_ratio']:g}: 1 / (1 + cost ratio))"
+    line += (
+        f"; probabilities calibrated (temperature {decision['temperature']:.2f}) for a "
+        f"PNEUMONIA prevalence of {decision['prevalence']:g}"
+    )
+    if shift:
+        line += (
+            f", then re-based to {shift['estimated_prevalence']:.3f}, the prevalence EM "
+            "estimated for these images"
+        )
+    return line + "."
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split`` and write the report into the run dir."""
     from pneumonia.plots import evaluation_figures, save_figure
@@ -192,8 +212,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         accelerator=cfg.accelerator,
         precision=cfg.precision,
     )
+    preds.probs, shift = adapt_to_prevalence(preds.probs, ckpt.decision, cfg.prior_shift)
     result = report(preds, ckpt.threshold, **cfg.bootstrap)
     result |= {
+        "decision": ckpt.decision,
+        "prior_shift": shift,
         "checkpoint": str(ckpt.path),
         "split": cfg.split,
         "data_root": str((data.get("root") if data else None) or ckpt.data_hparams.get("root")),

@@ -15,6 +15,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from pneumonia.calibration import em_prevalence, shift_prevalence
 from pneumonia.runtime import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -103,3 +104,50 @@ def predict_batches(
         probs.append(p.cpu())
         extras.extend(extra.tolist() if torch.is_tensor(extra) else extra)
     return (torch.cat(probs) if probs else torch.zeros(0)), extras
+
+
+PRIOR_SHIFTS = ("none", "em")
+
+
+def adapt_to_prevalence(
+    probs: torch.Tensor, decision: dict[str, Any], method: str = "none"
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """Probabilities re-based on the prevalence of these (unlabelled) images.
+
+    ``em`` estimates the prevalence of the images with the EM of Saerens et al. (2002) and
+    shifts every probability to it; with ``threshold_rule=bayes`` the stored threshold then
+    makes the cost-minimising decision for this population. Assumes label shift: the images of
+    each class look as they did in training, only their proportions differ. Needs enough
+    images (dozens at least) from one population.
+
+    Returns:
+        The probabilities, and a record of the estimate (None for ``none``).
+    """
+    if method not in PRIOR_SHIFTS:
+        raise ValueError(f"prior_shift={method!r}: use one of {', '.join(PRIOR_SHIFTS)}")
+    if method == "none" or len(probs) == 0:
+        return probs, None
+    if decision["threshold_rule"] != "bayes":
+        raise ValueError(
+            f"prior_shift={method} re-bases calibrated probabilities for a Bayes decision; this "
+            f"checkpoint's threshold comes from threshold_rule={decision['threshold_rule']!r}, "
+            "which a prevalence shift would not move consistently. Use prior_shift=none."
+        )
+    source = float(decision["prevalence"])
+    estimate, iterations = em_prevalence(probs, source)
+    log.info(
+        "Prevalence of these %d images estimated at %.3f (EM, %d iterations); the model's "
+        "probabilities were for %.3f",
+        len(probs),
+        estimate,
+        iterations,
+        source,
+    )
+    record = {
+        "method": method,
+        "estimated_prevalence": estimate,
+        "iterations": iterations,
+        "model_prevalence": source,
+        "num_images": len(probs),
+    }
+    return shift_prevalence(probs, source, estimate), record

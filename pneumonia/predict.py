@@ -13,12 +13,18 @@ from typing import Any
 
 import hydra
 import numpy as np
+import torch
 from omegaconf import DictConfig
 from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.data.images import BadImageError, is_image_file
-from pneumonia.inference import autocast, inference_precision, pneumonia_probability
+from pneumonia.inference import (
+    adapt_to_prevalence,
+    autocast,
+    inference_precision,
+    pneumonia_probability,
+)
 from pneumonia.runtime import decode_threads, resolve_device
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,7 @@ def predict_files(
     precision: str | int = "auto",
     gradcam_dir: Path | None = None,
     root: Path | None = None,
+    prior_shift: str = "none",
 ) -> list[dict[str, Any]]:
     """One row per file: probability of PNEUMONIA and the label at the stored threshold."""
     pre = ckpt.preprocessing
@@ -64,36 +71,36 @@ def predict_files(
         except BadImageError as e:
             return None, str(e)
 
-    rows: list[dict[str, Any]] = []
+    probs: dict[Path, float] = {}
+    errors: dict[Path, str] = {}
     with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             loaded = list(pool.map(load, chunk))
+            errors |= {f: err for f, (img, err) in zip(chunk, loaded, strict=True) if err}
             good = [
                 (f, img) for f, (img, err) in zip(chunk, loaded, strict=True) if img is not None
             ]
-            probs: dict[Path, float] = {}
             if good:
                 images, _ = pre.collate([(img, 0) for _, img in good])
                 with autocast(device, precision):
                     p = pneumonia_probability(model, images.to(device), tta=tta, fill=fill)
                     p = p.cpu().tolist()
-                probs = {f: prob for (f, _), prob in zip(good, p, strict=True)}
+                probs |= {f: prob for (f, _), prob in zip(good, p, strict=True)}
                 if gradcam_dir is not None:
                     _write_gradcam(ckpt, good, images, gradcam_dir, root)
-            for f, (_, err) in zip(chunk, loaded, strict=True):
-                if f in probs:
-                    label = ckpt.class_names[positive if probs[f] > ckpt.threshold else negative]
-                    rows.append(
-                        {
-                            "file": str(f),
-                            "probability": f"{probs[f]:.6f}",
-                            "prediction": label,
-                            "error": "",
-                        }
-                    )
-                else:
-                    rows.append({"file": str(f), "probability": "", "prediction": "", "error": err})
+    # The prevalence is a property of the whole set of images, so it is re-based at the end.
+    adapted, _ = adapt_to_prevalence(torch.tensor(list(probs.values())), ckpt.decision, prior_shift)
+    probs = dict(zip(probs, adapted.tolist(), strict=True))
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        if f in probs:
+            label = ckpt.class_names[positive if probs[f] > ckpt.threshold else negative]
+            rows.append(
+                {"file": str(f), "probability": f"{probs[f]:.6f}", "prediction": label, "error": ""}
+            )
+        else:
+            rows.append({"file": str(f), "probability": "", "prediction": "", "error": errors[f]})
     return rows
 
 
@@ -133,6 +140,7 @@ def predict(cfg: DictConfig) -> Path:
         precision=cfg.precision,
         gradcam_dir=out_dir / "gradcam" if cfg.gradcam else None,
         root=source if source.is_dir() else source.parent,
+        prior_shift=cfg.get("prior_shift", "none"),
     )
     write_csv(rows, output)
     failed = [r for r in rows if r["error"]]

@@ -166,3 +166,46 @@ def test_validation_fits_the_temperature_and_logs_proper_scores() -> None:
     raw = torch.sigmoid(scores.double() + logit(targets.float().mean().item()))  # the split's
     assert logged["val/nll"] == pytest.approx(nll(raw, targets), rel=1e-4)
     assert logged["val/brier"] == pytest.approx(brier(raw, targets), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- at inference
+def bayes_decision(prevalence: float = 0.5) -> dict:
+    return {"threshold_rule": "bayes", "prevalence": prevalence, "threshold": 0.5}
+
+
+def test_em_prior_shift_rebases_probabilities_on_the_images_prevalence() -> None:
+    from pneumonia.inference import adapt_to_prevalence
+
+    x, targets = gaussian_sample(5000, 0.8, seed=6)
+    probs = exact_posterior(x, 0.5).float()
+    adapted, record = adapt_to_prevalence(probs, bayes_decision(), "em")
+    assert record["estimated_prevalence"] == pytest.approx(targets.float().mean().item(), abs=0.03)
+    torch.testing.assert_close(adapted.double(), exact_posterior(x, record["estimated_prevalence"]))
+    # The Bayes decision at 0.5 on re-based probabilities makes fewer errors on this population.
+    errors_before = ((probs > 0.5).long() != targets).sum()
+    errors_after = ((adapted > 0.5).long() != targets).sum()
+    assert errors_after < errors_before
+    same, none = adapt_to_prevalence(probs, bayes_decision(), "none")
+    assert none is None
+    assert same is probs
+
+
+def test_em_prior_shift_refuses_a_threshold_tuned_on_validation() -> None:
+    from pneumonia.inference import adapt_to_prevalence
+
+    with pytest.raises(ValueError, match="prior_shift=none"):
+        adapt_to_prevalence(torch.rand(10), {**bayes_decision(), "threshold_rule": "f1"}, "em")
+    with pytest.raises(ValueError, match="none, em"):
+        adapt_to_prevalence(torch.rand(10), bayes_decision(), "bbse")
+
+
+def test_the_report_names_the_rule_behind_the_threshold() -> None:
+    from pneumonia.evaluate import _decision_line
+
+    decision = {**bayes_decision(), "cost_ratio": 2.0, "temperature": 1.3}
+    decision["threshold"] = 1 / 3
+    line = _decision_line(decision, {"estimated_prevalence": 0.71})
+    assert "rule `bayes`" in line
+    assert "0.333" in line
+    assert "cost ratio 2" in line
+    assert "0.710" in line
