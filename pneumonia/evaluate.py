@@ -72,8 +72,8 @@ def predict_split(
     precision: str | int = "auto",
 ) -> Predictions:
     """Run a checkpoint over a split of its DataModule (eval transforms only)."""
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split={split!r}: use test, val or train")
+    if split not in ("train", "val", "test", "holdout"):
+        raise ValueError(f"split={split!r}: use test, val, train or holdout")
     args = {
         **ckpt.data_hparams,
         **{k: v for k, v in (data_overrides or {}).items() if v is not None},
@@ -85,6 +85,11 @@ def predict_split(
             "to evaluate with data.root=..."
         )
     datamodule = ChestXRayDataModule(**args)
+    if split == "holdout" and not args.get("holdout_root"):
+        raise ValueError(
+            "split=holdout needs a holdout folder: the checkpoint's run had none, so pass "
+            "data.holdout_root=..."
+        )
     datamodule.setup("test" if split == "test" else "fit")
     loader = datamodule.eval_dataloader(split)
     files = datamodule.files(split)
