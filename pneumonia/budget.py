@@ -172,9 +172,18 @@ class TimeBudget(pl.Callback):
     repeat it exactly without a budget.
     """
 
-    def __init__(self, margin: float = 0.05, epoch_overhead_s: float = 2.0) -> None:
+    def __init__(
+        self, margin: float = 0.05, epoch_overhead_s: float = 2.0, check_passes: int = 0
+    ) -> None:
+        """
+        Args:
+            check_passes: passes over the validation split after training besides the final
+                validation (``pneumonia.checks``: clean plus each degradation); with any, the
+                holdout folder's images count too.
+        """
         self.margin = margin
         self.epoch_overhead_s = epoch_overhead_s
+        self.check_passes = check_passes
         self.started = time.monotonic()
         self.plan: BudgetPlan | None = None
 
@@ -217,6 +226,9 @@ class TimeBudget(pl.Callback):
         datamodule = trainer.datamodule
         val_images = _validation_images(trainer)
         test_images = datamodule.num_test_images() if hasattr(datamodule, "num_test_images") else 0
+        check_images = self.check_passes * val_images
+        if self.check_passes and getattr(datamodule, "has_split", lambda _: False)("holdout"):
+            check_images += len(datamodule.files("holdout"))
         accumulate = trainer.accumulate_grad_batches
         return plan_budget(
             budget_s=budget,
@@ -225,7 +237,7 @@ class TimeBudget(pl.Callback):
             eval_image_s=eval_image_s,
             steps_per_epoch=math.ceil(trainer.num_training_batches / accumulate),
             val_images=val_images,
-            final_images=val_images + test_images,
+            final_images=val_images + test_images + check_images,
             max_epochs=trainer.max_epochs,
             margin=self.margin,
             epoch_overhead_s=self.epoch_overhead_s,

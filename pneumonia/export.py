@@ -1,9 +1,10 @@
 """``python -m pneumonia.export ckpt_path=... format=onnx|torchscript``.
 
-Writes the network (normalised image in, class probabilities out) and, beside it, a JSON file
-with everything a deployment needs to reproduce the model's inputs and decision: the
-checkpoint's preprocessing (every step: gray conversion, resize with its interpolation, crop,
-mean/std), class names and the threshold chosen on validation.
+Writes the network (normalised image in, calibrated class probabilities out, exactly as
+``predict`` computes them) and, beside it, a JSON file with everything a deployment needs to
+reproduce the model's inputs and decision: the checkpoint's preprocessing (every step: gray
+conversion, resize with its interpolation, crop, mean/std), class names, the threshold and the
+rule, prevalence and temperature behind it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from pneumonia.calibration import logit
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -25,15 +27,27 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 class ExportedClassifier(nn.Module):
-    """Normalised float (B, 3, H, W) -> softmax probabilities (B, num_classes)."""
+    """Normalised float (B, 3, H, W) -> calibrated class probabilities (B, 2).
+
+    The positive column is the model's ``predict_proba`` (temperature and prevalence applied),
+    so the stored threshold means the same thing here as in ``predict``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.backbone = model.backbone
         self.head = model.head
+        self.positive_index = int(model.positive_index)
+        shift = logit(float(model.hparams.prevalence)) - float(model.reference_logit)
+        self.register_buffer("scale", torch.tensor(1.0 / float(model.temperature)))
+        self.register_buffer("shift", torch.tensor(shift))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(self.backbone(images)), dim=1)
+        logits = self.head(self.backbone(images))
+        score = logits[:, self.positive_index] - logits[:, 1 - self.positive_index]
+        p = torch.sigmoid(score * self.scale + self.shift)
+        columns = [1 - p, p] if self.positive_index == 1 else [p, 1 - p]
+        return torch.stack(columns, dim=1)
 
 
 def export_model(
@@ -84,6 +98,7 @@ def metadata(ckpt: LoadedCheckpoint, path: Path) -> dict[str, Any]:
         "positive_index": ckpt.positive_index,
         "threshold": ckpt.threshold,
         "decision": f"{positive} when probabilities[:, {ckpt.positive_index}] > threshold",
+        "decision_rule": ckpt.decision,
         "preprocessing": pre.describe(),
     }
 

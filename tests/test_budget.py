@@ -111,6 +111,32 @@ def test_a_budget_shorter_than_one_epoch_stops_inside_it_validated(
     assert len(read_scalars(run, "val/loss")) == 2
 
 
+def test_the_checks_after_training_count_against_the_budget(
+    tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pneumonia.budget as budget_module
+
+    # 1 s a step and 1 s an evaluated image: seven more passes over validation cost epochs.
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (1.0, 1.0))
+    plans = {}
+    for enabled in (False, True):
+        cfg = compose_train_cfg(
+            tmp_path / str(enabled),
+            tiny_root,
+            "trainer.max_time=00:00:01:30",
+            "trainer.max_epochs=20",
+            "trainer.num_sanity_val_steps=0",
+            "test=false",
+            f"checks.enabled={enabled}",
+        )
+        train(cfg)
+        metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+        plans[enabled] = metrics["time_budget"]
+        assert ("checks" in metrics) == enabled
+    assert plans[True]["max_steps"] < plans[False]["max_steps"]
+    assert all(p["expected_s"] <= p["budget_s"] for p in plans.values())
+
+
 @pytest.mark.slow
 def test_the_recorded_overrides_repeat_a_budgeted_run_exactly(tmp_path: Path, tiny_root: Path):
     common = ["trainer.max_epochs=1000", "test=false", "trainer.precision=32-true"]

@@ -33,9 +33,17 @@ def test_export_matches_pytorch(trained: dict, tmp_path: Path, fmt: str) -> None
     for needle in ("gray", "bicubic", "center crop 32", "repeat the gray channel"):
         assert needle in steps, needle
     assert meta["positive_class"] == "PNEUMONIA"
+    assert meta["decision_rule"]["threshold_rule"] == "bayes"
+    # A calibrated model whose threshold only holds on calibrated probabilities: the export
+    # must compute what predict computes, not the raw softmax.
+    ckpt.model.temperature.fill_(2.5)
+    ckpt.model.reference_logit.fill_(0.7)
+    path, _ = export_model(ckpt, fmt, tmp_path)
     x = torch.randn(5, 3, 32, 32)  # another batch size than the export example
     with torch.no_grad():
-        expected = torch.softmax(ckpt.model(x), dim=1).numpy()
+        positive = ckpt.model.predict_proba(x)
+        expected = torch.stack([1 - positive, positive], dim=1).numpy()
+        assert not np.allclose(expected, torch.softmax(ckpt.model(x), dim=1).numpy(), atol=1e-3)
     if fmt == "onnx":
         import onnxruntime as ort
 
