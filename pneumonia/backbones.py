@@ -87,22 +87,42 @@ def cam_layer(backbone: nn.Module, name: str) -> nn.Module:
 
 
 def _load_state_dict_file(net: nn.Module, path: Path, head: str) -> None:
-    """Load a local state dict (torchvision format) into ``net``, its head excepted."""
+    """Load a local state dict into ``net``, its head excepted.
+
+    Takes a torchvision-format state dict, a dict with a ``state_dict`` entry, or a checkpoint
+    of a pneumonia training run (fine-tuning from one's own earlier run): of that, only the
+    backbone's weights.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsUnavailableError(
             f"model.weights={path} is not a readable state dict: {e}"
         ) from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+    holds = None
+    if isinstance(state, dict) and "pneumonia" in state and "hyper_parameters" in state:
+        # A checkpoint of this project: its backbone's weights, without the head and buffers.
+        holds = state["hyper_parameters"].get("backbone")
+        state = {
+            k.removeprefix("backbone."): v
+            for k, v in state["state_dict"].items()
+            if k.startswith("backbone.")
+        }
+    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
-    result = net.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(f"{head}.")]
-    if missing or result.unexpected_keys:
+    try:
+        result = net.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(f"{head}.")]
+        problem = f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        fits = not missing and not result.unexpected_keys
+    except RuntimeError as e:  # the same names with other shapes
+        problem, fits = "; ".join(line.strip() for line in str(e).splitlines()[1:3]), False
+    if not fits:
+        what = f"a {holds} backbone" if holds else "weights of another architecture"
         raise WeightsUnavailableError(
-            f"model.weights={path} does not fit this backbone: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
+            f"model.weights={path} holds {what} and does not fit this backbone ({problem})."
+            + (f" Use model.backbone={holds} to start from it." if holds else "")
         )
 
 

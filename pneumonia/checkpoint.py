@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,15 @@ class LoadedCheckpoint:
         return self.model.decision()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, without terminal colour codes."""
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw dict of a ``pneumonia.train`` checkpoint, loaded with ``weights_only=True``.
 
@@ -46,17 +56,36 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         CheckpointError: a truncated file, or a checkpoint from another project.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted(str(p.relative_to(path)) for p in path.rglob("*.ckpt"))[:5]
+        hint = f" It holds: {', '.join(found)}." if found else " It holds no .ckpt file."
+        raise CheckpointError(
+            f"ckpt_path={path} is a folder, not a checkpoint file.{hint} Pass one file, e.g. "
+            f"ckpt_path={path / 'checkpoints' / 'last.ckpt'}."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"ckpt_path={path} does not exist. Checkpoints are in a training run's "
             "checkpoints/ folder, e.g. outputs/train/runs/<run>/checkpoints/last.ckpt."
         )
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): its writing was interrupted. Use another checkpoint "
+            "of the run (checkpoints/last.ckpt or the best one)."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects that safe loading (weights_only=True) refuses "
+            f"({_first_line(e)}). pneumonia.train checkpoints hold only tensors and plain "
+            "values: this file was written by other code. Pass a checkpoint of a pneumonia "
+            "training run."
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated or corrupt? {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Use another checkpoint of the run."
+            f"{_first_line(e)}). Use another checkpoint of the run."
         ) from e
     if not isinstance(ckpt, dict) or "pneumonia" not in ckpt or "hyper_parameters" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__

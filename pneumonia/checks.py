@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torchmetrics.classification import BinaryAUROC
+from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.calibration import brier, nll, shift_prevalence
@@ -131,10 +132,13 @@ def summarise(
     at_own = shift_prevalence(probs, prevalence, own)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        low, high = bootstrap_interval(BinaryAUROC(), probs, targets, resamples)
+        # Rank 0 alone runs the checks: metrics must not wait for the other ranks.
+        low, high = bootstrap_interval(
+            BinaryAUROC(sync_on_compute=False), probs, targets, resamples
+        )
     at = metrics_at(probs, targets, threshold)
     out |= {
-        "auroc": BinaryAUROC()(probs, targets).item(),
+        "auroc": binary_auroc(probs, targets).item(),
         "auroc_ci": [low, high],
         "nll": nll(at_own, targets),
         "brier": brier(at_own, targets),

@@ -42,3 +42,115 @@ def compose(
             cfg.paths.output_dir = str(output_dir)
             del cfg.hydra
     return cfg
+
+
+# ----------------------------------------------------------------------------- value checks
+class ConfigValueError(ValueError):
+    """Config values of the wrong type or out of range, each named by its key."""
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _integer(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _rule(test, wanted: str):
+    return lambda v: None if test(v) else wanted
+
+
+POSITIVE = _rule(lambda v: _number(v) and v > 0, "a positive number")
+NON_NEGATIVE = _rule(lambda v: _number(v) and v >= 0, "a number >= 0")
+FRACTION = _rule(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
+PROBABILITY = _rule(lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
+OPEN_UNIT = _rule(lambda v: _number(v) and 0 < v < 1, "a number strictly between 0 and 1")
+COUNT = _rule(lambda v: _integer(v) and v >= 1, "a whole number >= 1")
+OPTIONAL_COUNT = _rule(
+    lambda v: v is None or (_integer(v) and v >= 1), "null or a whole number >= 1"
+)
+WORKERS = _rule(lambda v: v is None or (_integer(v) and v >= 0), "null or a whole number >= 0")
+
+TRAIN_RULES = {
+    "seed": _rule(_integer, "a whole number"),
+    "model.lr": POSITIVE,
+    "model.weight_decay": NON_NEGATIVE,
+    "model.momentum": FRACTION,
+    "model.label_smoothing": FRACTION,
+    "model.unfreeze_lr_ratio": POSITIVE,
+    "model.cost_ratio": POSITIVE,
+    "model.prevalence": OPEN_UNIT,
+    "model.target_sensitivity": _rule(lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "data.batch_size": COUNT,
+    "data.eval_batch_size": OPTIONAL_COUNT,
+    "data.num_workers": WORKERS,
+    "data.val_fraction": OPEN_UNIT,
+    "data.resize_size": COUNT,
+    "data.crop_size": COUNT,
+    "data.rotation_degrees": NON_NEGATIVE,
+    "data.translate": FRACTION,
+    "data.hflip_prob": PROBABILITY,
+    "data.max_pixels": COUNT,
+    "data.augment.crop_scale": _rule(lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "data.augment.brightness": NON_NEGATIVE,
+    "data.augment.contrast": NON_NEGATIVE,
+    "data.augment.gamma": NON_NEGATIVE,
+    "data.augment.blur_prob": PROBABILITY,
+    "data.augment.noise_std": NON_NEGATIVE,
+    "trainer.max_epochs": _rule(
+        lambda v: v is None or (_integer(v) and (v >= 1 or v == -1)),
+        "a whole number >= 1 (or -1 for no limit)",
+    ),
+    "trainer.max_steps": _rule(
+        lambda v: _integer(v) and (v >= 1 or v == -1), "a whole number >= 1 (or -1 for no limit)"
+    ),
+    "trainer.accumulate_grad_batches": COUNT,
+}
+EVALUATE_RULES = {
+    "data.eval_batch_size": OPTIONAL_COUNT,
+    "data.num_workers": WORKERS,
+    "bootstrap.resamples": COUNT,
+    "bootstrap.confidence": OPEN_UNIT,
+}
+PREDICT_RULES = {"batch_size": COUNT}
+_MISSING = object()
+
+
+def check_values(cfg: DictConfig, rules: dict) -> None:
+    """Every problem of ``cfg`` under ``rules`` (key -> check), reported in one error.
+
+    Raises:
+        ConfigValueError: naming each key, its value and what it must be.
+    """
+    from omegaconf import OmegaConf
+
+    problems = []
+    for key, rule in rules.items():
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is _MISSING:
+            continue
+        wanted = rule(value)
+        if wanted:
+            problems.append(f"  {key}={value!r}: must be {wanted}")
+    if problems:
+        raise ConfigValueError(
+            "Config values that cannot work (fix them on the command line or in the config):\n"
+            + "\n".join(problems)
+        )
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Types and ranges of a training config, before any data is read or model built."""
+    check_values(cfg, TRAIN_RULES)
+    data, model, trainer = cfg.get("data", {}), cfg.get("model", {}), cfg.get("trainer", {})
+    if data.get("crop_size", 0) > data.get("resize_size", 1 << 30):
+        raise ConfigValueError(
+            f"data.crop_size={data.crop_size} must not exceed data.resize_size={data.resize_size}"
+        )
+    unbounded = trainer.get("max_epochs") in (-1, None) and trainer.get("max_steps", -1) == -1
+    if model.get("scheduler") == "onecycle" and unbounded and not trainer.get("max_time"):
+        raise ConfigValueError(
+            "model.scheduler=onecycle needs a run of known length: set trainer.max_epochs, "
+            "trainer.max_steps or trainer.max_time (trainer.max_epochs=-1 runs without end)."
+        )

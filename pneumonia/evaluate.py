@@ -20,7 +20,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
+from pneumonia.config import EVALUATE_RULES, check_values
 from pneumonia.data import ChestXRayDataModule
+from pneumonia.files import atomic_open, write_text
 from pneumonia.inference import adapt_to_prevalence, predict_batches
 from pneumonia.metrics import (
     bootstrap_interval,
@@ -53,7 +55,7 @@ class Predictions:
 
     def write_csv(self, path: Path, threshold: float, class_names: list[str], positive: int):
         negative = 1 - positive
-        with open(path, "w", newline="") as f:
+        with atomic_open(path, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["file", "label", "probability", "prediction"])
             for file, target, prob in zip(self.files, self.targets, self.probs, strict=True):
@@ -207,6 +209,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split`` and write the report into the run dir."""
     from pneumonia.plots import evaluation_figures, save_figure
 
+    check_values(cfg, EVALUATE_RULES)
     ckpt = load_checkpoint(cfg.ckpt_path)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
     preds = predict_split(
@@ -229,8 +232,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(result))
+    write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
+    write_text(out / "report.md", markdown(result))
     preds.write_csv(out / "predictions.csv", ckpt.threshold, ckpt.class_names, ckpt.positive_index)
     figures = evaluation_figures(
         preds.probs, preds.targets, ckpt.threshold, ckpt.class_names, cfg.split, pr=True

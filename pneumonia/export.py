@@ -21,6 +21,7 @@ from torch import nn
 
 from pneumonia.calibration import logit
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
+from pneumonia.files import write_text
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -80,7 +81,7 @@ def export_model(
             torch.jit.save(torch.jit.trace(net, example), str(path))
     meta = metadata(ckpt, path)
     sidecar = path.with_suffix(".json")
-    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(sidecar, json.dumps(meta, indent=2) + "\n")
     return path, sidecar
 
 

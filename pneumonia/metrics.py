@@ -169,6 +169,7 @@ def bootstrap_interval(
         num_bootstraps=resamples,
         quantile=torch.tensor([alpha, 1 - alpha]),
         sampling_strategy="multinomial",
+        sync_on_compute=False,  # the predictions given are all there is: no other ranks
     )
     boot.update(probs, targets)
     low, high = boot.compute()["quantile"].tolist()

@@ -20,6 +20,8 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
+from pneumonia.files import atomic_path
+
 
 def confusion_matrix_figure(
     matrix: torch.Tensor | np.ndarray, class_names: Sequence[str], title: str = ""
@@ -113,5 +115,8 @@ def evaluation_figures(
 
 def save_figure(fig: Figure, path) -> None:
     """Write a PNG and release the figure (pyplot keeps figures alive until closed)."""
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)

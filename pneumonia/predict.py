@@ -18,7 +18,10 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
+from pneumonia.config import PREDICT_RULES, check_values
 from pneumonia.data.images import BadImageError, is_image_file
+from pneumonia.data.index import walk_files
+from pneumonia.files import atomic_open
 from pneumonia.inference import (
     adapt_to_prevalence,
     autocast,
@@ -38,7 +41,7 @@ def list_inputs(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        files = [p for p in walk_files(path)[0] if is_image_file(p)]  # links followed
         if not files:
             raise FileNotFoundError(f"input={path} holds no image files (.jpeg, .png, ...)")
         return files
@@ -118,14 +121,14 @@ def _write_gradcam(ckpt, good, images, out_dir: Path, root: Path | None) -> None
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
 
 def predict(cfg: DictConfig) -> Path:
+    check_values(cfg, PREDICT_RULES)
     ckpt = load_checkpoint(cfg.ckpt_path)
     source = Path(cfg.input).expanduser()
     files = list_inputs(source)

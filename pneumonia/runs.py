@@ -1,12 +1,48 @@
-"""Finding and reading training runs (for notebooks and scripts)."""
+"""Run folders: checking one can be written before a command starts, finding and reading
+training runs (for notebooks and scripts)."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from hydra.experimental.callback import Callback
+
+
+class RunFolderError(OSError):
+    """The folder a command would write its outputs to cannot be written."""
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write a probe file into it.
+
+    Raises:
+        RunFolderError: saying which folder, why, and how to choose another.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise RunFolderError(
+            f"The run folder {folder} cannot be written ({e.strerror or e}). Write the run "
+            "elsewhere with hydra.run.dir=/a/writable/folder (or paths.log_dir=... for every "
+            "run), or make the folder writable."
+        ) from e
+
+
+class WritableRunFolder(Callback):
+    """Hydra callback: check the run folder before Hydra sets up its log file there, which
+    would otherwise fail with "Unable to configure handler 'file'" and the cause buried."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        check_writable(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        check_writable(Path(config.hydra.sweep.dir))
 
 
 def runs_root() -> Path:
@@ -53,6 +89,8 @@ def best_checkpoint(run_dir: str | Path) -> Path:
 
 def read_scalars(run_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]:
     """Every TensorBoard scalar of a run: tag -> (steps, values), merged over event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     return {

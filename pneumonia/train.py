@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -12,13 +13,16 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import read_checkpoint
+from pneumonia.config import check_train_config
 from pneumonia.data.index import find_split_dirs
+from pneumonia.files import write_text
 from pneumonia.metrics import confusion_matrix
 from pneumonia.runtime import configure_torch, resolve_device, resolve_precision, tune_malloc
 
@@ -36,6 +40,7 @@ def _scalars(results: list[dict[str, Any]]) -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one model as ``cfg`` says; return the metrics that also go to ``metrics.json``."""
+    check_train_config(cfg)  # wrong types and ranges, before any work
     tune_malloc()
     configure_torch()
     # num_workers=0 is a deliberate default on small CPU machines: workers fight the compute.
@@ -65,9 +70,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    if cfg.get("ckpt_path"):
+        _link_resumed_run(Path(cfg.ckpt_path), output_dir)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), after saving what it can
+        if trainer.interrupted:
+            _log_resume_command(output_dir)
+        raise
     if trainer.interrupted:
-        log.warning("Training was interrupted; resume with ckpt_path=<run>/checkpoints/last.ckpt")
+        _log_resume_command(output_dir)
         return {}
 
     monitored = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
@@ -106,6 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         _log_checks(metrics["checks"])
     metrics["decision"] = model.decision()
+    metrics["leakage"] = getattr(datamodule, "leakage", [])
     metrics["threshold"] = float(model.threshold)
     metrics["best_model_path"] = best or None
     metrics["precision"] = {"used": choice.precision, "reason": choice.reason}
@@ -117,6 +130,49 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
     _write_outputs(cfg, model, trainer, metrics, output_dir)
     return metrics
+
+
+def _log_resume_command(output_dir: Path) -> None:
+    """The exact command that continues an interrupted run, in its own run folder."""
+    last = (output_dir / "checkpoints" / "last.ckpt").resolve()
+    if not last.is_file():
+        log.warning("Training was interrupted before its first epoch ended: nothing to resume.")
+        return
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [
+            o
+            for o in HydraConfig.get().overrides.task
+            if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")
+        ]
+    command = " ".join(
+        shlex.quote(part)
+        for part in [
+            "python",
+            "-m",
+            "pneumonia.train",
+            *overrides,
+            f"ckpt_path={last}",
+            f"hydra.run.dir={output_dir.resolve()}",
+        ]
+    )
+    log.warning("Training was interrupted. Continue it in the same run folder with:\n  %s", command)
+
+
+def _link_resumed_run(ckpt_path: Path, output_dir: Path) -> None:
+    """A run resumed into another folder than the checkpoint's says where it came from."""
+    source = ckpt_path.expanduser().resolve().parent.parent
+    if source == output_dir.resolve():
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text(output_dir / "resumed_from.txt", f"{source}\n")
+    log.warning(
+        "Resuming the run in %s into a new folder %s (recorded in resumed_from.txt). Add "
+        "hydra.run.dir=%s to continue in the run's own folder.",
+        source,
+        output_dir,
+        source,
+    )
 
 
 def _log_checks(checks: dict[str, Any]) -> None:
@@ -135,7 +191,7 @@ def _write_outputs(
     cfg: DictConfig, model, trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path
 ) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if "test" in model.epoch_predictions:
         _save_test_figures(model, output_dir)
     scalars = {f"hp/{k}": v for k, v in metrics.items() if isinstance(v, float)}

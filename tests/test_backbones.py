@@ -144,3 +144,21 @@ def test_efficientnet_lite0_trains_a_two_class_head_and_explains() -> None:
 def test_unknown_packaged_weights_name_lists_the_valid_one() -> None:
     with pytest.raises(WeightsUnavailableError, match=r"IMAGENET1K\b"):
         PneumoniaClassifier(backbone="efficientnet_lite0", weights="IMAGENET1K_V1")
+
+
+# ----------------------------------------------------------------------------- own checkpoints
+def test_a_checkpoint_of_this_project_starts_the_same_backbone(trained: dict) -> None:
+    raw = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    backbone = raw["hyper_parameters"]["backbone"]
+    model = PneumoniaClassifier(backbone=backbone, weights=str(trained["ckpt"]))
+    for name, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, raw["state_dict"][f"backbone.{name}"])
+
+
+def test_a_checkpoint_of_another_backbone_names_the_one_it_holds(trained: dict) -> None:
+    raw = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    backbone = raw["hyper_parameters"]["backbone"]
+    other = "densenet121" if backbone != "densenet121" else "resnet18"
+    with pytest.raises(WeightsUnavailableError, match=rf"holds a {backbone} backbone.*"
+                       rf"model\.backbone={backbone}"):  # fmt: skip
+        PneumoniaClassifier(backbone=other, weights=str(trained["ckpt"]))

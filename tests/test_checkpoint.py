@@ -24,8 +24,16 @@ def test_checkpoint_errors_are_clear(trained: dict, tmp_path: Path) -> None:
         load_checkpoint(foreign)
     pickled = tmp_path / "pickled_model.ckpt"
     torch.save({"model": Path("an arbitrary object")}, pickled)  # needs unpickling a class
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="pickled Python objects") as info:
         load_checkpoint(pickled)
+    assert "\x1b" not in str(info.value)  # no terminal colour codes in the message
+    empty = tmp_path / "empty.ckpt"
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r"empty \(0 bytes\)"):
+        load_checkpoint(empty)
+    run = trained["ckpt"].parent.parent
+    with pytest.raises(CheckpointError, match=r"is a folder.*last\.ckpt"):
+        load_checkpoint(run)
 
 
 def test_loaded_checkpoint_carries_threshold_classes_and_preprocessing(trained: dict) -> None:

@@ -278,3 +278,18 @@ def test_a_last_training_batch_of_one_image_is_not_made(tiny_root: Path, tmp_pat
     dm.batch_size = n - 2
     assert sorted(len(labels) for _, labels in dm.train_dataloader()) == [2, n - 2]
     assert sum(len(labels) for _, labels in dm.eval_dataloader("train")) == n
+
+
+def test_a_file_name_that_is_not_utf8_trains_and_caches(tiny_copy: Path, tmp_path: Path) -> None:
+    import os
+
+    normal = tiny_copy / "train" / "NORMAL"
+    first = sorted(normal.iterdir())[0]
+    odd = normal / os.fsdecode(b"caf\xe9_IM-0115-0001.jpeg")
+    first.rename(odd)
+    dm = ChestXRayDataModule(tiny_copy, cache_dir=tmp_path, resize_size=40, crop_size=32)
+    dm.setup("fit")
+    assert odd in dm.files("train") + dm.files("val")
+    split = "train" if odd in dm.files("train") else "val"
+    images, _ = next(iter(dm.eval_dataloader(split)))
+    assert images.shape[1:] == (3, 32, 32)

@@ -70,3 +70,20 @@ def test_pixel_limit_refuses_huge_images(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(path)
     with pytest.raises(BadImageError, match="decompression bomb"):
         load_gray(path, max_pixels=5_000)
+
+
+def test_data_max_pixels_is_the_one_limit_above_pillows_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow refuses images above twice its MAX_IMAGE_PIXELS (about 179 MP by default) before
+    # this project's limit is consulted. Scaled down: Pillow's limit 1,000 pixels, an image of
+    # 10,000 (ten times it), data.max_pixels 20,000.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    path = tmp_path / "large.png"
+    Image.fromarray(np.full((100, 100), 7, np.uint8)).save(path)
+    assert load_gray(path, max_pixels=20_000).shape == (100, 100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    with pytest.raises(BadImageError, match=r"data\.max_pixels"):
+        load_gray(path, max_pixels=4_000)  # above twice the limit: Pillow's own error, renamed
+    with pytest.raises(BadImageError, match=r"data\.max_pixels"):
+        load_gray(path, max_pixels=6_000)  # between once and twice: this project's check

@@ -128,3 +128,64 @@ def test_summary_table_aligns_counts_per_split_and_class() -> None:
     assert lines[3].split() == ["val", "1", "2", "3", "3"]
     assert len({len(line) for line in lines[1:4]}) == 1  # one column width for every row
     assert lines[-1] == "skipped files: 4"
+
+
+# ----------------------------------------------------------------------------- folder links
+def test_images_in_a_linked_subfolder_are_listed(tiny_copy: Path, tmp_path: Path) -> None:
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for f in sorted((tiny_copy / "test" / "PNEUMONIA").iterdir())[:2]:
+        shutil.move(f, elsewhere / f.name)
+    before = len(DataIndex.scan(tiny_copy).splits["train"].files)
+    (tiny_copy / "train" / "PNEUMONIA" / "more").symlink_to(elsewhere, target_is_directory=True)
+    listing = DataIndex.scan(tiny_copy).splits["train"]
+    assert len(listing.files) == before + 2
+    linked = [f for f in listing.files if f.parent.name == "more"]
+    assert len(linked) == 2
+    assert {listing.labels[listing.files.index(f)] for f in linked} == {1}
+
+
+def test_a_link_loop_is_walked_once_and_reported(
+    tiny_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    normal = tiny_copy / "train" / "NORMAL"
+    images = len(list(normal.glob("*.jpeg")))
+    (normal / "loop").symlink_to(normal, target_is_directory=True)  # points at its own parent
+    listing = DataIndex.scan(tiny_copy).splits["train"]
+    assert listing.labels.count(0) == images
+    assert normal / "loop" in listing.ignored
+    assert "Not following" in caplog.text
+
+
+# ----------------------------------------------------------------------------- a third class
+@pytest.fixture
+def with_covid(tiny_copy: Path) -> Path:
+    """A COVID/ folder beside NORMAL/ and PNEUMONIA/ in train/ and test/."""
+    import shutil
+
+    for split in ("train", "test"):
+        covid = tiny_copy / split / "COVID"
+        covid.mkdir()
+        for f in sorted((tiny_copy / split / "PNEUMONIA").iterdir())[:2]:
+            shutil.copy(f, covid / f"covid_{f.name}")
+    return tiny_copy
+
+
+def test_a_third_class_folder_is_refused_at_setup_with_the_way_out(with_covid: Path) -> None:
+    with pytest.raises(DataLayoutError, match=r"3 class folders.*COVID.*binary.*data\.classes="):
+        DataIndex.scan(with_covid)
+
+
+def test_data_classes_chooses_two_and_names_the_rest(
+    with_covid: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = DataIndex.scan(with_covid, ["PNEUMONIA", "NORMAL"])
+    assert index.classes == ["NORMAL", "PNEUMONIA"]
+    for listing in index.splits.values():
+        assert not any(f.parent.name == "COVID" for f in listing.files)
+        assert set(listing.labels) == {0, 1}
+    assert "COVID" in caplog.text
+    with pytest.raises(DataLayoutError, match=r"BACTERIA.*not among them"):
+        DataIndex.scan(with_covid, ["NORMAL", "BACTERIA"])

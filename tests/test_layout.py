@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pneumonia"
 
 # Each module may import only modules of its own layer or a lower one.
 LAYERS = [
-    {"runtime", "calibration", "metrics", "backbones", "optim", "config"},  # leaves
+    {"runtime", "calibration", "metrics", "backbones", "optim", "config", "files"},  # leaves
     {"data"},  # the data package, all of it
     {"plots"},
     {"callbacks", "budget"},

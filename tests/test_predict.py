@@ -57,3 +57,38 @@ def test_predict_on_a_missing_input(trained: dict, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no image files"):
         list_inputs(tmp_path / "empty")
+
+
+def test_names_that_are_not_utf8_round_trip_and_outputs_are_atomic(
+    trained: dict, tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+    import os
+    import shutil
+
+    from pneumonia.predict import write_csv
+
+    ckpt = load_checkpoint(trained["ckpt"])
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9_IM-0115-0001.jpeg")  # Latin-1 bytes, not UTF-8
+    shutil.copy(sorted((tiny_root / "test" / "NORMAL").iterdir())[0], folder / name)
+    rows = predict_files(ckpt, list_inputs(folder), accelerator="cpu")
+    out = tmp_path / "predictions.csv"
+    write_csv(rows, out)
+    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        (row,) = list(csv.DictReader(f))
+    assert Path(row["file"]) == folder / name  # the same bytes on disk
+    assert os.fsencode(row["file"]).endswith(b"caf\xe9_IM-0115-0001.jpeg")
+    assert row["probability"]
+    # A write that fails half-way leaves the previous file whole and no temporary file behind.
+    out.write_text("previous\n")
+
+    def disk_full(self, rows):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_csv(rows, out)
+    assert out.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -48,3 +48,25 @@ def test_latest_run_is_the_newest_finished_one(tmp_path: Path) -> None:
         best_checkpoint(latest_run(tmp_path))
     with pytest.raises(FileNotFoundError, match="No finished training run"):
         latest_run(tmp_path / "empty")
+
+
+def test_an_unwritable_run_folder_is_named_before_hydra_sets_up_logging() -> None:
+    # /proc refuses new folders even to root, as a read-only share refuses a user.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumonia.predict",
+            "ckpt_path=x.ckpt",
+            "input=y",
+            "hydra.run.dir=/proc/pneumonia_run",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "The run folder /proc/pneumonia_run cannot be written" in out.stderr
+    assert "hydra.run.dir=" in out.stderr
+    assert "Unable to configure handler" not in out.stderr

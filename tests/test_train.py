@@ -199,8 +199,49 @@ def test_resume_continues_a_killed_run(tmp_path: Path, tiny_root: Path) -> None:
     assert schedule(after) == schedule(before) + 3
     assert float(after["state_dict"]["threshold"]) == pytest.approx(after["pneumonia"]["threshold"])
     assert 0.0 <= metrics["threshold"] <= 1.0
-    # the first run's files are untouched
+    # the first run's files are untouched, and the new folder says where it came from
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+    linked = (Path(second.paths.output_dir) / "resumed_from.txt").read_text().strip()
+    assert linked == str(Path(first.paths.output_dir).resolve())
+
+
+class CtrlCAtEpoch2(model_module.PneumoniaClassifier):
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 2:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_the_command_that_continues_in_the_same_folder(
+    tmp_path: Path, tiny_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import signal
+
+    same = ["trainer.max_epochs=3", "trainer.limit_train_batches=3", "test=false"]
+    first = compose_train_cfg(tmp_path, tiny_root, *same)
+    first.model._target_ = f"{__name__}.CtrlCAtEpoch2"
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown ends in sys.exit(1)
+            train(first)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning leaves Ctrl-C ignored
+    run = Path(first.paths.output_dir).resolve()
+    (hint,) = [r.getMessage() for r in caplog.records if "Continue it" in r.getMessage()]
+    command = hint.splitlines()[1].split()
+    assert command[:3] == ["python", "-m", "pneumonia.train"]
+    assert f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}" in command
+    assert f"hydra.run.dir={run}" in command
+    assert "trainer.max_epochs=3" in command
+    # What the command does: the same overrides, resumed into the same folder.
+    second = compose_train_cfg(
+        tmp_path, tiny_root, *same, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    )
+    train(second)
+    after = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert after["epoch"] == 2
+    assert (run / "metrics.json").is_file()
+    assert not (run / "resumed_from.txt").exists()  # the same folder: nothing to link
 
 
 def test_resume_with_a_longer_onecycle_run_fails_before_training(
@@ -264,7 +305,9 @@ def _cli(tmp_path: Path, tiny_root: Path, *args: str, timeout: int = 300):
     base = tiny_overrides(tmp_path, tiny_root)
     flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants flags first
     overrides = [a for a in args if not a.startswith("-")]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1"}
+    # PYTHONPATH: the code of this checkout, whatever the environment has installed.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1",
+           "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "pneumonia.train", *flags, *base, *overrides],
         cwd=tmp_path,
@@ -409,3 +452,39 @@ def test_a_positive_class_at_index_0_trains_and_evaluates(tmp_path: Path, tiny_r
     result = report(preds, ckpt.threshold, resamples=10)
     assert result["confusion_matrix"] == metrics["test/confusion_matrix"]
     assert result["metrics"]["auroc"]["value"] == pytest.approx(metrics["test/auroc"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- value checks
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.lr=abc", r"model\.lr='abc': must be a positive number"),
+        ("data.batch_size=0", r"data\.batch_size=0: must be a whole number >= 1"),
+        ("trainer.max_epochs=-1", r"onecycle needs a run of known length"),
+        ("data.augment.blur_prob=2", r"data\.augment\.blur_prob=2"),
+        ("data.crop_size=64", r"data\.crop_size=64 must not exceed data\.resize_size=40"),
+    ],
+)
+def test_wrong_values_stop_before_any_work(
+    tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch, override: str, message: str
+) -> None:
+    from pneumonia.config import ConfigValueError
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the data was touched before the config was checked")
+
+    monkeypatch.setattr("pneumonia.data.index.DataIndex.scan", no_scan)
+    cfg = compose_train_cfg(tmp_path, tiny_root, "model.scheduler=onecycle", override)
+    with pytest.raises(ConfigValueError, match=message):
+        train(cfg)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_every_wrong_value_is_named_at_once(tmp_path: Path, tiny_root: Path) -> None:
+    from pneumonia.config import ConfigValueError
+
+    cfg = compose_train_cfg(tmp_path, tiny_root, "model.lr=-1", "data.val_fraction=1.5")
+    with pytest.raises(ConfigValueError) as info:
+        train(cfg)
+    assert "model.lr=-1" in str(info.value)
+    assert "data.val_fraction=1.5" in str(info.value)

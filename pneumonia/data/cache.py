@@ -48,7 +48,8 @@ def cache_key(files: Sequence[Path], settings: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps([CACHE_VERSION, settings], sort_keys=True).encode())
     for f in files:
         st = f.stat()
-        h.update(f"\n{f.resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        # os.fsencode: names that are not UTF-8 hash by their bytes instead of failing.
+        h.update(b"\n" + os.fsencode(f.resolve()) + f"\t{st.st_size}\t{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 

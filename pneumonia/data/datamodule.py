@@ -28,6 +28,7 @@ from pneumonia.data.index import (
     summary_table,
     verify_images,
 )
+from pneumonia.data.leakage import LEAK_POLICIES, LeakageError, LeakPolicy, find_leaks
 from pneumonia.data.splits import Split, fit_splits, patient_id
 from pneumonia.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_dataset
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms
@@ -58,6 +59,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
             images form the ``holdout`` split, read from their own files (not the cache).
             Original-resolution files of unseen patients check what a validation split of
             the training collection cannot.
+        classes: the two class folders to use where ``train/`` holds more (the model is
+            binary); the others are left out and logged.
+        on_leak: identical images or shared patients between train/val and val, test or
+            the holdout folder: ``warn`` (counts and examples; also in ``leakage``),
+            ``error``, or ``drop`` them from training and validation.
         synthetic: generate the synthetic demo dataset at ``root`` when it is missing.
     """
 
@@ -88,6 +94,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         synthetic: bool = False,
         holdout_root: str | Path | None = None,
+        classes: Sequence[str] | None = None,
+        on_leak: LeakPolicy = "warn",
     ) -> None:
         super().__init__()
         if val_split not in ("patient", "official"):
@@ -108,6 +116,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.seed = seed
         self.on_bad_image = on_bad_image
         self.synthetic = synthetic
+        self.chosen_classes = list(classes) if classes is not None else None
+        if on_leak not in LEAK_POLICIES:
+            raise ValueError(f"data.on_leak={on_leak!r}; valid: {', '.join(LEAK_POLICIES)}")
+        self.on_leak = on_leak
+        self.leakage: list[dict] = []  # what the leak check found, for the run's outputs
         self.holdout_root = Path(holdout_root).expanduser() if holdout_root else None
         if self.holdout_root is not None:
             self.hparams.holdout_root = str(self.holdout_root.resolve())
@@ -145,7 +158,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
             return self._index
         if self.synthetic:
             ensure_synthetic_dataset(self.root)
-        index = DataIndex.scan(self.root)
+        index = DataIndex.scan(self.root, self.chosen_classes)
         if (self.root / SYNTHETIC_MARKER).exists():
             message = (
                 f"{self.root} holds SYNTHETIC demo images, not real chest X-rays: "
@@ -176,7 +189,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
             held = DataIndex(
                 self.holdout_root,
                 self.classes,
-                {"holdout": list_split(self.holdout_root, self.classes)},
+                {"holdout": list_split(self.holdout_root, self.classes, self.chosen_classes)},
             )
             bad = verify_images(held.all_files(), self.preprocessing.max_pixels)
             held.drop_bad(bad, self.on_bad_image, rank_zero_warn)
@@ -193,6 +206,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
                     warn=rank_zero_warn,
                 )
             )
+            self._check_leaks(listings.get("test"))
             for cls, n in zip(self.classes, self.split_counts("train"), strict=True):
                 if n == 0:
                     raise ValueError(f"The training split has no {cls} images after the split.")
@@ -200,6 +214,38 @@ class ChestXRayDataModule(pl.LightningDataModule):
             self._splits["test"] = Split(listings["test"].files, listings["test"].labels)
         if set(self._splits) != known and rank_zero_only.rank == 0:
             log.info("%s", self.summary())
+
+    def _check_leaks(self, test: SplitListing | None) -> None:
+        """Identical images and shared patients across splits, under ``on_leak``."""
+        splits = {name: self._splits[name].files for name in ("train", "val", "holdout")
+                  if name in self._splits}  # fmt: skip
+        if test is not None:
+            splits["test"] = test.files
+        pairs = [("train", "val"), ("train", "test"), ("val", "test"), ("train", "holdout"),
+                 ("val", "holdout")]  # fmt: skip
+        leaks = [leak for leak in find_leaks(splits, pairs) if leak]
+        self.leakage = [leak.to_dict() for leak in leaks]
+        if not leaks:
+            return
+        found = "\n".join(leak.describe() for leak in leaks)
+        if self.on_leak == "error":
+            raise LeakageError(
+                f"Images or patients on both sides of a split:\n{found}\nRemove them, or set "
+                "data.on_leak=drop to leave them out of training and validation "
+                "(data.on_leak=warn goes on regardless)."
+            )
+        message = f"Images or patients on both sides of a split (data.on_leak={self.on_leak}):"
+        if self.on_leak == "drop":
+            drop = set().union(*(leak.files_of_first() for leak in leaks))
+            for name in ("train", "val"):
+                split = self._splits[name]
+                keep = [i for i, f in enumerate(split.files) if f not in drop]
+                self._splits[name] = Split([split.files[i] for i in keep],
+                                           [split.labels[i] for i in keep])  # fmt: skip
+            message += f" dropped {len(drop)} image(s) from training and validation."
+            for entry in self.leakage:
+                entry["dropped"] = True
+        rank_zero_warn(f"{message}\n{found}")
 
     def _without_holdout_patients(self, listing: SplitListing | None) -> SplitListing | None:
         """``listing`` less every image of a patient in the holdout folder."""
@@ -226,7 +272,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
     def classes(self) -> list[str]:
         if self._index is not None:
             return self._index.classes
-        return class_names(find_split_dirs(self.root)["train"])
+        return class_names(find_split_dirs(self.root)["train"], self.chosen_classes)
 
     @property
     def num_classes(self) -> int:

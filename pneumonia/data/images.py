@@ -33,6 +33,14 @@ def is_image_file(path: Path) -> bool:
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def allow_pixels(max_pixels: int) -> None:
+    """Make ``max_pixels`` the one limit: raise Pillow's own (about 89 MP, refusing above
+    twice that) to it where it is lower. Pillow's limit is process-wide and only ever raised
+    here, never lowered."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def check_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Cheap checks that need no full decode: empty file, unreadable header, pixel bomb.
 
@@ -45,13 +53,17 @@ def check_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         raise BadImageError(f"cannot stat file ({e.strerror})") from e
     if size == 0:
         raise BadImageError("empty file (0 bytes)")
+    allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 width, height = im.size
     except Image.DecompressionBombError as e:
-        raise BadImageError(f"decompression bomb refused by Pillow ({e})") from e
+        raise BadImageError(
+            f"more than twice the pixel limit of {max_pixels:,} (possible decompression bomb; "
+            f"raise data.max_pixels if it is real): {e}"
+        ) from e
     except Exception as e:  # PIL raises many types for garbage headers
         raise BadImageError(f"not a readable image ({type(e).__name__}: {e})") from e
     if width * height > max_pixels:

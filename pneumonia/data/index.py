@@ -4,7 +4,8 @@ files, which of them cannot be used, and a summary table. No Lightning here."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,27 +75,81 @@ def find_split_dirs(root: Path) -> dict[str, Path]:
     return {s: root / s for s in SPLITS if (root / s).is_dir()}
 
 
-def class_names(train_dir: Path) -> list[str]:
-    """Class names from the train folder's sub-folders, sorted as ImageFolder sorts them."""
-    classes = sorted(
-        p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
-    if len(classes) < 2:
+def _folders(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_names(train_dir: Path, chosen: Sequence[str] | None = None) -> list[str]:
+    """The two class folders of ``train_dir``, sorted as ImageFolder sorts them.
+
+    Args:
+        chosen: ``data.classes``: the two folders to use when ``train_dir`` holds more.
+
+    Raises:
+        DataLayoutError: other than two class folders and no choice, or a chosen folder that
+            is not there.
+    """
+    found = _folders(train_dir)
+    if chosen is not None:
+        chosen = sorted(chosen)
+        missing = [c for c in chosen if c not in found]
+        if len(chosen) != 2 or missing:
+            raise DataLayoutError(
+                f"data.classes={list(chosen)} must name two of the class folders of "
+                f"{train_dir}, which are {found}"
+                + (f"; {missing} are not among them." if missing else ".")
+            )
+        left_out = [c for c in found if c not in chosen]
+        if left_out:
+            log.warning("Leaving out the class folders %s (data.classes=%s)", left_out, chosen)
+        return chosen
+    if len(found) < 2:
         raise DataLayoutError(
             f"{train_dir} must hold one folder per class (e.g. NORMAL/ and PNEUMONIA/); "
-            f"found {classes or 'none'} ({_describe(train_dir)})."
+            f"found {found or 'none'} ({_describe(train_dir)})."
         )
-    return classes
+    if len(found) > 2:
+        raise DataLayoutError(
+            f"{train_dir} holds {len(found)} class folders {found}, but the model is binary "
+            f"(NORMAL vs PNEUMONIA). Choose the two to train on with data.classes=[NORMAL,"
+            f"PNEUMONIA] (the others are left out, and the log lists them), or merge folders on "
+            "disk to map several classes onto one."
+        )
+    return found
 
 
-def list_split(split_dir: Path, classes: list[str]) -> SplitListing:
+def walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Every file below ``folder``, following links to folders, sorted.
+
+    ``Path.rglob`` does not follow folder links before Python 3.13, which silently left out
+    the images of a linked sub-folder. A link to a folder already walked (a loop, or a second
+    link to the same folder) is not followed again; such links are returned as the second list.
+    """
+    files: list[Path] = []
+    repeated: list[Path] = []
+    walked: set[str] = set()
+    for current, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in walked:
+            repeated.append(Path(current))
+            dirs[:] = []
+            continue
+        walked.add(real)
+        dirs.sort()
+        files.extend(Path(current) / n for n in names)
+    return sorted(files), repeated
+
+
+def list_split(
+    split_dir: Path, classes: list[str], left_out: Sequence[str] | None = None
+) -> SplitListing:
     """List image files of one split, checking its class folders match ``classes``.
 
     Raises:
         DataLayoutError: different class folders than train, or an empty class folder.
     """
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if found != classes:
+    found = _folders(split_dir)
+    if found != classes and not (left_out is not None and set(classes) <= set(found)):
         raise DataLayoutError(
             f"{split_dir} has class folders {found}, but train/ has {classes}. "
             "Every split must hold the same class folders."
@@ -102,9 +157,16 @@ def list_split(split_dir: Path, classes: list[str]) -> SplitListing:
     listing = SplitListing(files=[], labels=[])
     for label, name in enumerate(classes):
         n_before = len(listing.files)
-        for path in sorted((split_dir / name).rglob("*")):
-            if path.is_dir():
-                continue
+        files, repeated = walk_files(split_dir / name)
+        for link in repeated:
+            log.warning(
+                "Not following %s: it leads to %s, which is already listed (a link loop or a "
+                "second link to one folder); its images are counted once.",
+                link,
+                link.resolve(),
+            )
+        listing.ignored.extend(repeated)
+        for path in files:
             hidden = any(part.startswith(".") for part in path.relative_to(split_dir).parts)
             if is_image_file(path) and not hidden:
                 listing.files.append(path)
@@ -129,11 +191,16 @@ class DataIndex:
     skipped: dict[str, str] = field(default_factory=dict)  # resolved path -> reason
 
     @classmethod
-    def scan(cls, root: Path) -> DataIndex:
-        """List ``root``'s splits; a wrong layout raises :class:`DataLayoutError`."""
+    def scan(cls, root: Path, classes: Sequence[str] | None = None) -> DataIndex:
+        """List ``root``'s splits; a wrong layout raises :class:`DataLayoutError`.
+
+        Args:
+            classes: ``data.classes``, the two class folders to use where there are more.
+        """
         dirs = find_split_dirs(root)
-        classes = class_names(dirs["train"])
-        return cls(root, classes, {split: list_split(d, classes) for split, d in dirs.items()})
+        names = class_names(dirs["train"], classes)
+        chosen = classes if classes is None else names
+        return cls(root, names, {split: list_split(d, names, chosen) for split, d in dirs.items()})
 
     def all_files(self) -> list[Path]:
         return [f for listing in self.splits.values() for f in listing.files]

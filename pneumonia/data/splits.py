@@ -37,7 +37,8 @@ def patient_id(path: str | Path) -> str:
 
 
 def _rank(seed: int, group: str) -> str:
-    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
+    # surrogateescape: an id from a file name that is not UTF-8 hashes by its original bytes.
+    return hashlib.sha256(f"{seed}:{group}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def patient_split(

@@ -1,0 +1,111 @@
+"""Leakage between splits: the same image, or the same patient, on both sides.
+
+An image copied or linked into both ``train/`` and ``test/`` is scored on data the model
+trained on; so is a patient whose other images trained it (the Kaggle release of the Kermany
+set has many patient ids in both its train and test folders). Both inflate every figure
+computed on the later split, silently. :func:`find_leaks` finds them: exact duplicates by
+content hash, and patients by the ids in Kermany file names (files without an id are not
+compared by patient).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pneumonia.data.splits import patient_id
+from pneumonia.runtime import decode_threads
+
+LeakPolicy = Literal["warn", "error", "drop"]
+LEAK_POLICIES = ("warn", "error", "drop")
+EXAMPLES = 5
+
+
+class LeakageError(ValueError):
+    """Images or patients on both sides of a split, under ``data.on_leak=error``."""
+
+
+def content_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Leak:
+    """What one pair of splits shares."""
+
+    first: str
+    second: str
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # same bytes
+    patients: dict[str, tuple[list[Path], list[Path]]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.duplicates or self.patients)
+
+    def files_of_first(self) -> set[Path]:
+        """Every file of the first split that the second shares, by content or by patient."""
+        files = {a for a, _ in self.duplicates}
+        for ours, _ in self.patients.values():
+            files.update(ours)
+        return files
+
+    def describe(self) -> str:
+        lines = [f"{self.first} / {self.second}:"]
+        if self.duplicates:
+            lines.append(f"  {len(self.duplicates)} identical image(s) in both, e.g.")
+            lines += [f"    {a}  ==  {b}" for a, b in self.duplicates[:EXAMPLES]]
+        if self.patients:
+            lines.append(f"  {len(self.patients)} patient(s) in both, e.g.")
+            for pid, (a, b) in list(self.patients.items())[:EXAMPLES]:
+                lines.append(
+                    f"    {pid}: {len(a)} image(s) in {self.first}, {len(b)} in {self.second}"
+                )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "splits": [self.first, self.second],
+            "identical_images": len(self.duplicates),
+            "shared_patients": len(self.patients),
+            "examples_identical": [[str(a), str(b)] for a, b in self.duplicates[:EXAMPLES]],
+            "examples_patients": list(self.patients)[:EXAMPLES],
+        }
+
+
+def find_leaks(splits: dict[str, Sequence[Path]], pairs: Sequence[tuple[str, str]]) -> list[Leak]:
+    """The duplicates and shared patients of each ``(first, second)`` pair of ``splits``."""
+    names = {n for pair in pairs for n in pair if n in splits}
+    files = sorted({f for n in names for f in splits[n]})
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+        hashes = dict(zip(files, pool.map(content_hash, files), strict=True))
+    leaks = []
+    for first, second in pairs:
+        if first not in splits or second not in splits:
+            continue
+        leak = Leak(first, second)
+        by_hash = defaultdict(list)
+        for f in splits[second]:
+            by_hash[hashes[f]].append(f)
+        leak.duplicates = [
+            (f, by_hash[hashes[f]][0]) for f in splits[first] if hashes[f] in by_hash
+        ]
+        ours, theirs = defaultdict(list), defaultdict(list)
+        for f in splits[first]:
+            ours[patient_id(f)].append(f)
+        for f in splits[second]:
+            theirs[patient_id(f)].append(f)
+        leak.patients = {
+            pid: (ours[pid], theirs[pid])
+            for pid in sorted(set(ours) & set(theirs))
+            if not pid.startswith("file:")  # no id in the name: nothing to compare
+        }
+        leaks.append(leak)
+    return leaks
