@@ -1,4 +1,4 @@
-"""Binary metrics on the PNEUMONIA probability and the decision threshold chosen on validation.
+"""Binary metrics on the PNEUMONIA probability, bootstrap intervals and the threshold rules.
 
 Binary, not multiclass: a multiclass micro-F1 equals accuracy and hides what a screening tool
 needs to show (sensitivity against specificity).
