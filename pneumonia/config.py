@@ -11,8 +11,23 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-# The @hydra.main entry points find the same folder as "../conf", relative to their module.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def _config_dir() -> Path:
+    """The configs: inside the installed package (a wheel ships ``conf/`` as
+    ``pneumonia/conf``), else the checkout's top-level ``conf/`` (a source tree or an editable
+    install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"The pneumonia configs are neither in {here / 'conf'} nor in {here.parent / 'conf'}: "
+        "reinstall the package (pip install pneumonia, or pip install -e . in a checkout)."
+    )
+
+
+# Every command (@hydra.main) and compose() read the configs from here.
+CONFIG_DIR = _config_dir()
 
 
 def compose(

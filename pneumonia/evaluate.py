@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
-from pneumonia.config import EVALUATE_RULES, check_values
+from pneumonia.config import CONFIG_DIR, EVALUATE_RULES, check_values
 from pneumonia.data import ChestXRayDataModule
 from pneumonia.files import atomic_open, write_text
 from pneumonia.inference import adapt_to_prevalence, predict_batches
@@ -245,7 +245,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

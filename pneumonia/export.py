@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pneumonia.calibration import logit
+from pneumonia.config import CONFIG_DIR
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.files import write_text
 
@@ -111,7 +112,7 @@ def export(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
-from pneumonia.config import PREDICT_RULES, check_values
+from pneumonia.config import CONFIG_DIR, PREDICT_RULES, check_values
 from pneumonia.data.images import BadImageError, is_image_file
 from pneumonia.data.index import walk_files
 from pneumonia.files import atomic_open
@@ -162,7 +162,7 @@ def predict(cfg: DictConfig) -> Path:
     return output
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

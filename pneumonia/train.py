@@ -20,7 +20,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import read_checkpoint
-from pneumonia.config import check_train_config
+from pneumonia.config import CONFIG_DIR, check_train_config
 from pneumonia.data.index import find_split_dirs
 from pneumonia.files import write_text
 from pneumonia.metrics import confusion_matrix
@@ -227,7 +227,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("/"): str(tree)}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train, and return ``cfg.optimized_metric`` for sweepers."""
     metrics = train(cfg)
