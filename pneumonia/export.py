@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pneumonia.calibration import logit
-from pneumonia.config import CONFIG_DIR
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
+from pneumonia.config import CONFIG_DIR
 from pneumonia.files import write_text
 
 log = logging.getLogger(__name__)
