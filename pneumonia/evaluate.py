@@ -22,6 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.config import CONFIG_DIR, EVALUATE_RULES, check_values
 from pneumonia.data import ChestXRayDataModule
+from pneumonia.data.cache import DecodedImageCache, default_cache_dir
+from pneumonia.data.dataset import evaluation_loader
+from pneumonia.data.index import DataIndex, labelled_folder, verify_images
 from pneumonia.files import atomic_open, write_text
 from pneumonia.inference import adapt_to_prevalence, predict_batches
 from pneumonia.metrics import (
@@ -73,7 +76,13 @@ def predict_split(
     accelerator: str = "auto",
     precision: str | int = "auto",
 ) -> Predictions:
-    """Run a checkpoint over a split of its DataModule (eval transforms only)."""
+    """Run a checkpoint over a labelled split (eval transforms only).
+
+    ``test`` is any labelled folder: ``data.root/test/<CLASS>/`` when there is one (the Kaggle
+    layout), else ``data.root/<CLASS>/`` itself; no training folder is needed, and only these
+    images are decoded and cached. ``val``, ``train`` and ``holdout`` are the training run's
+    splits, rebuilt from its data folder.
+    """
     if split not in ("train", "val", "test", "holdout"):
         raise ValueError(f"split={split!r}: use test, val, train or holdout")
     args = {
@@ -86,16 +95,11 @@ def predict_split(
             f"{ckpt.path} does not record the data folder it was trained on: pass the folder "
             "to evaluate with data.root=..."
         )
-    datamodule = ChestXRayDataModule(**args)
-    if split == "holdout" and not args.get("holdout_root"):
-        raise ValueError(
-            "split=holdout needs a holdout folder: the checkpoint's run had none, so pass "
-            "data.holdout_root=..."
-        )
-    datamodule.setup("test" if split == "test" else "fit")
-    loader = datamodule.eval_dataloader(split)
-    files = datamodule.files(split)
-    probs, labels = predict_batches(
+    if split == "test":
+        files, labels, loader = _labelled_folder_loader(ckpt, args)
+    else:
+        files, labels, loader = _training_split_loader(ckpt, args, split)
+    probs, _ = predict_batches(
         ckpt.model,
         loader,
         device=resolve_device(accelerator),
@@ -105,6 +109,51 @@ def predict_split(
     )
     targets = (torch.tensor(labels) == ckpt.positive_index).long()
     return Predictions(files=files, targets=targets, probs=probs)
+
+
+def _labelled_folder_loader(ckpt: LoadedCheckpoint, args: dict[str, Any]):
+    root = Path(args["root"]).expanduser()
+    folder = root / "test" if (root / "test").is_dir() else root
+    if folder == root and (root / "train").is_dir():
+        raise FileNotFoundError(
+            f"There is no test split: {root / 'test'} does not exist. Add a test/ folder with "
+            "the same class folders as train/, or point data.root at a labelled folder."
+        )
+    listing = labelled_folder(folder, ckpt.class_names)
+    pre = ckpt.preprocessing
+    decode = pre.decode
+    if args.get("cache", True):
+        cache = DecodedImageCache.open_or_build(
+            listing.files,
+            decode=pre.decode,
+            settings=pre.decode_settings(),
+            cache_dir=Path(args["cache_dir"]) if args.get("cache_dir") else default_cache_dir(),
+        )
+        bad, decode = dict(cache.bad), cache.get
+    else:
+        bad = verify_images(listing.files, pre.max_pixels)
+    index = DataIndex(folder, list(ckpt.class_names), {"test": listing})
+    index.drop_bad(bad, args.get("on_bad_image") or "error", lambda m: log.warning("%s", m))
+    loader = evaluation_loader(
+        listing.files,
+        listing.labels,
+        pre,
+        batch_size=args.get("eval_batch_size") or args.get("batch_size") or 64,
+        decode=decode,
+        num_workers=args.get("num_workers") or 0,
+    )
+    return listing.files, listing.labels, loader
+
+
+def _training_split_loader(ckpt: LoadedCheckpoint, args: dict[str, Any], split: str):
+    datamodule = ChestXRayDataModule(**args)
+    if split == "holdout" and not args.get("holdout_root"):
+        raise ValueError(
+            "split=holdout needs a holdout folder: the checkpoint's run had none, so pass "
+            "data.holdout_root=..."
+        )
+    datamodule.setup("fit")
+    return datamodule.files(split), datamodule.labels(split), datamodule.eval_dataloader(split)
 
 
 def confident_mistakes(preds: Predictions, threshold: float, k: int = 8) -> list[int]:

@@ -150,3 +150,37 @@ def test_confident_mistakes_are_wrong_and_sorted() -> None:
     targets = torch.tensor([0, 1, 0, 0, 1])
     preds = Predictions(files=[Path(str(i)) for i in range(5)], targets=targets, probs=probs)
     assert confident_mistakes(preds, 0.5) == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------- any labelled folder
+@pytest.mark.parametrize("layout", ["only_test", "flat"])
+def test_evaluate_any_labelled_folder_decoding_only_its_images(
+    trained: dict, tmp_path: Path, layout: str
+) -> None:
+    import shutil
+
+    source = trained["root"] / "test"
+    root = tmp_path / "hospital_b"
+    shutil.copytree(source, root / "test" if layout == "only_test" else root)
+    cache = tmp_path / "cache"
+    result = evaluate(
+        compose_eval(tmp_path, trained["ckpt"], f"data.root={root}", f"data.cache_dir={cache}")
+    )
+    expected = len(list(source.rglob("*.jpeg")))
+    assert result["num_images"] == expected
+    (meta,) = cache.glob("*/meta.json")
+    assert len(json.loads(meta.read_text())["files"]) == expected  # no training image decoded
+    reference = evaluate(compose_eval(tmp_path / "ref", trained["ckpt"]))
+    assert result["metrics"]["auroc"]["value"] == pytest.approx(
+        reference["metrics"]["auroc"]["value"]
+    )
+
+
+def test_a_folder_with_other_class_names_names_both_sets(trained: dict, tmp_path: Path) -> None:
+    from pneumonia.data import DataLayoutError
+
+    root = tmp_path / "other"
+    for name in ("healthy", "sick"):
+        (root / name).mkdir(parents=True)
+    with pytest.raises(DataLayoutError, match=r"\['healthy', 'sick'\].*\['NORMAL', 'PNEUMONIA'\]"):
+        evaluate(compose_eval(tmp_path, trained["ckpt"], f"data.root={root}"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
 from pneumonia.data.images import DEFAULT_MAX_PIXELS, RESAMPLING, RESIZE_MODES, load_resized
@@ -142,6 +142,30 @@ class Preprocessing:
     def load(self, path: Path) -> torch.Tensor:
         """One file -> uint8 (1, crop, crop), exactly as the evaluation DataLoader gives it."""
         return self.eval_transform(as_image(self.decode(path)))
+
+
+def evaluation_loader(
+    files: Sequence[Path],
+    labels: Sequence[int],
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 64,
+    decode: Callable[[Path], np.ndarray] | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    """Labelled files -> normalised batches, in file order, as the checkpoint's evaluation sees
+    them (no DataModule, no training split: any labelled folder)."""
+    dataset = ChestXRayDataset(
+        files, labels, preprocessing.eval_transform, decode or preprocessing.decode
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=preprocessing.collate,
+    )
 
 
 def as_image(pixels: np.ndarray) -> tv_tensors.Image:

@@ -140,6 +140,25 @@ def walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return sorted(files), repeated
 
 
+def labelled_folder(folder: Path, classes: Sequence[str]) -> SplitListing:
+    """The images of a folder holding one sub-folder per class, labelled in ``classes`` order.
+
+    Raises:
+        DataLayoutError: a missing folder, or class folders other than ``classes`` (both sets
+            are named).
+    """
+    if not folder.is_dir():
+        raise DataLayoutError(f"{folder} does not exist or is not a folder.")
+    found = _folders(folder)
+    if sorted(found) != sorted(classes):
+        raise DataLayoutError(
+            f"{folder} has the class folders {found}, but the model was trained on "
+            f"{list(classes)}. Point data.root at a folder holding exactly "
+            f"{', '.join(c + '/' for c in classes)} (or at one whose test/ does)."
+        )
+    return list_split(folder, list(classes))
+
+
 def list_split(
     split_dir: Path, classes: list[str], left_out: Sequence[str] | None = None
 ) -> SplitListing:
