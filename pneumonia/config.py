@@ -123,7 +123,7 @@ TRAIN_RULES = {
     "trainer.accumulate_grad_batches": COUNT,
 }
 EVALUATE_RULES = {
-    "data.eval_batch_size": OPTIONAL_COUNT,
+    "batch_size": COUNT,
     "data.num_workers": WORKERS,
     "bootstrap.resamples": COUNT,
     "bootstrap.confidence": OPEN_UNIT,

@@ -7,7 +7,6 @@ resamples, which a single number hides.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import warnings
@@ -25,8 +24,8 @@ from pneumonia.data import ChestXRayDataModule
 from pneumonia.data.cache import DecodedImageCache, default_cache_dir
 from pneumonia.data.dataset import evaluation_loader
 from pneumonia.data.index import DataIndex, labelled_folder, verify_images
-from pneumonia.files import atomic_open, write_text
-from pneumonia.inference import adapt_to_prevalence, predict_batches
+from pneumonia.files import write_text
+from pneumonia.inference import adapt_to_prevalence, predict_batches, write_predictions
 from pneumonia.metrics import (
     bootstrap_interval,
     confusion_matrix,
@@ -57,14 +56,21 @@ class Predictions:
     probs: torch.Tensor  # PNEUMONIA probability
 
     def write_csv(self, path: Path, threshold: float, class_names: list[str], positive: int):
+        """``predictions.csv`` in the layout of ``inference.PREDICTION_COLUMNS``."""
         negative = 1 - positive
-        with atomic_open(path, newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "label", "probability", "prediction"])
-            for file, target, prob in zip(self.files, self.targets, self.probs, strict=True):
-                label = class_names[positive if target else negative]
-                predicted = class_names[positive if prob > threshold else negative]
-                writer.writerow([str(file), label, f"{float(prob):.6f}", predicted])
+        write_predictions(
+            path,
+            (
+                {
+                    "file": str(file),
+                    "label": class_names[positive if target else negative],
+                    "probability": f"{float(prob):.6f}",
+                    "prediction": class_names[positive if prob > threshold else negative],
+                    "threshold": f"{threshold:.6f}",
+                }
+                for file, target, prob in zip(self.files, self.targets, self.probs, strict=True)
+            ),
+        )
 
 
 def predict_split(
@@ -261,6 +267,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_values(cfg, EVALUATE_RULES)
     ckpt = load_checkpoint(cfg.ckpt_path)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    data["eval_batch_size"] = cfg.get("batch_size")
     preds = predict_split(
         ckpt,
         cfg.split,
@@ -279,7 +286,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data_root": str((data.get("root") if data else None) or ckpt.data_hparams.get("root")),
         "tta": bool(cfg.tta),
     }
-    out = Path(cfg.paths.output_dir)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
     write_text(out / "report.md", markdown(result))

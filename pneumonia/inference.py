@@ -7,8 +7,10 @@ the batches used here is the checkpoint's :class:`pneumonia.data.Preprocessing`.
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.calibration import em_prevalence, shift_prevalence
+from pneumonia.files import atomic_open
 from pneumonia.runtime import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -151,3 +154,16 @@ def adapt_to_prevalence(
         "num_images": len(probs),
     }
     return shift_prevalence(probs, source, estimate), record
+
+
+# The one layout of predictions.csv, written by evaluate and predict alike. label: the true
+# class where it is known (evaluate), else empty; error: why a file has no probability.
+PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "error")
+
+
+def write_predictions(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write ``rows`` as ``predictions.csv``, atomically (complete or absent)."""
+    with atomic_open(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, extrasaction="raise")
+        writer.writeheader()
+        writer.writerows({c: row.get(c, "") for c in PREDICTION_COLUMNS} for row in rows)

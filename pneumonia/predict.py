@@ -5,7 +5,6 @@ Unreadable files do not stop the run: they get a row with their error and no pro
 
 from __future__ import annotations
 
-import csv
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,18 +20,17 @@ from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.config import CONFIG_DIR, PREDICT_RULES, check_values
 from pneumonia.data.images import BadImageError, is_image_file
 from pneumonia.data.index import walk_files
-from pneumonia.files import atomic_open
 from pneumonia.inference import (
+    PREDICTION_COLUMNS,
     adapt_to_prevalence,
     autocast,
     inference_precision,
     pneumonia_probability,
+    write_predictions,
 )
 from pneumonia.runtime import decode_threads, resolve_device
 
 log = logging.getLogger(__name__)
-
-COLUMNS = ["file", "probability", "prediction", "error"]
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -96,14 +94,14 @@ def predict_files(
     adapted, _ = adapt_to_prevalence(torch.tensor(list(probs.values())), ckpt.decision, prior_shift)
     probs = dict(zip(probs, adapted.tolist(), strict=True))
     rows: list[dict[str, Any]] = []
+    blank = dict.fromkeys(PREDICTION_COLUMNS, "")
     for f in files:
         if f in probs:
-            label = ckpt.class_names[positive if probs[f] > ckpt.threshold else negative]
-            rows.append(
-                {"file": str(f), "probability": f"{probs[f]:.6f}", "prediction": label, "error": ""}
-            )
+            predicted = ckpt.class_names[positive if probs[f] > ckpt.threshold else negative]
+            row = {"probability": f"{probs[f]:.6f}", "prediction": predicted}
         else:
-            rows.append({"file": str(f), "probability": "", "prediction": "", "error": errors[f]})
+            row = {"error": errors[f]}
+        rows.append({**blank, "file": str(f), "threshold": f"{ckpt.threshold:.6f}", **row})
     return rows
 
 
@@ -121,10 +119,8 @@ def _write_gradcam(ckpt, good, images, out_dir: Path, root: Path | None) -> None
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with atomic_open(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """``predictions.csv`` in the one layout (``inference.PREDICTION_COLUMNS``)."""
+    write_predictions(path, rows)
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -132,8 +128,8 @@ def predict(cfg: DictConfig) -> Path:
     ckpt = load_checkpoint(cfg.ckpt_path)
     source = Path(cfg.input).expanduser()
     files = list_inputs(source)
-    out_dir = Path(cfg.paths.output_dir)
-    output = Path(cfg.output) if cfg.get("output") else out_dir / "predictions.csv"
+    out_dir = Path(cfg.output_dir)
+    output = out_dir / "predictions.csv"
     rows = predict_files(
         ckpt,
         files,

@@ -92,3 +92,40 @@ def test_names_that_are_not_utf8_round_trip_and_outputs_are_atomic(
         write_csv(rows, out)
     assert out.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_evaluate_and_predict_share_one_vocabulary_and_one_csv_layout(
+    trained: dict, tmp_path: Path
+) -> None:
+    import csv
+
+    from pneumonia.config import compose
+    from pneumonia.evaluate import evaluate
+    from pneumonia.inference import PREDICTION_COLUMNS
+    from pneumonia.predict import predict
+
+    common = [f"ckpt_path={trained['ckpt']}", "batch_size=4", "accelerator=cpu",
+              "precision=32-true"]  # fmt: skip
+    evaluate(compose("evaluate", [*common, f"output_dir={tmp_path / 'e'}"], output_dir=tmp_path))
+    test_folder = trained["root"] / "test"
+    predict(
+        compose(
+            "predict",
+            [*common, f"input={test_folder}", f"output_dir={tmp_path / 'p'}"],
+            output_dir=tmp_path,
+        )
+    )
+    tables = {}
+    for name in ("e", "p"):
+        with open(tmp_path / name / "predictions.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            assert tuple(reader.fieldnames) == PREDICTION_COLUMNS
+            tables[name] = {Path(r["file"]).name: r for r in reader}
+    assert tables["e"].keys() == tables["p"].keys()
+    for name, row in tables["e"].items():
+        assert row["label"] == Path(row["file"]).parent.name  # known to evaluate
+        assert tables["p"][name]["label"] == ""  # not to predict
+        other = tables["p"][name]
+        assert row["prediction"] == other["prediction"]
+        assert float(row["probability"]) == pytest.approx(float(other["probability"]), abs=1e-5)
+        assert float(row["threshold"]) == pytest.approx(float(other["threshold"]))
