@@ -228,7 +228,7 @@ def case_train_project(a, root, work, *, other: bool = False):
     """``python -m pneumonia.train`` as a user runs it, timed per training epoch."""
     from omegaconf import open_dict
 
-    from pneumonia.config import compose
+    import pneumonia
     from pneumonia.train import train
 
     trainer = "gpu" if a.device == "cuda" else "cpu"
@@ -261,7 +261,7 @@ def case_train_project(a, root, work, *, other: bool = False):
         "+trainer.enable_checkpointing=false",
         "optimized_metric=null",
     ]
-    cfg = compose("train", overrides, output_dir=work / f"run-{os.getpid()}")
+    cfg = pneumonia.compose(overrides, "train", output_dir=work / f"run-{os.getpid()}")
     with open_dict(cfg):
         cfg.callbacks.epoch_timer = {"_target_": "__main__.EpochTimer"}
     EpochTimer.cuda = a.device == "cuda"

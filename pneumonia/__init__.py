@@ -1,3 +1,16 @@
-"""pneumonia: PyTorch Lightning + Hydra experiments for chest X-ray pneumonia classification."""
+"""pneumonia: PyTorch Lightning + Hydra experiments for chest X-ray pneumonia classification.
+
+The Python API (``pneumonia.compose``, ``pneumonia.load`` and ``pneumonia.Classifier``) lives in
+``pneumonia.api``; it is imported on first use, so ``import pneumonia`` stays light.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["Classifier", "compose", "load"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from pneumonia import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pneumonia' has no attribute {name!r}")

@@ -20,6 +20,7 @@ LAYERS = [
     {"model"},
     {"checkpoint", "inference", "explain", "runs", "checks"},
     {"evaluate", "predict", "export", "train"},  # the commands
+    {"api"},  # the Python API over the commands
 ]
 
 

@@ -16,10 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from pneumonia.data.images import DEFAULT_MAX_PIXELS, RESAMPLING, RESIZE_MODES, load_resized
+from pneumonia.data.images import (
+    DEFAULT_MAX_PIXELS,
+    RESAMPLING,
+    RESIZE_MODES,
+    gray_from_image,
+    load_resized,
+)
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
 
 
@@ -142,6 +149,16 @@ class Preprocessing:
     def load(self, path: Path) -> torch.Tensor:
         """One file -> uint8 (1, crop, crop), exactly as the evaluation DataLoader gives it."""
         return self.eval_transform(as_image(self.decode(path)))
+
+    def load_image(self, im: Image.Image) -> torch.Tensor:
+        """An opened Pillow image -> uint8 (1, crop, crop), as :meth:`load` makes files."""
+        w, h = im.size
+        if w * h > self.max_pixels:
+            raise ValueError(f"{w}x{h} pixels is above the limit of {self.max_pixels:,}")
+        gray = RESIZE_MODES[self.resize_mode](
+            gray_from_image(im), self.resize_size, self.interpolation
+        )
+        return self.eval_transform(as_image(gray))
 
 
 def evaluation_loader(

@@ -97,6 +97,12 @@ def _to_gray_uint8(im: Image.Image) -> np.ndarray:
     return np.array(im.convert("RGB").convert("L"), dtype=np.uint8)
 
 
+def gray_from_image(im: Image.Image) -> np.ndarray:
+    """An already opened Pillow image -> (H, W) uint8 gray, as :func:`load_gray` decodes files
+    (EXIF orientation, then the gray conversion of :func:`_to_gray_uint8`)."""
+    return _to_gray_uint8(ImageOps.exif_transpose(im))
+
+
 def load_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Fully decode one file to an (H, W) uint8 grayscale array, honouring EXIF orientation.
 
