@@ -87,12 +87,14 @@ class Classifier:
                     "preprocessed"
                 )
             return images.float()
+        return self._collate([self._load(im) for im in images])
+
+    def _load(self, image: ImageInput) -> torch.Tensor:
         pre = self.ckpt.preprocessing
-        loaded = [
-            pre.load_image(im) if isinstance(im, Image.Image) else pre.load(Path(im))
-            for im in images
-        ]
-        return pre.collate([(t, 0) for t in loaded])[0]
+        return pre.load_image(image) if isinstance(image, Image.Image) else pre.load(Path(image))
+
+    def _collate(self, loaded: list[torch.Tensor]) -> torch.Tensor:
+        return self.ckpt.preprocessing.collate([(t, 0) for t in loaded])[0]
 
     # ------------------------------------------------------------------ outputs
     def probabilities(
@@ -147,29 +149,27 @@ class Classifier:
         )
 
     def _probabilities_or_errors(self, images: list, tta: bool, batch_size: int):
+        """Each image loaded once; an unreadable one gets its error instead of a probability."""
         probs = torch.full((len(images),), float("nan"))
         errors = [""] * len(images)
         for start in range(0, len(images), batch_size):
-            chunk = list(range(start, min(start + batch_size, len(images))))
-            usable = []
-            for i in chunk:
+            usable, loaded = [], []
+            for i in range(start, min(start + batch_size, len(images))):
                 try:
-                    self.batch([images[i]])
+                    loaded.append(self._load(images[i]))
                     usable.append(i)
                 except (BadImageError, OSError, ValueError) as e:
                     errors[i] = str(e)
             if usable:
-                probs[usable] = self.probabilities([images[i] for i in usable], tta=tta)
+                probs[usable] = self.probabilities(self._collate(loaded), tta=tta)
         return probs, errors
 
     def gradcam(self, image: ImageInput) -> tuple[np.ndarray, np.ndarray]:
         """Grad-CAM for PNEUMONIA on one image: the (H, W) map in [0, 1] and an RGB overlay."""
         from pneumonia.explain import gradcam, overlay
 
-        pre = self.ckpt.preprocessing
-        gray = pre.load_image(image) if isinstance(image, Image.Image) else pre.load(Path(image))
-        batch = pre.collate([(gray, 0)])[0]
-        heat = gradcam(self.model, batch)[0]
+        gray = self._load(image)
+        heat = gradcam(self.model, self._collate([gray]))[0]
         return heat, overlay(gray, heat)
 
     def evaluate(
