@@ -28,7 +28,7 @@ from pneumonia.data.index import (
     summary_table,
     verify_images,
 )
-from pneumonia.data.leakage import LEAK_POLICIES, LeakageError, LeakPolicy, find_leaks
+from pneumonia.data.leakage import LEAK_POLICIES, LeakPolicy, check_leaks
 from pneumonia.data.splits import Split, fit_splits, patient_id
 from pneumonia.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_dataset
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms
@@ -206,7 +206,10 @@ class ChestXRayDataModule(pl.LightningDataModule):
                     warn=rank_zero_warn,
                 )
             )
-            self._check_leaks(listings.get("test"))
+            test = listings.get("test")
+            self.leakage = check_leaks(
+                self._splits, test.files if test else None, self.on_leak, rank_zero_warn
+            )
             for cls, n in zip(self.classes, self.split_counts("train"), strict=True):
                 if n == 0:
                     raise ValueError(f"The training split has no {cls} images after the split.")
@@ -214,38 +217,6 @@ class ChestXRayDataModule(pl.LightningDataModule):
             self._splits["test"] = Split(listings["test"].files, listings["test"].labels)
         if set(self._splits) != known and rank_zero_only.rank == 0:
             log.info("%s", self.summary())
-
-    def _check_leaks(self, test: SplitListing | None) -> None:
-        """Identical images and shared patients across splits, under ``on_leak``."""
-        splits = {name: self._splits[name].files for name in ("train", "val", "holdout")
-                  if name in self._splits}  # fmt: skip
-        if test is not None:
-            splits["test"] = test.files
-        pairs = [("train", "val"), ("train", "test"), ("val", "test"), ("train", "holdout"),
-                 ("val", "holdout")]  # fmt: skip
-        leaks = [leak for leak in find_leaks(splits, pairs) if leak]
-        self.leakage = [leak.to_dict() for leak in leaks]
-        if not leaks:
-            return
-        found = "\n".join(leak.describe() for leak in leaks)
-        if self.on_leak == "error":
-            raise LeakageError(
-                f"Images or patients on both sides of a split:\n{found}\nRemove them, or set "
-                "data.on_leak=drop to leave them out of training and validation "
-                "(data.on_leak=warn goes on regardless)."
-            )
-        message = f"Images or patients on both sides of a split (data.on_leak={self.on_leak}):"
-        if self.on_leak == "drop":
-            drop = set().union(*(leak.files_of_first() for leak in leaks))
-            for name in ("train", "val"):
-                split = self._splits[name]
-                keep = [i for i, f in enumerate(split.files) if f not in drop]
-                self._splits[name] = Split([split.files[i] for i in keep],
-                                           [split.labels[i] for i in keep])  # fmt: skip
-            message += f" dropped {len(drop)} image(s) from training and validation."
-            for entry in self.leakage:
-                entry["dropped"] = True
-        rank_zero_warn(f"{message}\n{found}")
 
     def _without_holdout_patients(self, listing: SplitListing | None) -> SplitListing | None:
         """``listing`` less every image of a patient in the holdout folder."""

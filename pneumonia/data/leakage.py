@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pneumonia.data.splits import patient_id
+from pneumonia.data.splits import Split, patient_id
 from pneumonia.runtime import decode_threads
 
 LeakPolicy = Literal["warn", "error", "drop"]
@@ -109,3 +109,52 @@ def find_leaks(splits: dict[str, Sequence[Path]], pairs: Sequence[tuple[str, str
         }
         leaks.append(leak)
     return leaks
+
+
+# Training and validation against everything scored after training.
+PAIRS = (("train", "val"), ("train", "test"), ("val", "test"), ("train", "holdout"),
+         ("val", "holdout"))  # fmt: skip
+
+
+def check_leaks(
+    splits: dict[str, Split],
+    test: Sequence[Path] | None,
+    policy: LeakPolicy,
+    warn: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Find the leaks of :data:`PAIRS` and apply ``data.on_leak`` to them.
+
+    ``drop`` replaces ``splits["train"]`` and ``splits["val"]`` without the leaking images.
+
+    Returns:
+        What was found, one record per pair of splits that share something.
+
+    Raises:
+        LeakageError: under ``error``, with counts and examples and the way out.
+    """
+    files = {name: split.files for name, split in splits.items()}
+    if test is not None:
+        files["test"] = list(test)
+    leaks = [leak for leak in find_leaks(files, PAIRS) if leak]
+    report = [leak.to_dict() for leak in leaks]
+    if not leaks:
+        return report
+    found = "\n".join(leak.describe() for leak in leaks)
+    if policy == "error":
+        raise LeakageError(
+            f"Images or patients on both sides of a split:\n{found}\nRemove them, or set "
+            "data.on_leak=drop to leave them out of training and validation "
+            "(data.on_leak=warn goes on regardless)."
+        )
+    message = f"Images or patients on both sides of a split (data.on_leak={policy}):"
+    if policy == "drop":
+        drop = set().union(*(leak.files_of_first() for leak in leaks))
+        for name in ("train", "val"):
+            split = splits[name]
+            keep = [i for i, f in enumerate(split.files) if f not in drop]
+            splits[name] = Split([split.files[i] for i in keep], [split.labels[i] for i in keep])
+        message += f" dropped {len(drop)} image(s) from training and validation."
+        for entry in report:
+            entry["dropped"] = True
+    warn(f"{message}\n{found}")
+    return report
