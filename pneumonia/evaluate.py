@@ -21,9 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.config import CONFIG_DIR, EVALUATE_RULES, check_values
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.data.cache import DecodedImageCache, default_cache_dir
-from pneumonia.data.dataset import evaluation_loader
-from pneumonia.data.index import DataIndex, labelled_folder, verify_images
+from pneumonia.data.cache import default_cache_dir
+from pneumonia.data.dataset import labelled_folder_loader
 from pneumonia.files import write_text
 from pneumonia.inference import adapt_to_prevalence, predict_batches, write_predictions
 from pneumonia.metrics import (
@@ -119,36 +118,23 @@ def predict_split(
 
 def _labelled_folder_loader(ckpt: LoadedCheckpoint, args: dict[str, Any]):
     root = Path(args["root"]).expanduser()
-    folder = root / "test" if (root / "test").is_dir() else root
-    if folder == root and (root / "train").is_dir():
+    if not (root / "test").is_dir() and (root / "train").is_dir():
         raise FileNotFoundError(
             f"There is no test split: {root / 'test'} does not exist. Add a test/ folder with "
             "the same class folders as train/, or point data.root at a labelled folder."
         )
-    listing = labelled_folder(folder, ckpt.class_names)
-    pre = ckpt.preprocessing
-    decode = pre.decode
-    if args.get("cache", True):
-        cache = DecodedImageCache.open_or_build(
-            listing.files,
-            decode=pre.decode,
-            settings=pre.decode_settings(),
-            cache_dir=Path(args["cache_dir"]) if args.get("cache_dir") else default_cache_dir(),
-        )
-        bad, decode = dict(cache.bad), cache.get
-    else:
-        bad = verify_images(listing.files, pre.max_pixels)
-    index = DataIndex(folder, list(ckpt.class_names), {"test": listing})
-    index.drop_bad(bad, args.get("on_bad_image") or "error", lambda m: log.warning("%s", m))
-    loader = evaluation_loader(
-        listing.files,
-        listing.labels,
-        pre,
-        batch_size=args.get("eval_batch_size") or args.get("batch_size") or 64,
-        decode=decode,
+    return labelled_folder_loader(
+        root / "test" if (root / "test").is_dir() else root,
+        ckpt.class_names,
+        ckpt.preprocessing,
+        cache_dir=(Path(args["cache_dir"]) if args.get("cache_dir") else default_cache_dir())
+        if args.get("cache", True)
+        else None,
+        on_bad_image=args.get("on_bad_image") or "error",
+        batch_size=args.get("eval_batch_size") or 64,
         num_workers=args.get("num_workers") or 0,
+        warn=lambda m: log.warning("%s", m),
     )
-    return listing.files, listing.labels, loader
 
 
 def _training_split_loader(ckpt: LoadedCheckpoint, args: dict[str, Any], split: str):

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
+from pneumonia.data.cache import DecodedImageCache
 from pneumonia.data.images import (
     DEFAULT_MAX_PIXELS,
     RESAMPLING,
@@ -27,6 +28,7 @@ from pneumonia.data.images import (
     gray_from_image,
     load_resized,
 )
+from pneumonia.data.index import DataIndex, labelled_folder, verify_images
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
 
 
@@ -183,6 +185,47 @@ def evaluation_loader(
         persistent_workers=num_workers > 0,
         collate_fn=preprocessing.collate,
     )
+
+
+def labelled_folder_loader(
+    folder: Path,
+    classes: Sequence[str],
+    preprocessing: Preprocessing,
+    *,
+    cache_dir: Path | None,
+    on_bad_image: str = "error",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    warn: Callable[[str], None],
+) -> tuple[list[Path], list[int], DataLoader]:
+    """The images of ``folder/<CLASS>/`` (class folders exactly ``classes``), checked under the
+    bad-image policy, decoded (and, with a ``cache_dir``, cached) alone: no training split.
+
+    Returns:
+        The files, their labels (indices into ``classes``) and the evaluation loader.
+    """
+    listing = labelled_folder(folder, classes)
+    decode = preprocessing.decode
+    if cache_dir is not None:
+        cache = DecodedImageCache.open_or_build(
+            listing.files,
+            decode=preprocessing.decode,
+            settings=preprocessing.decode_settings(),
+            cache_dir=cache_dir,
+        )
+        bad, decode = dict(cache.bad), cache.get
+    else:
+        bad = verify_images(listing.files, preprocessing.max_pixels)
+    DataIndex(folder, list(classes), {"folder": listing}).drop_bad(bad, on_bad_image, warn)
+    loader = evaluation_loader(
+        listing.files,
+        listing.labels,
+        preprocessing,
+        batch_size=batch_size,
+        decode=decode,
+        num_workers=num_workers,
+    )
+    return listing.files, listing.labels, loader
 
 
 def as_image(pixels: np.ndarray) -> tv_tensors.Image:
