@@ -39,8 +39,8 @@ def logit(p: float) -> float:
 def probability(
     scores: torch.Tensor,
     *,
-    temperature: float = 1.0,
-    reference_logit: float = 0.0,
+    temperature: float | torch.Tensor = 1.0,
+    reference_logit: float | torch.Tensor = 0.0,
     prevalence: float = 0.5,
 ) -> torch.Tensor:
     """PNEUMONIA probability for a population of PNEUMONIA ``prevalence``.

@@ -141,8 +141,9 @@ class PneumoniaClassifier(pl.LightningModule):
         """Calibrated PNEUMONIA probability of scores, for ``prevalence`` (default: the model's)."""
         return probability(
             scores,
-            temperature=float(self.temperature),
-            reference_logit=float(self.reference_logit),
+            # Tensors, not floats: no device-to-host sync in every training step on a GPU.
+            temperature=self.temperature,
+            reference_logit=self.reference_logit,
             prevalence=self.hparams.prevalence if prevalence is None else prevalence,
         )
 
