@@ -26,14 +26,15 @@ from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.config import compose as _compose
-from pneumonia.data.images import BadImageError
 from pneumonia.evaluate import predict_split, report
 from pneumonia.inference import (
+    PREDICTION_COLUMNS,
     adapt_to_prevalence,
     autocast,
     inference_precision,
     pneumonia_probability,
 )
+from pneumonia.predict import predict_files
 from pneumonia.runtime import resolve_device
 
 ImageInput = str | Path | Image.Image
@@ -116,53 +117,40 @@ class Classifier:
         prior_shift: str = "none",
         batch_size: int = 32,
     ) -> pd.DataFrame:
-        """One row per image: input, probability, prediction at the threshold, error.
+        """One row per image, the columns of ``predictions.csv`` (file, label (empty),
+        probability, prediction at the threshold, threshold, error).
 
         Unreadable files get their error instead of stopping the call; ``prior_shift="em"``
         re-bases the probabilities on the prevalence of these images (see ``evaluate``).
         """
-        if torch.is_tensor(images):
-            names: list[str] = [f"tensor[{i}]" for i in range(len(images))]
-            probs = self.probabilities(images, tta=tta)
-            errors = [""] * len(names)
-        else:
-            names = [str(im) if not isinstance(im, Image.Image) else f"image[{i}]"
-                     for i, im in enumerate(images)]  # fmt: skip
-            probs, errors = self._probabilities_or_errors(list(images), tta, batch_size)
-        good = [i for i, e in enumerate(errors) if not e]
-        adapted, _ = adapt_to_prevalence(probs[good], self.decision, prior_shift)
-        probs[good] = adapted
+        if not torch.is_tensor(images):
+            rows = predict_files(
+                self.ckpt,
+                [im if isinstance(im, Image.Image) else Path(im) for im in images],
+                batch_size=batch_size,
+                tta=tta,
+                accelerator=self.device.type,
+                precision=self.precision,
+                prior_shift=prior_shift,
+            )
+            table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+            table["probability"] = table["probability"].astype(float)  # None -> NaN
+            return table
+        probs, _ = adapt_to_prevalence(self.probabilities(images, tta=tta), self.decision,
+                                       prior_shift)  # fmt: skip
         positive, negative = self.ckpt.positive_index, 1 - self.ckpt.positive_index
         return pd.DataFrame(
             {
-                "input": names,
-                "probability": [
-                    float(p) if not e else np.nan for p, e in zip(probs, errors, strict=True)
-                ],
+                "file": [f"tensor[{i}]" for i in range(len(probs))],
+                "label": "",
+                "probability": probs.tolist(),
                 "prediction": [
-                    "" if e else self.class_names[positive if p > self.threshold else negative]
-                    for p, e in zip(probs, errors, strict=True)
+                    self.class_names[positive if p > self.threshold else negative] for p in probs
                 ],
                 "threshold": self.threshold,
-                "error": errors,
+                "error": "",
             }
         )
-
-    def _probabilities_or_errors(self, images: list, tta: bool, batch_size: int):
-        """Each image loaded once; an unreadable one gets its error instead of a probability."""
-        probs = torch.full((len(images),), float("nan"))
-        errors = [""] * len(images)
-        for start in range(0, len(images), batch_size):
-            usable, loaded = [], []
-            for i in range(start, min(start + batch_size, len(images))):
-                try:
-                    loaded.append(self._load(images[i]))
-                    usable.append(i)
-                except (BadImageError, OSError, ValueError) as e:
-                    errors[i] = str(e)
-            if usable:
-                probs[usable] = self.probabilities(self._collate(loaded), tta=tta)
-        return probs, errors
 
     def gradcam(self, image: ImageInput) -> tuple[np.ndarray, np.ndarray]:
         """Grad-CAM for PNEUMONIA on one image: the (H, W) map in [0, 1] and an RGB overlay."""

@@ -63,9 +63,9 @@ class Predictions:
                 {
                     "file": str(file),
                     "label": class_names[positive if target else negative],
-                    "probability": f"{float(prob):.6f}",
+                    "probability": float(prob),
                     "prediction": class_names[positive if prob > threshold else negative],
-                    "threshold": f"{threshold:.6f}",
+                    "threshold": threshold,
                 }
                 for file, target, prob in zip(self.files, self.targets, self.probs, strict=True)
             ),

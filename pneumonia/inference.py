@@ -162,8 +162,15 @@ PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold",
 
 
 def write_predictions(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write ``rows`` as ``predictions.csv``, atomically (complete or absent)."""
+    """Write ``rows`` as ``predictions.csv``, atomically (complete or absent); numbers with
+    six decimals, missing values empty."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        return f"{value:.6f}" if isinstance(value, float) else str(value)
+
     with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, extrasaction="raise")
         writer.writeheader()
-        writer.writerows({c: row.get(c, "") for c in PREDICTION_COLUMNS} for row in rows)
+        writer.writerows({c: cell(row.get(c)) for c in PREDICTION_COLUMNS} for row in rows)

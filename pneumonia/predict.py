@@ -6,6 +6,7 @@ Unreadable files do not stop the run: they get a row with their error and no pro
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def list_inputs(path: Path) -> list[Path]:
 
 def predict_files(
     ckpt: LoadedCheckpoint,
-    files: list[Path],
+    files: Sequence[Path | Image.Image],
     *,
     batch_size: int = 32,
     tta: bool = False,
@@ -58,7 +59,12 @@ def predict_files(
     root: Path | None = None,
     prior_shift: str = "none",
 ) -> list[dict[str, Any]]:
-    """One row per file: probability of PNEUMONIA and the label at the stored threshold."""
+    """One row per input (a file, or an opened Pillow image): the calibrated PNEUMONIA
+    probability and the class at the stored threshold, or why there is none.
+
+    Rows have the keys of ``PREDICTION_COLUMNS``; probability and threshold are floats (the
+    probability None for an unreadable input).
+    """
     pre = ckpt.preprocessing
     fill = pre.normalized(0.0)  # the corners TTA's rotations uncover: black, as in training
     device = resolve_device(accelerator)
@@ -66,42 +72,42 @@ def predict_files(
     model = ckpt.model.to(device).eval()
     positive, negative = ckpt.positive_index, 1 - ckpt.positive_index
 
-    def load(path: Path):
+    def load(item: Path | Image.Image):
         try:
-            return pre.load(path), None
-        except BadImageError as e:
+            image = pre.load_image(item) if isinstance(item, Image.Image) else pre.load(item)
+            return image, None
+        except (BadImageError, ValueError) as e:
             return None, str(e)
 
-    probs: dict[Path, float] = {}
-    errors: dict[Path, str] = {}
+    probs: dict[int, float] = {}
+    errors: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
         for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            loaded = list(pool.map(load, chunk))
-            errors |= {f: err for f, (img, err) in zip(chunk, loaded, strict=True) if err}
-            good = [
-                (f, img) for f, (img, err) in zip(chunk, loaded, strict=True) if img is not None
-            ]
+            chunk = range(start, min(start + batch_size, len(files)))
+            loaded = dict(zip(chunk, pool.map(load, [files[i] for i in chunk]), strict=True))
+            errors |= {i: err for i, (_, err) in loaded.items() if err}
+            good = [(i, img) for i, (img, _) in loaded.items() if img is not None]
             if good:
                 images, _ = pre.collate([(img, 0) for _, img in good])
                 with autocast(device, precision):
                     p = pneumonia_probability(model, images.to(device), tta=tta, fill=fill)
-                    p = p.cpu().tolist()
-                probs |= {f: prob for (f, _), prob in zip(good, p, strict=True)}
+                probs |= dict(zip([i for i, _ in good], p.cpu().tolist(), strict=True))
                 if gradcam_dir is not None:
-                    _write_gradcam(ckpt, good, images, gradcam_dir, root)
+                    named = [(files[i], img) for i, img in good]
+                    _write_gradcam(ckpt, named, images, gradcam_dir, root)
     # The prevalence is a property of the whole set of images, so it is re-based at the end.
     adapted, _ = adapt_to_prevalence(torch.tensor(list(probs.values())), ckpt.decision, prior_shift)
     probs = dict(zip(probs, adapted.tolist(), strict=True))
     rows: list[dict[str, Any]] = []
-    blank = dict.fromkeys(PREDICTION_COLUMNS, "")
-    for f in files:
-        if f in probs:
-            predicted = ckpt.class_names[positive if probs[f] > ckpt.threshold else negative]
-            row = {"probability": f"{probs[f]:.6f}", "prediction": predicted}
+    for i, item in enumerate(files):
+        name = f"image[{i}]" if isinstance(item, Image.Image) else str(item)
+        row = {**dict.fromkeys(PREDICTION_COLUMNS, ""), "file": name, "threshold": ckpt.threshold}
+        if i in probs:
+            predicted = ckpt.class_names[positive if probs[i] > ckpt.threshold else negative]
+            row |= {"probability": probs[i], "prediction": predicted}
         else:
-            row = {"error": errors[f]}
-        rows.append({**blank, "file": str(f), "threshold": f"{ckpt.threshold:.6f}", **row})
+            row |= {"probability": None, "error": errors[i]}
+        rows.append(row)
     return rows
 
 
@@ -110,10 +116,13 @@ def _write_gradcam(ckpt, good, images, out_dir: Path, root: Path | None) -> None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = gradcam(ckpt.model, images)
-    for (path, img), cam_map in zip(good, maps, strict=True):
-        rel = (
-            path.relative_to(root) if root is not None and path.is_relative_to(root) else path.name
-        )
+    for k, ((path, img), cam_map) in enumerate(zip(good, maps, strict=True)):
+        if isinstance(path, Image.Image):
+            rel = f"image_{k}"
+        elif root is not None and path.is_relative_to(root):
+            rel = path.relative_to(root)
+        else:
+            rel = path.name
         name = "__".join(Path(rel).with_suffix("").parts) + "_gradcam.png"
         Image.fromarray(np.asarray(overlay(img, cam_map))).save(out_dir / name)
 

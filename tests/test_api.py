@@ -16,6 +16,7 @@ from PIL import Image
 import pneumonia
 from pneumonia.checkpoint import load_checkpoint
 from pneumonia.evaluate import predict_split
+from pneumonia.inference import PREDICTION_COLUMNS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -46,12 +47,15 @@ def test_paths_images_and_tensors_give_the_commands_probabilities(
     expected = reference.probs[:4]
     table = clf.predict(files)
     assert isinstance(table, pd.DataFrame)
-    assert list(table.columns) == ["input", "probability", "prediction", "threshold", "error"]
+    assert tuple(table.columns) == PREDICTION_COLUMNS  # the layout of predictions.csv
     np.testing.assert_allclose(table["probability"], expected, atol=1e-5)
     images = [Image.open(f) for f in files]
     torch.testing.assert_close(clf.probabilities(images), expected, atol=1e-5, rtol=0)
     batch = clf.batch(files)
     torch.testing.assert_close(clf.probabilities(batch), expected, atol=1e-5, rtol=0)
+    from_images = clf.predict([Image.open(f) for f in files])
+    np.testing.assert_allclose(from_images["probability"], expected, atol=1e-5)
+    np.testing.assert_allclose(clf.predict(batch)["probability"], expected, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         clf.probabilities(torch.zeros(2, 32, 32))
     bad = tmp_path / "broken.jpeg"
