@@ -150,6 +150,11 @@ def summarise(
     return out
 
 
+def validation_passes(degraded: bool = True) -> int:
+    """How many times :func:`run_checks` goes over the validation split (for time budgets)."""
+    return 1 + (len(DEGRADATIONS) if degraded else 0)
+
+
 def run_checks(
     model,
     datamodule,

@@ -26,10 +26,11 @@ from pneumonia.data.index import (
     find_split_dirs,
     list_split,
     summary_table,
+    usable_listing,
     verify_images,
 )
 from pneumonia.data.leakage import LEAK_POLICIES, LeakPolicy, check_leaks
-from pneumonia.data.splits import Split, fit_splits, patient_id
+from pneumonia.data.splits import Split, fit_splits, patient_id, without_patients
 from pneumonia.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_dataset
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms
 from pneumonia.runtime import loader_workers
@@ -186,14 +187,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
         listings = self._scan().splits
         known = set(self._splits)
         if self.holdout_root is not None and "holdout" not in self._splits:
-            held = DataIndex(
-                self.holdout_root,
-                self.classes,
-                {"holdout": list_split(self.holdout_root, self.classes, self.chosen_classes)},
+            listing = list_split(self.holdout_root, self.classes, self.chosen_classes)
+            bad = verify_images(listing.files, self.preprocessing.max_pixels)
+            usable_listing(
+                self.holdout_root, self.classes, listing, bad, self.on_bad_image, rank_zero_warn
             )
-            bad = verify_images(held.all_files(), self.preprocessing.max_pixels)
-            held.drop_bad(bad, self.on_bad_image, rank_zero_warn)
-            listing = held.splits["holdout"]
             self._splits["holdout"] = Split(listing.files, listing.labels)
         if stage in (None, "fit", "validate") and "train" not in self._splits:
             self._splits.update(
@@ -223,8 +221,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
         if listing is None or "holdout" not in self._splits:
             return listing
         held = self.patients("holdout")
-        keep = [i for i, f in enumerate(listing.files) if patient_id(f) not in held]
-        removed = len(listing.files) - len(keep)
+        kept = without_patients(listing, held)
+        removed = len(listing.files) - len(kept.files)
         if removed and rank_zero_only.rank == 0:
             log.info(
                 "Holdout %s: %d images of its %d patients left out of training and validation",
@@ -232,11 +230,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
                 removed,
                 len(held),
             )
-        return SplitListing(
-            files=[listing.files[i] for i in keep],
-            labels=[listing.labels[i] for i in keep],
-            ignored=listing.ignored,
-        )
+        return kept
 
     # ----------------------------------------------------------------- public properties
     @property

@@ -28,7 +28,7 @@ from pneumonia.data.images import (
     gray_from_image,
     load_resized,
 )
-from pneumonia.data.index import DataIndex, labelled_folder, verify_images
+from pneumonia.data.index import labelled_folder, usable_listing, verify_images
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
 
 
@@ -216,7 +216,7 @@ def labelled_folder_loader(
         bad, decode = dict(cache.bad), cache.get
     else:
         bad = verify_images(listing.files, preprocessing.max_pixels)
-    DataIndex(folder, list(classes), {"folder": listing}).drop_bad(bad, on_bad_image, warn)
+    usable_listing(folder, list(classes), listing, bad, on_bad_image, warn)
     loader = evaluation_loader(
         listing.files,
         listing.labels,

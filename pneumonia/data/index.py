@@ -159,6 +159,20 @@ def labelled_folder(folder: Path, classes: Sequence[str]) -> SplitListing:
     return list_split(folder, list(classes))
 
 
+def usable_listing(
+    folder: Path,
+    classes: list[str],
+    listing: SplitListing,
+    bad: dict[str, str],
+    policy: BadImagePolicy,
+    warn: Callable[[str], None],
+) -> SplitListing:
+    """``listing`` (of a folder outside the data root) under the bad-image policy: an error
+    naming every unusable file, or the listing without them."""
+    DataIndex(folder, classes, {folder.name: listing}).drop_bad(bad, policy, warn)
+    return listing
+
+
 def list_split(
     split_dir: Path, classes: list[str], left_out: Sequence[str] | None = None
 ) -> SplitListing:

@@ -79,6 +79,16 @@ def patient_split(
     return train, sorted(val_set)
 
 
+def without_patients(listing: SplitListing, patients: set[str]) -> SplitListing:
+    """``listing`` less every image of ``patients`` (by the ids in the file names)."""
+    keep = [i for i, f in enumerate(listing.files) if patient_id(f) not in patients]
+    return SplitListing(
+        files=[listing.files[i] for i in keep],
+        labels=[listing.labels[i] for i in keep],
+        ignored=listing.ignored,
+    )
+
+
 @dataclass
 class Split:
     files: list[Path]
