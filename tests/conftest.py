@@ -66,6 +66,9 @@ def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
         "model.weights=null",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
+        # Tests compare numbers between runs: pinned, so that every CPU kind computes the same
+        # (precision auto picks bf16-mixed on some CPUs and 32-true on others).
+        "trainer.precision=32-true",
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar.refresh_rate=0",
     ]

@@ -42,7 +42,9 @@ def clf(trained: dict) -> pneumonia.Classifier:
 def test_paths_images_and_tensors_give_the_commands_probabilities(
     clf, trained: dict, tmp_path: Path
 ) -> None:
-    reference = predict_split(load_checkpoint(trained["ckpt"]), "test", accelerator="cpu")
+    reference = predict_split(
+        load_checkpoint(trained["ckpt"]), "test", accelerator="cpu", precision="32-true"
+    )
     files = reference.files[:4]
     expected = reference.probs[:4]
     table = clf.predict(files)

@@ -26,6 +26,7 @@ def compose_eval(tmp_path: Path, ckpt: Path, *overrides: str):
             f"paths.root_dir={tmp_path}",
             f"data.cache_dir={tmp_path / 'cache'}",
             "bootstrap.resamples=200",
+            "precision=32-true",  # compared with training's numbers: the same on every CPU
             *overrides,
         ],
         output_dir=tmp_path / "eval",

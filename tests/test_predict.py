@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, tmp_path: Path):
     ckpt = load_checkpoint(trained["ckpt"])
-    reference = predict_split(ckpt, "test", accelerator="cpu")
+    reference = predict_split(ckpt, "test", accelerator="cpu", precision="32-true")
     folder = tmp_path / "incoming"
     (folder / "sub").mkdir(parents=True)
     picks = reference.files[:3]
@@ -29,7 +29,13 @@ def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, 
         f.name for f in [*picks[1:], folder / "corrupt.jpeg"]
     ) + [picks[0].name]
     rows = predict_files(
-        ckpt, files, batch_size=2, accelerator="cpu", gradcam_dir=tmp_path / "cam", root=folder
+        ckpt,
+        files,
+        batch_size=2,
+        accelerator="cpu",
+        precision="32-true",
+        gradcam_dir=tmp_path / "cam",
+        root=folder,
     )
     by_name = {Path(r["file"]).name: r for r in rows}
     assert (

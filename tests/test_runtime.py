@@ -111,8 +111,7 @@ def test_a_training_run_records_the_precision_auto_chose(train_cfg, cpu_with) ->
     from pneumonia.train import train
 
     cpu_with({"avx2"})  # as on an AVX2-only CPU, whatever this one is
-    cfg = train_cfg("debug=fdr")
-    assert cfg.trainer.precision == "auto"
+    cfg = train_cfg("debug=fdr", "trainer.precision=auto")
     metrics = train(cfg)
     assert metrics["precision"]["used"] == "32-true"
     assert "no native bf16" in metrics["precision"]["reason"]
