@@ -261,7 +261,7 @@ def case_train_project(a, root, work, *, other: bool = False):
         "+trainer.enable_checkpointing=false",
         "optimized_metric=null",
     ]
-    cfg = pneumonia.compose(overrides, "train", output_dir=work / f"run-{os.getpid()}")
+    cfg = pneumonia.compose("train", overrides, output_dir=work / f"run-{os.getpid()}")
     with open_dict(cfg):
         cfg.callbacks.epoch_timer = {"_target_": "__main__.EpochTimer"}
     EpochTimer.cuda = a.device == "cuda"
@@ -272,27 +272,28 @@ def case_train_project(a, root, work, *, other: bool = False):
 
 
 def case_infer(a, root, work, precision: str):
+    """``predict_files`` (what pneumonia-predict runs) on every training file, timed whole."""
     from pneumonia.checkpoint import LoadedCheckpoint
     from pneumonia.data import Preprocessing
+    from pneumonia.data.index import list_images
+    from pneumonia.inference import predict_files
     from pneumonia.model import PneumoniaClassifier
-    from pneumonia.predict import list_inputs, predict_files
 
     model = PneumoniaClassifier(backbone="resnet50", weights=None).eval()
     ckpt = LoadedCheckpoint(
         model=model,
         path=Path("random.ckpt"),
-        threshold=0.5,
-        class_names=["NORMAL", "PNEUMONIA"],
         preprocessing=Preprocessing(),
-        data_hparams={},
+        data_args={},
         config=None,
     )
-    files = list_inputs(root / "train")
+    files = list_images(root / "train")
+    device = torch.device(a.device)
     rates = []
-    predict_files(ckpt, files[:8], accelerator=a.device, precision=precision)  # warm-up
+    predict_files(ckpt, files[:8], device=device, precision=precision)  # warm-up
     for _ in range(a.repeats):
         t = time.perf_counter()
-        predict_files(ckpt, files, batch_size=32, accelerator=a.device, precision=precision)
+        predict_files(ckpt, files, batch_size=32, device=device, precision=precision)
         if a.device == "cuda":
             torch.cuda.synchronize()
         rates.append(len(files) / (time.perf_counter() - t))

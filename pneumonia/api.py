@@ -2,15 +2,15 @@
 
     import pneumonia
 
-    cfg = pneumonia.compose(["experiment=demo", "model.lr=1e-3"])   # what the CLI would run
+    cfg = pneumonia.compose("train", ["experiment=demo"])   # what pneumonia-train would run
     clf = pneumonia.load("outputs/train/runs/<run>/checkpoints/last.ckpt")
     table = clf.predict(["a.jpeg", "b.png"])            # pandas DataFrame, one row per image
     probs = clf.probabilities([pil_image])              # tensor of PNEUMONIA probabilities
-    heat, picture = clf.gradcam("a.jpeg")               # (H, W) map in [0, 1], RGB overlay
+    heat, picture = clf.gradcam("a.jpeg")               # map in [0, 1], overlay on the X-ray
     report, table = clf.evaluate("/data/hospital_b")    # metrics with intervals, per-image rows
 
 Everything goes through the checkpoint's own preprocessing, threshold and decision record,
-exactly as ``pneumonia-predict`` and ``pneumonia-evaluate`` do.
+and through the same library functions as ``pneumonia-predict`` and ``pneumonia-evaluate``.
 """
 
 from __future__ import annotations
@@ -25,29 +25,29 @@ import torch
 from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
-from pneumonia.config import compose as _compose
-from pneumonia.evaluate import predict_split, report
+from pneumonia.config import compose
+from pneumonia.decision import Decision, adapt_to_prevalence
+from pneumonia.evaluation import EVALUATE_BATCH_SIZE, evaluate_checkpoint
 from pneumonia.inference import (
-    PREDICTION_COLUMNS,
-    adapt_to_prevalence,
+    PREDICT_BATCH_SIZE,
     autocast,
     inference_precision,
-    pneumonia_probability,
+    predict_files,
+    probabilities,
 )
-from pneumonia.predict import predict_files
+from pneumonia.metrics import BOOTSTRAP_RESAMPLES
+from pneumonia.predictions import PREDICTION_COLUMNS, prediction_rows
 from pneumonia.runtime import resolve_device
 
+__all__ = ["Classifier", "compose", "load"]
 ImageInput = str | Path | Image.Image
 
 
-def compose(
-    overrides: Sequence[str] = (),
-    config_name: str = "train",
-    *,
-    output_dir: str | Path | None = None,
-):
-    """The config ``pneumonia-<config_name> <overrides>`` would run with (a DictConfig)."""
-    return _compose(config_name, overrides, output_dir=output_dir)
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of ``predictions.csv`` as a DataFrame; a missing probability is NaN."""
+    table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    table["probability"] = table["probability"].astype(float)
+    return table
 
 
 class Classifier:
@@ -67,10 +67,10 @@ class Classifier:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.ckpt.class_names)
+        return self.ckpt.class_names
 
     @property
-    def decision(self) -> dict[str, Any]:
+    def decision(self) -> Decision:
         """The threshold rule, cost ratio, prevalence and temperature behind ``threshold``."""
         return self.ckpt.decision
 
@@ -88,14 +88,13 @@ class Classifier:
                     "preprocessed"
                 )
             return images.float()
-        return self._collate([self._load(im) for im in images])
+        pre = self.ckpt.preprocessing
+        loaded = [self._load(image) for image in images]
+        return pre.collate([(t, 0) for t in loaded])[0]
 
     def _load(self, image: ImageInput) -> torch.Tensor:
         pre = self.ckpt.preprocessing
         return pre.load_image(image) if isinstance(image, Image.Image) else pre.load(Path(image))
-
-    def _collate(self, loaded: list[torch.Tensor]) -> torch.Tensor:
-        return self.ckpt.preprocessing.collate([(t, 0) for t in loaded])[0]
 
     # ------------------------------------------------------------------ outputs
     def probabilities(
@@ -104,7 +103,7 @@ class Classifier:
         """Calibrated PNEUMONIA probability per image (CPU float tensor)."""
         batch = self.batch(images).to(self.device)
         with autocast(self.device, self.precision):
-            probs = pneumonia_probability(
+            probs = probabilities(
                 self.model, batch, tta=tta, fill=self.ckpt.preprocessing.normalized(0.0)
             )
         return probs.float().cpu()
@@ -115,87 +114,80 @@ class Classifier:
         *,
         tta: bool = False,
         prior_shift: str = "none",
-        batch_size: int = 32,
+        batch_size: int = PREDICT_BATCH_SIZE,
     ) -> pd.DataFrame:
-        """One row per image, the columns of ``predictions.csv`` (file, label (empty),
-        probability, prediction at the threshold, threshold, error).
+        """One row per image, the columns of ``predictions.csv``: file (the path, or
+        ``image[i]`` / ``tensor[i]``), label (empty), probability, prediction at the threshold,
+        threshold, error.
 
         Unreadable files get their error instead of stopping the call; ``prior_shift="em"``
         re-bases the probabilities on the prevalence of these images (see ``evaluate``).
         """
         if not torch.is_tensor(images):
+            inputs = [im if isinstance(im, Image.Image) else Path(im) for im in images]
             rows = predict_files(
                 self.ckpt,
-                [im if isinstance(im, Image.Image) else Path(im) for im in images],
+                inputs,
+                device=self.device,
+                precision=self.precision,
                 batch_size=batch_size,
                 tta=tta,
-                accelerator=self.device.type,
-                precision=self.precision,
                 prior_shift=prior_shift,
             )
-            table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
-            table["probability"] = table["probability"].astype(float)  # None -> NaN
-            return table
-        probs, _ = adapt_to_prevalence(self.probabilities(images, tta=tta), self.decision,
-                                       prior_shift)  # fmt: skip
-        positive, negative = self.ckpt.positive_index, 1 - self.ckpt.positive_index
-        return pd.DataFrame(
-            {
-                "file": [f"tensor[{i}]" for i in range(len(probs))],
-                "label": "",
-                "probability": probs.tolist(),
-                "prediction": [
-                    self.class_names[positive if p > self.threshold else negative] for p in probs
-                ],
-                "threshold": self.threshold,
-                "error": "",
-            }
+            return _table(rows)
+        probs = self.probabilities(images, tta=tta)
+        probs, _ = adapt_to_prevalence(probs, self.decision, prior_shift)
+        return _table(
+            prediction_rows(
+                [f"tensor[{i}]" for i in range(len(probs))],
+                probs.tolist(),
+                threshold=self.threshold,
+                class_names=self.class_names,
+                positive_index=self.ckpt.positive_index,
+            )
         )
 
     def gradcam(self, image: ImageInput) -> tuple[np.ndarray, np.ndarray]:
-        """Grad-CAM for PNEUMONIA on one image: the (H, W) map in [0, 1] and an RGB overlay."""
-        from pneumonia.explain import gradcam, overlay
+        """Grad-CAM for PNEUMONIA on one image: the (crop, crop) map in [0, 1] that the model's
+        input gives, and an RGB overlay of it on the original image (at most 1024 px a side;
+        what the crop cut off is dimmed)."""
+        from pneumonia.explain import gradcam, original_gray, overlay_on_original
 
-        gray = self._load(image)
-        heat = gradcam(self.model, self._collate([gray]))[0]
-        return heat, overlay(gray, heat)
+        pre = self.ckpt.preprocessing
+        item = image if isinstance(image, Image.Image) else Path(image)
+        heat = gradcam(self.model, self.batch([item]))[0]
+        return heat, overlay_on_original(original_gray(item, pre), heat, pre)
 
     def evaluate(
         self,
-        folder: str | Path,
+        folder: str | Path | None = None,
         *,
+        split: str = "test",
         tta: bool = False,
         prior_shift: str = "none",
-        resamples: int = 1000,
-        batch_size: int = 64,
+        resamples: int = BOOTSTRAP_RESAMPLES,
+        batch_size: int = EVALUATE_BATCH_SIZE,
     ) -> tuple[dict[str, Any], pd.DataFrame]:
-        """Metrics with bootstrap intervals on a labelled folder (``folder/test/<CLASS>/`` or
-        ``folder/<CLASS>/``), and the per-image table of ``predictions.csv``."""
-        preds = predict_split(
+        """Metrics with bootstrap intervals and the per-image table of ``predictions.csv``.
+
+        Args:
+            folder: a labelled folder (``folder/test/<CLASS>/`` or ``folder/<CLASS>/``); None:
+                the training run's data folder.
+            split: ``test`` (the folder's labelled images), or ``val``, ``train`` or
+                ``holdout``: the training run's splits, rebuilt from its data folder.
+        """
+        result, preds = evaluate_checkpoint(
             self.ckpt,
-            "test",
-            data_overrides={"root": str(folder), "eval_batch_size": batch_size},
-            tta=tta,
-            accelerator=self.device.type,
+            split,
+            device=self.device,
             precision=self.precision,
+            tta=tta,
+            prior_shift=prior_shift,
+            batch_size=batch_size,
+            data={"root": str(folder)} if folder is not None else None,
+            resamples=resamples,
         )
-        preds.probs, shift = adapt_to_prevalence(preds.probs, self.decision, prior_shift)
-        result = report(preds, self.threshold, resamples=resamples)
-        result |= {"decision": self.decision, "prior_shift": shift}
-        positive, negative = self.ckpt.positive_index, 1 - self.ckpt.positive_index
-        table = pd.DataFrame(
-            {
-                "file": [str(f) for f in preds.files],
-                "label": [self.class_names[positive if t else negative] for t in preds.targets],
-                "probability": preds.probs.tolist(),
-                "prediction": [
-                    self.class_names[positive if p > self.threshold else negative]
-                    for p in preds.probs
-                ],
-                "threshold": self.threshold,
-            }
-        )
-        return result, table
+        return result, _table(preds.rows(self.class_names, self.ckpt.positive_index))
 
 
 def load(path: str | Path, *, device: str = "auto", precision: str = "auto") -> Classifier:

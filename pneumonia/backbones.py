@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import urllib.error
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,22 @@ def _spec(name: str) -> BackboneSpec:
 def spec(name: str) -> BackboneSpec:
     """The registry entry of a backbone, or an error listing the valid names."""
     return _spec(name)
+
+
+def normalisation_mismatch(
+    name: str, weights: str | None, mean: Sequence[float], std: Sequence[float]
+) -> str | None:
+    """Why ``mean``/``std`` do not fit ``name``'s pretrained ``weights`` (None: they fit, or no
+    weights). Weights that expect another input scaling learn from a shifted start."""
+    expected = _spec(name)
+    if not weights or expected.mean is None:
+        return None
+    if tuple(mean) == expected.mean and tuple(std) == expected.std:
+        return None
+    return (
+        f"The {name} weights expect data.mean={list(expected.mean)} data.std="
+        f"{list(expected.std)}; the data uses mean={list(mean)} std={list(std)}."
+    )
 
 
 def cam_layer(backbone: nn.Module, name: str) -> nn.Module:

@@ -178,8 +178,8 @@ class TimeBudget(pl.Callback):
         """
         Args:
             check_passes: passes over the validation split after training besides the final
-                validation (``pneumonia.checks``: clean plus each degradation); with any, the
-                holdout folder's images count too.
+                validation (``pneumonia.generalisation``: clean plus each degradation); with
+                any, the holdout folder's images count too.
         """
         self.margin = margin
         self.epoch_overhead_s = epoch_overhead_s

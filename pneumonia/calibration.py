@@ -1,4 +1,4 @@
-"""Calibrated probabilities, prevalence and the decision they justify.
+"""Calibrated probabilities: scores made into probabilities that mean what they say.
 
 The classifier's score is the logit difference ``z = logit_PNEUMONIA - logit_NORMAL``. Three
 things turn it into a probability that means what it says:
@@ -11,16 +11,15 @@ things turn it into a probability that means what it says:
   another is a shift of the log odds (Bayes' rule, the label-shift assumption: the images of
   each class look the same, only their proportions change).
 
-With calibrated probabilities the decision needs no tuning on validation: calling PNEUMONIA
-when ``p > 1 / (1 + cost_ratio)`` minimises the expected cost, ``cost_ratio`` being the cost of
-a missed pneumonia over that of a false alarm (:func:`bayes_threshold`). Where the prevalence
-of new images is unknown, :func:`em_prevalence` estimates it from the unlabelled probabilities
-(Saerens, Latinne and Decaestecker, Neural Computation 14(1), 2002).
+With calibrated probabilities the decision needs no tuning on validation (``pneumonia.decision``).
+Where the prevalence of new images is unknown, :func:`em_prevalence` estimates it from the
+unlabelled probabilities (Saerens, Latinne and Decaestecker, Neural Computation 14(1), 2002).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -36,14 +35,14 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def probability(
+def calibrate(
     scores: torch.Tensor,
     *,
     temperature: float | torch.Tensor = 1.0,
     reference_logit: float | torch.Tensor = 0.0,
     prevalence: float = 0.5,
 ) -> torch.Tensor:
-    """PNEUMONIA probability for a population of PNEUMONIA ``prevalence``.
+    """Scores -> the PNEUMONIA probability for a population of PNEUMONIA ``prevalence``.
 
     Args:
         scores: logit differences ``z``.
@@ -51,6 +50,17 @@ def probability(
         reference_logit: logit of the prevalence the model's scores were trained under.
     """
     return torch.sigmoid(scores.float() / temperature + (logit(prevalence) - reference_logit))
+
+
+def loss_prevalence(
+    counts: Sequence[int], class_weights: torch.Tensor | None, positive_index: int
+) -> float:
+    """The PNEUMONIA prevalence a (weighted) training loss sees: the class counts times their
+    weights. 0.5 with the default weights ``n / (k * n_c)``; the split's own without weights."""
+    seen = torch.tensor(list(counts), dtype=torch.float64)
+    if class_weights is not None:
+        seen = seen * class_weights.double().cpu()
+    return min(max(float(seen[positive_index] / seen.sum()), EPS), 1 - EPS)
 
 
 def shift_prevalence(probs: torch.Tensor, source: float, target: float) -> torch.Tensor:
@@ -110,17 +120,6 @@ def fit_temperature(
             b = lo + ratio * (hi - lo)
             fb = loss(b)
     return 1.0 / ((lo + hi) / 2)
-
-
-def bayes_threshold(cost_ratio: float) -> float:
-    """The probability above which calling PNEUMONIA costs less, on calibrated probabilities.
-
-    Args:
-        cost_ratio: cost of a missed pneumonia (false negative) / cost of a false alarm.
-    """
-    if not cost_ratio > 0:
-        raise ValueError(f"model.cost_ratio={cost_ratio} must be positive")
-    return 1.0 / (1.0 + cost_ratio)
 
 
 def em_prevalence(

@@ -6,15 +6,10 @@ loads matplotlib.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
-
-if TYPE_CHECKING:
-    from pneumonia.model import PneumoniaClassifier
 
 
 def _tensorboards(trainer: pl.Trainer) -> list[TensorBoardLogger]:
@@ -32,10 +27,10 @@ class UnfreezeBackbone(BaseFinetuning):
         self.epoch = epoch
         self.lr_ratio = lr_ratio
 
-    def freeze_before_training(self, pl_module: PneumoniaClassifier) -> None:
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         pl_module.backbone.requires_grad_(False)
 
-    def finetune_function(self, pl_module: PneumoniaClassifier, epoch: int, optimizer) -> None:
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
         if epoch != self.epoch:
             return
         reference = dict(optimizer.param_groups[0])
@@ -61,19 +56,19 @@ class UnfreezeBackbone(BaseFinetuning):
 class EvaluationFigures(pl.Callback):
     """Log the confusion matrix and ROC curve of every validation and test epoch to TensorBoard.
 
-    Reads the epoch's predictions that the module gathered over all ranks
-    (``pl_module.epoch_predictions``); the hooks run after the module's epoch end.
+    Reads the epoch's :class:`~pneumonia.predictions.Predictions` that the module gathered over
+    all ranks (``pl_module.epoch_predictions``); the hooks run after the module's epoch end.
     """
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: PneumoniaClassifier) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._log(trainer, pl_module, "val")
 
-    def on_test_end(self, trainer: pl.Trainer, pl_module: PneumoniaClassifier) -> None:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, pl_module, "test")
 
     @staticmethod
-    def _log(trainer: pl.Trainer, pl_module: PneumoniaClassifier, stage: str) -> None:
+    def _log(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         predictions = pl_module.epoch_predictions.get(stage)
         loggers = _tensorboards(trainer)
         if not loggers or trainer.global_rank != 0 or predictions is None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from pneumonia.data.dataset import Preprocessing, PreprocessingError
+from pneumonia.data.preprocessing import Preprocessing, PreprocessingError
+from pneumonia.decision import Decision
 from pneumonia.model import PneumoniaClassifier
 
 
@@ -21,20 +22,31 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedCheckpoint:
+    """A training run's checkpoint, read for inference. Every fact is read from the one place
+    the checkpoint holds it: class names and the decision's parameters from the model's
+    hyperparameters, the threshold and temperature from its buffers, the preprocessing from
+    its record."""
+
     model: PneumoniaClassifier  # in eval mode, on CPU
     path: Path
-    threshold: float
-    class_names: list[str]
     preprocessing: Preprocessing  # the eval preprocessing the model was trained with
-    data_hparams: dict[str, Any]  # the DataModule arguments (root, split...) of the training run
-    config: dict[str, Any] | None  # the full Hydra config of the training run
+    data_args: dict[str, Any]  # the training run's other DataModule arguments (root, split...)
+    config: dict[str, Any] | None  # the training run's whole Hydra config, as a record
+
+    @property
+    def threshold(self) -> float:
+        return float(self.model.threshold)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model.class_names)
 
     @property
     def positive_index(self) -> int:
         return self.model.positive_index
 
     @property
-    def decision(self) -> dict[str, Any]:
+    def decision(self) -> Decision:
         """Threshold rule, cost ratio, prevalence and temperature behind the threshold."""
         return self.model.decision()
 
@@ -125,12 +137,17 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(f"{path} does not match this version's model: {e}") from e
     model.preprocessing = preprocessing.to_dict()
     model.eval()
+    # Checkpoints of format 1 also hold the preprocessing fields among the DataModule's
+    # arguments: the record above is the one that counts.
+    data_args = {
+        k: v
+        for k, v in ckpt.get("datamodule_hyper_parameters", {}).items()
+        if k not in preprocessing.to_dict()
+    }
     return LoadedCheckpoint(
         model=model,
         path=path,
-        threshold=float(model.threshold),
-        class_names=list(meta["class_names"]),
         preprocessing=preprocessing,
-        data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})),
+        data_args=data_args,
         config=meta.get("config"),
     )

@@ -1,15 +1,19 @@
-"""The project's Hydra configs, composed outside a command-line run (tests, notebooks, scripts)."""
+"""The project's Hydra configs: where they are, composing them outside a command-line run
+(tests, notebooks, scripts), and checking their values before any work."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pneumonia.data.preprocessing import Preprocessing
 
 
 def _config_dir() -> Path:
@@ -35,19 +39,35 @@ def compose(
     overrides: Sequence[str] = (),
     *,
     output_dir: str | Path | None = None,
+    config_dir: str | Path | None = None,
 ) -> DictConfig:
-    """The config ``python -m pneumonia.<config_name> <overrides>`` would run with.
+    """The config ``pneumonia-<config_name> <overrides>`` would run with (Hydra's own order:
+    the config's name, then the overrides).
 
     Args:
         output_dir: the run folder (``paths.output_dir``). Given, the result is a plain job
             config without the ``hydra`` node, ready for ``train(cfg)`` and friends; without
             it, the ``hydra`` node stays (for instance to read where runs go).
+        config_dir: a folder of your own configs, searched before the package's, as the
+            commands' ``--config-dir`` adds it (``experiment/mine.yaml`` there is
+            ``experiment=mine``).
     """
+    if not isinstance(config_name, str):
+        raise TypeError(
+            f"compose(config_name, overrides): config_name must be a name such as 'train', "
+            f"got {config_name!r}; pass the overrides second: compose('train', [...])"
+        )
+    overrides = list(overrides)
+    if config_dir is not None:
+        folder = Path(config_dir).expanduser().resolve()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"config_dir={folder} is not a folder")
+        overrides.append(f"hydra.searchpath=[file://{folder}]")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = hydra_compose(
-                config_name=config_name, overrides=list(overrides), return_hydra_config=True
+                config_name=config_name, overrides=overrides, return_hydra_config=True
             )
     finally:
         GlobalHydra.instance().clear()
@@ -132,14 +152,7 @@ PREDICT_RULES = {"batch_size": COUNT}
 _MISSING = object()
 
 
-def check_values(cfg: DictConfig, rules: dict) -> None:
-    """Every problem of ``cfg`` under ``rules`` (key -> check), reported in one error.
-
-    Raises:
-        ConfigValueError: naming each key, its value and what it must be.
-    """
-    from omegaconf import OmegaConf
-
+def _problems(cfg: DictConfig, rules: dict) -> list[str]:
     problems = []
     for key, rule in rules.items():
         value = OmegaConf.select(cfg, key, default=_MISSING)
@@ -148,6 +161,10 @@ def check_values(cfg: DictConfig, rules: dict) -> None:
         wanted = rule(value)
         if wanted:
             problems.append(f"  {key}={value!r}: must be {wanted}")
+    return problems
+
+
+def _raise(problems: list[str]) -> None:
     if problems:
         raise ConfigValueError(
             "Config values that cannot work (fix them on the command line or in the config):\n"
@@ -155,17 +172,30 @@ def check_values(cfg: DictConfig, rules: dict) -> None:
         )
 
 
+def check_values(cfg: DictConfig, rules: dict) -> None:
+    """Every problem of ``cfg`` under ``rules`` (key -> check), reported in one error.
+
+    Raises:
+        ConfigValueError: naming each key, its value and what it must be.
+    """
+    _raise(_problems(cfg, rules))
+
+
 def check_train_config(cfg: DictConfig) -> None:
-    """Types and ranges of a training config, before any data is read or model built."""
-    check_values(cfg, TRAIN_RULES)
+    """Types and ranges of a training config, before any data is read or model built: the
+    rules above, and the preprocessing's own checks (:class:`Preprocessing`)."""
+    problems = _problems(cfg, TRAIN_RULES)
     data, model, trainer = cfg.get("data", {}), cfg.get("model", {}), cfg.get("trainer", {})
-    if data.get("crop_size", 0) > data.get("resize_size", 1 << 30):
-        raise ConfigValueError(
-            f"data.crop_size={data.crop_size} must not exceed data.resize_size={data.resize_size}"
-        )
+    if not problems:
+        given = {f.name: data[f.name] for f in fields(Preprocessing) if f.name in data}
+        try:
+            Preprocessing(**given)
+        except ValueError as e:
+            problems.append(f"  {e}")
     unbounded = trainer.get("max_epochs") in (-1, None) and trainer.get("max_steps", -1) == -1
     if model.get("scheduler") == "onecycle" and unbounded and not trainer.get("max_time"):
-        raise ConfigValueError(
-            "model.scheduler=onecycle needs a run of known length: set trainer.max_epochs, "
+        problems.append(
+            "  model.scheduler=onecycle needs a run of known length: set trainer.max_epochs, "
             "trainer.max_steps or trainer.max_time (trainer.max_epochs=-1 runs without end)."
         )
+    _raise(problems)

@@ -1,16 +1,29 @@
-"""Grad-CAM heat maps through pytorch-grad-cam, on the backbone's last convolutional stage."""
+"""Grad-CAM heat maps through pytorch-grad-cam, on the backbone's last convolutional stage, and
+overlays drawn on the original image (the model sees a small crop; a reader needs the X-ray)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
+from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from pneumonia.backbones import cam_layer
+from pneumonia.checkpoint import LoadedCheckpoint
+from pneumonia.data.images import gray_from_image, load_gray
+from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.model import PneumoniaClassifier
+
+# Overlays larger than this (longest side, pixels) are scaled down: a 2,900 px X-ray PNG per
+# image would be large to write and no easier to read.
+OVERLAY_MAX_SIDE = 1024
 
 
 def cam_target_layer(model: PneumoniaClassifier) -> nn.Module:
@@ -37,8 +50,70 @@ def gradcam(model: PneumoniaClassifier, images: torch.Tensor, class_index: int |
 def overlay(
     gray: np.ndarray | torch.Tensor, cam_map: np.ndarray, weight: float = 0.4
 ) -> np.ndarray:
-    """Blend a heat map onto a uint8 gray image ((H, W) or (1, H, W)): RGB uint8 (H, W, 3)."""
+    """Blend a heat map onto a uint8 gray image ((H, W) or (1, H, W)) of its size: RGB uint8
+    (H, W, 3)."""
     gray = np.asarray(gray.cpu() if torch.is_tensor(gray) else gray)
     gray = gray.reshape(gray.shape[-2:]).astype(np.float32) / 255.0
     rgb = np.repeat(gray[..., None], 3, axis=2)
     return show_cam_on_image(rgb, cam_map, use_rgb=True, image_weight=1 - weight)
+
+
+def overlay_on_original(
+    original: np.ndarray,
+    cam_map: np.ndarray,
+    preprocessing: Preprocessing,
+    *,
+    weight: float = 0.4,
+    max_side: int = OVERLAY_MAX_SIDE,
+) -> np.ndarray:
+    """A (crop, crop) heat map drawn where the model looked on the (H, W) uint8 original: RGB
+    uint8, at most ``max_side`` pixels on its longest side.
+
+    The crop region (``Preprocessing.crop_box``) carries the map; what the crop cut off is
+    shown dimmed, since the model never saw it.
+    """
+    h, w = original.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    gray = original if scale == 1.0 else np.asarray(Image.fromarray(original).resize(size))
+    left, top, right, bottom = (round(v * scale) for v in preprocessing.crop_box(w, h))
+    left, top = max(0, left), max(0, top)
+    right, bottom = min(size[0], right), min(size[1], bottom)
+    out = np.repeat((gray.astype(np.float32) * 0.5).astype(np.uint8)[..., None], 3, axis=2)
+    if right > left and bottom > top:
+        box = (bottom - top, right - left)
+        heat = F.interpolate(torch.from_numpy(cam_map)[None, None], size=box, mode="bilinear")
+        heat = heat[0, 0].clamp(0, 1).numpy()
+        out[top:bottom, left:right] = overlay(gray[top:bottom, left:right], heat, weight)
+    return out
+
+
+def original_gray(item: Path | Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """The (H, W) uint8 gray image before the resize, as the preprocessing decodes it."""
+    if isinstance(item, Image.Image):
+        return gray_from_image(item)
+    return load_gray(item, preprocessing.max_pixels)
+
+
+def write_gradcams(
+    ckpt: LoadedCheckpoint,
+    inputs: Mapping[int, Path | Image.Image],
+    images: torch.Tensor,
+    out_dir: Path,
+    root: Path | None,
+) -> None:
+    """One PNG per input (by its index among all inputs): its Grad-CAM for PNEUMONIA drawn on
+    the original image, named after its path below ``root`` (``sub__name_gradcam.png``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    maps = gradcam(ckpt.model, images)
+    for (index, item), cam_map in zip(inputs.items(), maps, strict=True):
+        if isinstance(item, Image.Image):
+            rel = Path(f"image_{index}")
+        elif root is not None and item.is_relative_to(root):
+            rel = item.relative_to(root)
+        else:
+            rel = Path(item.name)
+        name = "__".join(rel.with_suffix("").parts) + "_gradcam.png"
+        original = original_gray(item, ckpt.preprocessing)
+        picture = overlay_on_original(original, cam_map, ckpt.preprocessing)
+        Image.fromarray(picture).save(out_dir / name)

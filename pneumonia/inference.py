@@ -1,25 +1,28 @@
-"""Running a trained classifier: devices, precision and test-time augmentation.
+"""Running a trained classifier: devices, precision, test-time augmentation, files in, rows out.
 
-Shared by ``evaluate``, ``predict`` and the notebooks. The preprocessing that turns files into
-the batches used here is the checkpoint's :class:`pneumonia.data.Preprocessing`.
+Shared by evaluation, ``predict``, the API and the notebooks. The preprocessing that turns
+files into the batches used here is the checkpoint's :class:`pneumonia.data.Preprocessing`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from pneumonia.calibration import em_prevalence, shift_prevalence
-from pneumonia.files import atomic_open
-from pneumonia.runtime import resolve_precision
+from pneumonia.checkpoint import LoadedCheckpoint
+from pneumonia.data.images import BadImageError
+from pneumonia.decision import adapt_to_prevalence
+from pneumonia.predictions import prediction_rows
+from pneumonia.runtime import decode_threads, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 # Never a horizontal mirror: a chest is not mirror-symmetric, and a model trained without flips
 # has never seen a heart on the right.
 TTA_DEGREES = (-5.0, 0.0, 5.0)
+# Images per batch when predicting files (predict.yaml's batch_size mirrors it; a test holds
+# them equal). Grad-CAM keeps every activation of a batch, so it is smaller than evaluation's.
+PREDICT_BATCH_SIZE = 32
 
 
 def autocast(device: torch.device, precision: str | int) -> contextlib.AbstractContextManager:
@@ -42,7 +48,7 @@ def autocast(device: torch.device, precision: str | int) -> contextlib.AbstractC
 
 
 def inference_precision(precision: str | int, device: torch.device) -> str:
-    """Resolve ``auto`` once per run, and say what was chosen."""
+    """Resolve ``auto`` once per run, and say what was chosen (and why, for ``auto``)."""
     choice = resolve_precision(precision, device)
     log.info("Precision %s on %s: %s", choice.precision, device.type, choice.reason)
     return choice.precision
@@ -67,110 +73,110 @@ def tta_views(images: torch.Tensor, fill: Sequence[float]) -> list[torch.Tensor]
 
 
 @torch.inference_mode()
-def pneumonia_probability(
+def probabilities(
     model: torch.nn.Module,
     images: torch.Tensor,
     *,
     tta: bool = False,
     fill: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """(B, 3, H, W) normalised images -> (B,) PNEUMONIA probabilities.
+    """(B, 3, H, W) normalised images -> (B,) calibrated PNEUMONIA probabilities (the model's
+    ``probabilities``).
 
     ``tta`` averages the probabilities of the views of :func:`tta_views` (which need ``fill``):
     deterministic, never random, and never mirrored.
     """
     if not tta:
-        return model.predict_proba(images).float()
+        return model.probabilities(images).float()
     if fill is None:
         raise ValueError("tta needs the fill of uncovered corners: Preprocessing.normalized(0)")
     views = tta_views(images, fill)
-    return torch.stack([model.predict_proba(v).float() for v in views]).mean(dim=0)
+    return torch.stack([model.probabilities(v).float() for v in views]).mean(dim=0)
 
 
 def predict_batches(
-    model: torch.nn.Module,
+    ckpt: LoadedCheckpoint,
     batches: Iterable[tuple[torch.Tensor, Any]],
     *,
     device: torch.device,
-    precision: str | int = "auto",
+    precision: str,
     tta: bool = False,
-    fill: Sequence[float] | None = None,
-) -> tuple[torch.Tensor, list[Any]]:
-    """Probabilities for every batch of ``(images, extra)``; ``extra`` is passed through."""
-    precision = inference_precision(precision, device)
-    model.to(device).eval()
-    probs, extras = [], []
-    for images, extra in batches:
-        with autocast(device, precision):
-            images = images.to(device, non_blocking=True)
-            p = pneumonia_probability(model, images, tta=tta, fill=fill)
-        probs.append(p.cpu())
-        extras.extend(extra.tolist() if torch.is_tensor(extra) else extra)
-    return (torch.cat(probs) if probs else torch.zeros(0)), extras
+) -> torch.Tensor:
+    """(N,) probabilities of every batch of ``(images, labels)``, in order, on the CPU.
 
-
-PRIOR_SHIFTS = ("none", "em")
-
-
-def adapt_to_prevalence(
-    probs: torch.Tensor, decision: dict[str, Any], method: str = "none"
-) -> tuple[torch.Tensor, dict[str, Any] | None]:
-    """Probabilities re-based on the prevalence of these (unlabelled) images.
-
-    ``em`` estimates the prevalence of the images with the EM of Saerens et al. (2002) and
-    shifts every probability to it; with ``threshold_rule=bayes`` the stored threshold then
-    makes the cost-minimising decision for this population. Assumes label shift: the images of
-    each class look as they did in training, only their proportions differ. Needs enough
-    images (dozens at least) from one population.
-
-    Returns:
-        The probabilities, and a record of the estimate (None for ``none``).
+    Args:
+        precision: a resolved precision (see :func:`inference_precision`).
     """
-    if method not in PRIOR_SHIFTS:
-        raise ValueError(f"prior_shift={method!r}: use one of {', '.join(PRIOR_SHIFTS)}")
-    if method == "none" or len(probs) == 0:
-        return probs, None
-    if decision["threshold_rule"] != "bayes":
-        raise ValueError(
-            f"prior_shift={method} re-bases calibrated probabilities for a Bayes decision; this "
-            f"checkpoint's threshold comes from threshold_rule={decision['threshold_rule']!r}, "
-            "which a prevalence shift would not move consistently. Use prior_shift=none."
-        )
-    source = float(decision["prevalence"])
-    estimate, iterations = em_prevalence(probs, source)
-    log.info(
-        "Prevalence of these %d images estimated at %.3f (EM, %d iterations); the model's "
-        "probabilities were for %.3f",
-        len(probs),
-        estimate,
-        iterations,
-        source,
+    model = ckpt.model.to(device).eval()
+    fill = ckpt.preprocessing.normalized(0.0)  # the corners TTA's rotations uncover: black
+    probs = []
+    for images, _ in batches:
+        with autocast(device, precision):
+            p = probabilities(model, images.to(device, non_blocking=True), tta=tta, fill=fill)
+        probs.append(p.cpu())
+    return torch.cat(probs) if probs else torch.zeros(0)
+
+
+def predict_files(
+    ckpt: LoadedCheckpoint,
+    inputs: Sequence[Path | Image.Image],
+    *,
+    device: torch.device,
+    precision: str,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    tta: bool = False,
+    prior_shift: str = "none",
+    gradcam_dir: Path | None = None,
+    root: Path | None = None,
+) -> list[dict[str, Any]]:
+    """One row of ``predictions.csv`` per input (a file, or an opened Pillow image): the
+    calibrated PNEUMONIA probability and the class at the stored threshold, or why there is
+    none. An unreadable input does not stop the others.
+
+    Args:
+        precision: a resolved precision (see :func:`inference_precision`).
+        prior_shift: ``em`` re-bases the probabilities on the prevalence of these inputs
+            (``pneumonia.decision.adapt_to_prevalence``).
+        gradcam_dir: also write a Grad-CAM overlay per image there, named after its path
+            below ``root``.
+    """
+    pre = ckpt.preprocessing
+    model = ckpt.model.to(device).eval()
+
+    def load(item: Path | Image.Image) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            image = pre.load_image(item) if isinstance(item, Image.Image) else pre.load(item)
+            return image, None
+        except (BadImageError, ValueError) as e:
+            return None, str(e)
+
+    probs: dict[int, float] = {}
+    errors: dict[int, str] = {}
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+        for start in range(0, len(inputs), batch_size):
+            chunk = range(start, min(start + batch_size, len(inputs)))
+            loaded = dict(zip(chunk, pool.map(load, [inputs[i] for i in chunk]), strict=True))
+            errors |= {i: err for i, (_, err) in loaded.items() if err}
+            good = [(i, image) for i, (image, _) in loaded.items() if image is not None]
+            if not good:
+                continue
+            images, _ = pre.collate([(image, 0) for _, image in good])
+            with autocast(device, precision):
+                p = probabilities(model, images.to(device), tta=tta, fill=pre.normalized(0.0))
+            probs |= dict(zip([i for i, _ in good], p.cpu().tolist(), strict=True))
+            if gradcam_dir is not None:
+                from pneumonia.explain import write_gradcams
+
+                named = {i: inputs[i] for i, _ in good}
+                write_gradcams(ckpt, named, images, gradcam_dir, root)
+    # The prevalence is a property of the whole set of images, so it is re-based at the end.
+    adapted, _ = adapt_to_prevalence(torch.tensor(list(probs.values())), ckpt.decision, prior_shift)
+    probs = dict(zip(probs, adapted.tolist(), strict=True))
+    return prediction_rows(
+        [f"image[{i}]" if isinstance(x, Image.Image) else str(x) for i, x in enumerate(inputs)],
+        [probs.get(i) for i in range(len(inputs))],
+        threshold=ckpt.threshold,
+        class_names=ckpt.class_names,
+        positive_index=ckpt.positive_index,
+        errors=errors,
     )
-    record = {
-        "method": method,
-        "estimated_prevalence": estimate,
-        "iterations": iterations,
-        "model_prevalence": source,
-        "num_images": len(probs),
-    }
-    return shift_prevalence(probs, source, estimate), record
-
-
-# The one layout of predictions.csv, written by evaluate and predict alike. label: the true
-# class where it is known (evaluate), else empty; error: why a file has no probability.
-PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "error")
-
-
-def write_predictions(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write ``rows`` as ``predictions.csv``, atomically (complete or absent); numbers with
-    six decimals, missing values empty."""
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        return f"{value:.6f}" if isinstance(value, float) else str(value)
-
-    with atomic_open(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, extrasaction="raise")
-        writer.writeheader()
-        writer.writerows({c: cell(row.get(c)) for c in PREDICTION_COLUMNS} for row in rows)

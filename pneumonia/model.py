@@ -1,4 +1,5 @@
-"""The LightningModule: a torchvision backbone with a new head, trained with weighted CE."""
+"""The LightningModule: a backbone (torchvision or timm) with a new two-class head, trained with
+class-weighted cross-entropy, its probabilities calibrated and its decision stored with it."""
 
 from __future__ import annotations
 
@@ -11,32 +12,35 @@ import torch.nn.functional as F  # noqa: N812
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from pneumonia.backbones import build_backbone
-from pneumonia.backbones import spec as backbone_spec
-from pneumonia.calibration import brier, fit_temperature, logit, nll, probability
+from pneumonia.backbones import build_backbone, normalisation_mismatch
+from pneumonia.calibration import calibrate, logit, loss_prevalence
 from pneumonia.callbacks import UnfreezeBackbone
+from pneumonia.decision import Decision, choose_threshold, fit_on_validation
 from pneumonia.metrics import (
-    EpochPredictions,
-    choose_threshold,
     gathered_predictions,
     metrics_at,
     prediction_store,
     ranking_metrics,
     thresholded_metrics,
 )
-from pneumonia.optim import (
-    OPTIMIZERS,
-    SCHEDULERS,
-    build_optimizer,
-    build_scheduler,
-    check_schedule_covers_run,
-)
+from pneumonia.optim import check_names, check_schedule_covers_run, lightning_optimizers
+from pneumonia.predictions import Predictions
 
 log = logging.getLogger(__name__)
 
+# What a checkpoint's "pneumonia" section holds. 1: class names, threshold and decision were
+# copied there too (they are read from the hyperparameters and buffers, which hold them once).
+CHECKPOINT_FORMAT = 2
+
+
+def logit_difference(logits: torch.Tensor, positive_index: int) -> torch.Tensor:
+    """(B, 2) logits -> (B,) scores: the positive class's logit minus the other's, in float32."""
+    logits = logits.float()
+    return logits[:, positive_index] - logits[:, 1 - positive_index]
+
 
 class PneumoniaClassifier(pl.LightningModule):
-    """Binary chest X-ray classifier (NORMAL vs PNEUMONIA) on a torchvision backbone.
+    """Binary chest X-ray classifier (NORMAL vs PNEUMONIA).
 
     The score of an image is the logit difference ``z`` (PNEUMONIA minus NORMAL). Its
     PNEUMONIA probability is calibrated (see ``pneumonia.calibration``): ``z`` divided by a
@@ -76,12 +80,14 @@ class PneumoniaClassifier(pl.LightningModule):
         super().__init__()
         if num_classes != 2:
             raise ValueError(f"Binary classifier: expects 2 classes, got {num_classes}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"model.scheduler={scheduler!r}; valid: {', '.join(SCHEDULERS)}")
-        # Validates the rule and the cost ratio.
-        choose_threshold(torch.zeros(0), torch.zeros(0), threshold_rule, cost_ratio=cost_ratio)
+        check_names(optimizer, scheduler)
+        choose_threshold(  # validates the rule and its parameters
+            torch.zeros(0),
+            torch.zeros(0),
+            threshold_rule,
+            target_sensitivity=target_sensitivity,
+            cost_ratio=cost_ratio,
+        )
         logit(prevalence)  # validates the prevalence
         self.save_hyperparameters(logger=False)
         self.class_names = list(class_names or ["NORMAL", "PNEUMONIA"])
@@ -111,7 +117,7 @@ class PneumoniaClassifier(pl.LightningModule):
         self.test_ranking = ranking_metrics().clone(prefix="test/")
         self.val_outputs = prediction_store()
         self.test_outputs = prediction_store()
-        self.epoch_predictions: dict[str, EpochPredictions] = {}
+        self.epoch_predictions: dict[str, Predictions] = {}
         # Saved in every checkpoint: the eval preprocessing (from the DataModule, as a dict)
         # and the Hydra config of the run.
         self.preprocessing: dict[str, Any] | None = None
@@ -133,23 +139,34 @@ class PneumoniaClassifier(pl.LightningModule):
         return self.head(self.backbone(images))
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logit difference PNEUMONIA - NORMAL, in float32."""
-        logits = logits.float()
-        return logits[:, self.positive_index] - logits[:, 1 - self.positive_index]
+        """(B, 2) logits -> (B,) logit differences PNEUMONIA - NORMAL, in float32."""
+        return logit_difference(logits, self.positive_index)
 
-    def probability(self, scores: torch.Tensor, prevalence: float | None = None) -> torch.Tensor:
-        """Calibrated PNEUMONIA probability of scores, for ``prevalence`` (default: the model's)."""
-        return probability(
+    def calibrate(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores -> calibrated PNEUMONIA probabilities, for the model's ``prevalence``."""
+        return calibrate(
             scores,
             # Tensors, not floats: no device-to-host sync in every training step on a GPU.
             temperature=self.temperature,
             reference_logit=self.reference_logit,
-            prevalence=self.hparams.prevalence if prevalence is None else prevalence,
+            prevalence=self.hparams.prevalence,
         )
 
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Calibrated PNEUMONIA probability per image, at ``hparams.prevalence``."""
-        return self.probability(self.score(self(images)))
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, H, W) images -> (B,) calibrated PNEUMONIA probabilities."""
+        return self.calibrate(self.score(self(images)))
+
+    def decision(self) -> Decision:
+        """How the probability and the threshold were made, for reports and exports."""
+        hp = self.hparams
+        return Decision(
+            threshold_rule=hp.threshold_rule,
+            threshold=float(self.threshold),
+            cost_ratio=hp.cost_ratio,
+            prevalence=hp.prevalence,
+            temperature=float(self.temperature),
+            reference_prevalence=float(torch.sigmoid(self.reference_logit)),
+        )
 
     def train(self, mode: bool = True) -> PneumoniaClassifier:
         super().train(mode)
@@ -173,35 +190,22 @@ class PneumoniaClassifier(pl.LightningModule):
         self.positive_index = self._positive_index(classes)
         self.class_names = classes
         self.hparams.class_names = classes
-        if hasattr(datamodule, "preprocessing"):
-            self.preprocessing = datamodule.preprocessing.to_dict()
-            if stage == "fit":
-                self._check_normalisation(datamodule.preprocessing)
-        if stage == "fit" and self.hparams.class_weighted and self.class_weights is None:
+        pre = datamodule.preprocessing
+        self.preprocessing = pre.to_dict()
+        if stage != "fit":
+            return
+        mismatch = normalisation_mismatch(self.hparams.backbone, self.hparams.weights, pre.mean,
+                                          pre.std)  # fmt: skip
+        if mismatch:
+            rank_zero_warn(mismatch)
+        if self.hparams.class_weighted and self.class_weights is None:
             weights = datamodule.class_weights.float()
             self.class_weights = weights
             self.hparams.class_weights = weights.tolist()
             log.info("Class weights %s for %s", [round(w, 4) for w in weights.tolist()], classes)
-        if stage == "fit" and hasattr(datamodule, "split_counts"):
-            # The prevalence the loss sees: counts times class weights (balanced with the
-            # default weights, the training split's own without).
-            counts = torch.tensor(datamodule.split_counts("train"), dtype=torch.float64)
-            if self.class_weights is not None:
-                counts = counts * self.class_weights.double().cpu()
-            share = float(counts[self.positive_index] / counts.sum())
-            self.reference_logit.fill_(logit(min(max(share, 1e-6), 1 - 1e-6)))
-
-    def _check_normalisation(self, preprocessing) -> None:
-        """Pretrained weights that expect another input scaling learn from a shifted start."""
-        expected = backbone_spec(self.hparams.backbone)
-        if not self.hparams.weights or expected.mean is None:
-            return
-        if tuple(preprocessing.mean) != expected.mean or tuple(preprocessing.std) != expected.std:
-            mean, std = list(expected.mean), list(expected.std)
-            rank_zero_warn(
-                f"The {self.hparams.backbone} weights expect data.mean={mean} data.std={std}; "
-                f"the data uses mean={list(preprocessing.mean)} std={list(preprocessing.std)}."
-            )
+        counts = datamodule.split_counts("train")
+        seen = loss_prevalence(counts, self.class_weights, self.positive_index)
+        self.reference_logit.fill_(logit(seen))
 
     def configure_callbacks(self) -> list[pl.Callback]:
         if self.hparams.freeze_backbone and self.hparams.unfreeze_at_epoch is not None:
@@ -222,7 +226,7 @@ class PneumoniaClassifier(pl.LightningModule):
         )
         scores = self.score(logits.detach())
         binary_targets = (targets == self.positive_index).long()
-        return loss, scores, self.probability(scores), binary_targets
+        return loss, scores, self.calibrate(scores), binary_targets
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _, probs, targets = self._step(batch)
@@ -258,83 +262,54 @@ class PneumoniaClassifier(pl.LightningModule):
         scores, targets = gathered_predictions(self.val_outputs)
         if self.trainer.sanity_checking or not len(targets):
             return
-        # Proper scoring rules of the uncalibrated scores at the split's own prevalence: they
-        # keep discriminating where AUROC and accuracy saturate, and nothing in them was fitted
-        # on this split, so they are fair grounds for choosing a checkpoint.
-        prevalence = float(targets.float().mean().clamp(1e-3, 1 - 1e-3))
-        raw = probability(
-            scores, reference_logit=float(self.reference_logit), prevalence=prevalence
-        )
-        if self.hparams.calibrate:
-            offset = logit(prevalence) - float(self.reference_logit)
-            self.temperature.fill_(fit_temperature(scores, targets, offset=offset))
-        probs = self.probability(scores)
-        threshold = choose_threshold(
-            probs,
+        hp = self.hparams
+        fit = fit_on_validation(
+            scores,
             targets,
-            self.hparams.threshold_rule,
-            target_sensitivity=self.hparams.target_sensitivity,
-            cost_ratio=self.hparams.cost_ratio,
+            temperature=float(self.temperature),
+            reference_logit=float(self.reference_logit),
+            prevalence=hp.prevalence,
+            fit=hp.calibrate,
+            rule=hp.threshold_rule,
+            target_sensitivity=hp.target_sensitivity,
+            cost_ratio=hp.cost_ratio,
         )
-        self.threshold.fill_(threshold)
+        self.temperature.fill_(fit.temperature)
+        self.threshold.fill_(fit.threshold)
         # Computed from all ranks' gathered predictions: identical on every rank.
-        self.log("val/nll", nll(raw, targets), sync_dist=True)
-        self.log("val/brier", brier(raw, targets), sync_dist=True)
-        self.log("val/temperature", float(self.temperature), sync_dist=True)
-        self.log("val/threshold", threshold, sync_dist=True)
+        self.log("val/nll", fit.nll, sync_dist=True)
+        self.log("val/brier", fit.brier, sync_dist=True)
+        self.log("val/temperature", fit.temperature, sync_dist=True)
+        self.log("val/threshold", fit.threshold, sync_dist=True)
         self.log("val/num_samples", float(len(targets)), sync_dist=True)
-        self.epoch_predictions["val"] = EpochPredictions(probs, targets, threshold, scores)
+        self.epoch_predictions["val"] = Predictions(
+            fit.probs, targets, fit.threshold, scores=scores
+        )
 
     def on_test_epoch_end(self) -> None:
         scores, targets = gathered_predictions(self.test_outputs)
-        probs = self.probability(scores)
+        probs = self.calibrate(scores)
         threshold = float(self.threshold)
         tuned = metrics_at(probs, targets, threshold) if len(targets) else {}
         for name, value in tuned.items():  # from all ranks' gathered predictions
             self.log(f"test/{name}", value, sync_dist=True)
         self.log("test/threshold", threshold, sync_dist=True)
         self.log("test/num_samples", float(len(targets)), sync_dist=True)
-        self.epoch_predictions["test"] = EpochPredictions(probs, targets, threshold, scores)
+        self.epoch_predictions["test"] = Predictions(probs, targets, threshold, scores=scores)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer = build_optimizer(
-            (p for p in self.parameters() if p.requires_grad),
-            hp.optimizer,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            momentum=hp.momentum,
-        )
-        scheduler = build_scheduler(
-            optimizer, hp.scheduler, lambda: int(self.trainer.estimated_stepping_batches)
-        )
-        if scheduler is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return lightning_optimizers(self)
 
     def on_train_start(self) -> None:
         check_schedule_covers_run(self.trainer)
 
-    def decision(self) -> dict[str, Any]:
-        """How the probability and the threshold were made, for reports and checkpoints."""
-        hp = self.hparams
-        return {
-            "threshold_rule": hp.threshold_rule,
-            "threshold": float(self.threshold),
-            "cost_ratio": hp.cost_ratio,
-            "prevalence": hp.prevalence,
-            "temperature": float(self.temperature),
-            "reference_prevalence": float(torch.sigmoid(self.reference_logit)),
-        }
-
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Class names, the threshold rule and its parameters are hyperparameters, the
+        # threshold and temperature buffers: each is stored once, where Lightning keeps it.
         checkpoint["pneumonia"] = {
-            "class_names": self.class_names,
-            "positive_index": self.positive_index,
-            "threshold": float(self.threshold),
-            "decision": self.decision(),
+            "format": CHECKPOINT_FORMAT,
             "preprocessing": self.preprocessing,
             "config": self.run_config,
         }

@@ -81,3 +81,28 @@ def check_schedule_covers_run(trainer) -> None:
                 "(and batch size). Resume with those, or start a new run (for example "
                 "model.scheduler=cosine)."
             )
+
+
+def lightning_optimizers(module) -> dict[str, Any]:
+    """``configure_optimizers`` of a module with flat ``optimizer``, ``lr``, ``weight_decay``,
+    ``momentum`` and ``scheduler`` hyperparameters: its trainable parameters only."""
+    hp = module.hparams
+    optimizer = build_optimizer(
+        (p for p in module.parameters() if p.requires_grad),
+        hp.optimizer,
+        lr=hp.lr,
+        weight_decay=hp.weight_decay,
+        momentum=hp.momentum,
+    )
+    scheduler = build_scheduler(
+        optimizer, hp.scheduler, lambda: int(module.trainer.estimated_stepping_batches)
+    )
+    return {"optimizer": optimizer} | ({"lr_scheduler": scheduler} if scheduler else {})
+
+
+def check_names(optimizer: str, scheduler: str) -> None:
+    """``model.optimizer`` and ``model.scheduler`` name known ones, or an error lists them."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"model.optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"model.scheduler={scheduler!r}; valid: {', '.join(SCHEDULERS)}")

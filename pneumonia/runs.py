@@ -47,28 +47,53 @@ class WritableRunFolder(Callback):
 
 def runs_root() -> Path:
     """Where ``python -m pneumonia.train`` puts its runs, read from the config (``hydra.run.dir``
-    less its date folder; ``PNEUMONIA_ROOT`` moves it, as it moves the runs)."""
+    less its date folder; ``PNEUMONIA_ROOT`` moves it, as it moves the runs). Relative to the
+    folder a run is launched from, unless ``PNEUMONIA_ROOT`` is absolute."""
     from pneumonia.config import compose
 
     return Path(compose("train").hydra.run.dir).parent
 
 
+def _here_or_above(relative: Path) -> list[Path]:
+    """``relative`` under the current folder, then under each folder above it: a notebook's
+    kernel starts in ``notebooks/``, below the folder the runs were launched from."""
+    if relative.is_absolute():
+        return [relative]
+    return [folder / relative for folder in (Path.cwd(), *Path.cwd().parents)]
+
+
 def latest_run(root: str | Path | None = None) -> Path:
-    """The newest run directory under ``root`` (default :func:`runs_root`) that finished."""
-    root = runs_root() if root is None else Path(root)
-    runs = sorted(p.parent for p in root.glob("*/metrics.json"))
-    if not runs:
-        raise FileNotFoundError(
-            f"No finished training run under {root}. Train one first, e.g. "
-            "python -m pneumonia.train experiment=demo"
-        )
-    return runs[-1]
+    """The newest run directory under ``root`` that finished (wrote ``metrics.json``).
+
+    Without ``root``: under :func:`runs_root`, looked for in the current folder and then in
+    the folders above it.
+    """
+    roots = [Path(root)] if root is not None else _here_or_above(runs_root())
+    for folder in roots:
+        runs = sorted(p.parent for p in folder.glob("*/metrics.json"))
+        if runs:
+            return runs[-1]
+    raise FileNotFoundError(
+        f"No finished training run under {roots[0]}"
+        + (" or the folders above it" if len(roots) > 1 else "")
+        + ". Train one first, e.g. python -m pneumonia.train experiment=demo, or set "
+        "PNEUMONIA_RUN_DIR to a run folder."
+    )
 
 
 def run_dir_from_env(default_root: str | Path | None = None) -> Path:
-    """``PNEUMONIA_RUN_DIR`` if set, else the latest finished run."""
+    """``PNEUMONIA_RUN_DIR`` if set (a relative path is looked for in the current folder and
+    the folders above it), else the latest finished run."""
     value = os.environ.get("PNEUMONIA_RUN_DIR")
-    return Path(value) if value else latest_run(default_root)
+    if not value:
+        return latest_run(default_root)
+    for folder in _here_or_above(Path(value).expanduser()):
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError(
+        f"PNEUMONIA_RUN_DIR={value} is not a folder here ({Path.cwd()}) or above: give the "
+        "run folder's absolute path."
+    )
 
 
 def read_metrics(run_dir: str | Path) -> dict:

@@ -62,11 +62,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     checks = cfg.get("checks") or {}
     if checks.get("enabled"):
-        from pneumonia.checks import validation_passes
+        from pneumonia.generalisation import validation_passes
 
         for cb in callbacks:
             if isinstance(cb, TimeBudget):  # the checks' passes count against the budget
-                cb.check_passes = validation_passes(checks.get("degraded", True))
+                cb.check_passes = validation_passes(checks.degraded)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
@@ -105,19 +105,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else:
             log.warning("No test split under %s: skipping the test.", datamodule.root)
     if checks.get("enabled") and trainer.is_global_zero:
-        from pneumonia.checks import run_checks
+        from pneumonia.generalisation import log_checks, run_checks
 
         metrics["checks"] = run_checks(
             model,
             datamodule,
             device=resolve_device(cfg.trainer.accelerator),
             precision=choice.precision,
-            degraded=checks.get("degraded", True),
-            resamples=checks.get("resamples", 1000),
+            degraded=checks.degraded,
+            resamples=checks.resamples,
             seed=cfg.seed,
         )
-        _log_checks(metrics["checks"])
-    metrics["decision"] = model.decision()
+        log_checks(metrics["checks"], log)
+    metrics["decision"] = model.decision().to_dict()
     metrics["leakage"] = getattr(datamodule, "leakage", [])
     metrics["threshold"] = float(model.threshold)
     metrics["best_model_path"] = best or None
@@ -173,17 +173,6 @@ def _link_resumed_run(ckpt_path: Path, output_dir: Path) -> None:
         output_dir,
         source,
     )
-
-
-def _log_checks(checks: dict[str, Any]) -> None:
-    for name, r in checks.items():
-        if "auroc" in r and "auroc_ci" in r:
-            low, high = r["auroc_ci"]
-            log.info(
-                "Check %-26s AUROC %.3f (%.3f-%.3f)  NLL %.3f  acc %.3f  sens %.3f  spec %.3f",
-                name, r["auroc"], low, high, r["nll"], r["accuracy"], r["sensitivity"],
-                r["specificity"],
-            )  # fmt: skip
 
 
 @rank_zero_only

@@ -15,17 +15,28 @@ from PIL import Image
 
 import pneumonia
 from pneumonia.checkpoint import load_checkpoint
-from pneumonia.evaluate import predict_split
-from pneumonia.inference import PREDICTION_COLUMNS
+from pneumonia.evaluation import score
+from pneumonia.predictions import PREDICTION_COLUMNS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def test_compose_is_the_config_the_cli_runs() -> None:
-    cfg = pneumonia.compose(["experiment=demo", "model.lr=0.003"])
+    cfg = pneumonia.compose("train", ["experiment=demo", "model.lr=0.003"])
     assert cfg.model.lr == pytest.approx(0.003)
     assert cfg.model.backbone == "resnet18"
-    assert pneumonia.compose([], "predict").batch_size >= 1
+    assert pneumonia.compose("predict").batch_size >= 1
+    with pytest.raises(TypeError, match="compose\\('train', \\[...\\]\\)"):
+        pneumonia.compose(["experiment=demo"])  # the overrides come second, as in Hydra
+
+
+def test_compose_takes_a_folder_of_ones_own_configs(tmp_path: Path) -> None:
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: resnet18\nmodel:\n  lr: 3.0e-4\n"
+    )
+    cfg = pneumonia.compose("train", ["experiment=mine"], config_dir=tmp_path)
+    assert (cfg.model.backbone, cfg.model.lr) == ("resnet18", pytest.approx(3e-4))
 
 
 def test_importing_the_package_loads_no_model_code() -> None:
@@ -42,8 +53,8 @@ def clf(trained: dict) -> pneumonia.Classifier:
 def test_paths_images_and_tensors_give_the_commands_probabilities(
     clf, trained: dict, tmp_path: Path
 ) -> None:
-    reference = predict_split(
-        load_checkpoint(trained["ckpt"]), "test", accelerator="cpu", precision="32-true"
+    reference = score(
+        load_checkpoint(trained["ckpt"]), "test", device=torch.device("cpu"), precision="32-true"
     )
     files = reference.files[:4]
     expected = reference.probs[:4]
@@ -68,14 +79,40 @@ def test_paths_images_and_tensors_give_the_commands_probabilities(
     assert np.isnan(rows["probability"][1])
 
 
-def test_gradcam_of_one_image(clf, trained: dict) -> None:
-    file = next((trained["root"] / "test" / "PNEUMONIA").iterdir())
+def test_gradcam_is_the_models_map_drawn_on_the_original_image(trained: dict) -> None:
+    from pneumonia.checkpoint import LoadedCheckpoint
+    from pneumonia.data import Preprocessing
+    from pneumonia.model import PneumoniaClassifier
+
+    from .test_explain import reference_cam
+
+    # A 128 px input: ResNet's last stage then has a 4 x 4 map (at the tiny run's 32 px, 1 x 1:
+    # every Grad-CAM would be flat).
+    torch.manual_seed(0)
+    pre = Preprocessing(resize_size=144, crop_size=128)
+    model = PneumoniaClassifier(backbone="resnet18", weights=None).eval()
+    ckpt = LoadedCheckpoint(model, Path("random.ckpt"), pre, data_args={}, config=None)
+    clf = pneumonia.Classifier(ckpt, device="cpu", precision="32-true")
+    files = sorted((trained["root"] / "test" / "PNEUMONIA").iterdir())
+    # An image whose map is not flat, so that an all-zero map could not pass.
+    file, expected = next(
+        (f, m) for f in files if (m := reference_cam(model, clf.batch([f]), 1)[0]).std() > 0.05
+    )
     heat, picture = clf.gradcam(file)
-    crop = clf.ckpt.preprocessing.crop_size
-    assert heat.shape == (crop, crop)
-    assert 0.0 <= heat.min() <= heat.max() <= 1.0
-    assert picture.shape == (crop, crop, 3)
+    assert heat.shape == (pre.crop_size, pre.crop_size)
+    np.testing.assert_allclose(heat, expected, atol=2e-3)
+    with Image.open(file) as im:
+        width, height = im.size
+        gray = np.asarray(im.convert("L"), dtype=np.float32)
+    assert picture.shape == (height, width, 3)  # on the original, not on the model's crop
     assert picture.dtype == np.uint8
+    left, top, right, bottom = (round(v) for v in pre.crop_box(width, height))
+    inside = picture[top:bottom, left:right].astype(int)
+    assert np.abs(inside[..., 0] - inside[..., 2]).mean() > 5  # coloured by the map
+    outside = np.ones((height, width), bool)
+    outside[top:bottom, left:right] = False
+    if outside.any():  # what the crop cut off: the image dimmed, gray
+        np.testing.assert_allclose(picture[outside][:, 0], gray[outside] * 0.5, atol=1)
 
 
 def test_evaluate_a_folder_returns_the_report_and_the_table(clf, trained: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -130,15 +131,33 @@ def test_every_lukemelas_key_is_mapped_and_a_foreign_key_is_refused() -> None:
 
 
 def test_efficientnet_lite0_trains_a_two_class_head_and_explains() -> None:
+    import torch.nn.functional as F  # noqa: N812
+
     from pneumonia.explain import gradcam
 
-    model = PneumoniaClassifier(backbone="efficientnet_lite0", weights=None).eval()
+    torch.manual_seed(0)
+    model = PneumoniaClassifier(backbone="efficientnet_lite0", weights=None)
     assert model.head.in_features == 1280
-    images = torch.randn(2, 3, 64, 64)
-    assert model(images).shape == (2, 2)
+    images, targets = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 0, 1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):  # training steps on one batch: the loss must fall
+        model.train()
+        loss = F.cross_entropy(model(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    after = model.state_dict()
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+    assert not torch.equal(after["backbone.conv_stem.weight"], before["backbone.conv_stem.weight"])
+    model.eval()
+    assert model(images).shape == (4, 2)
     maps = gradcam(model, images)
-    assert maps.shape[0] == 2
-    assert maps.shape[-2:] == (64, 64)
+    assert maps.shape == (4, 64, 64)
+    assert np.isfinite(maps).all()
 
 
 def test_unknown_packaged_weights_name_lists_the_valid_one() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import pneumonia.data.dataset as dataset_module
+import pneumonia.data.preprocessing as preprocessing_module
 from pneumonia.data import BadImagesError, ChestXRayDataModule
 
 from .test_datamodule import _break_some, make_dm
@@ -21,7 +21,7 @@ def _no_decoding(*args, **kwargs):
 
 
 def _all_eval_tensors(dm: ChestXRayDataModule) -> torch.Tensor:
-    loader = dm._loader("train", dm.eval_transform, shuffle=False)
+    loader = dm.eval_dataloader("train")
     return torch.cat([x for x, _ in loader])
 
 
@@ -38,7 +38,7 @@ def test_second_setup_reads_the_cache_without_decoding(
     tiny_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
     make_dm(tiny_root, tmp_path).setup("fit")
-    monkeypatch.setattr(dataset_module, "load_resized", _no_decoding)
+    monkeypatch.setattr(preprocessing_module, "load_resized", _no_decoding)
     dm = make_dm(tiny_root, tmp_path)
     dm.setup("fit")
     images, _ = next(iter(dm.train_dataloader()))
@@ -62,23 +62,33 @@ def test_changed_data_or_resolution_never_reads_a_stale_cache(
     dm.setup("fit")
     assert len(caches()) == 3
     i = dm.files("train").index(target)
-    image = dm._loader("train", dm.eval_transform, shuffle=False).dataset[i][0]
+    image = dm.eval_dataloader("train").dataset[i][0]
     assert int(image.min()) >= 250  # the new white pixels, not the cached X-ray
 
 
 def test_dataloader_with_workers_reopens_the_memmap(tiny_root: Path, tmp_path: Path) -> None:
+    import pickle
+
     dm = make_dm(tiny_root, tmp_path, num_workers=2)
     dm.setup("fit")
-    # The eval loader: every image once (training may leave out a last batch of one).
-    n = sum(len(labels) for _, labels in dm.eval_dataloader("train"))
-    assert n == len(dm.files("train"))
+    loader = dm.eval_dataloader("train")
+    cache = loader.dataset.decode.__self__  # the cache's bound get
+    cache.get(dm.files("train")[0])  # opens the memmap in this process
+    assert cache._pixels is not None
+    shipped = pickle.loads(pickle.dumps(cache))  # what a worker process receives
+    assert shipped._pixels is None  # no memmap (nor its pixels) in the pickle: reopened there
+    with_workers = torch.cat([x for x, _ in loader])
+    dm.num_workers = 0
+    in_process = torch.cat([x for x, _ in dm.eval_dataloader("train")])
+    assert len(with_workers) == len(dm.files("train"))
+    assert torch.equal(with_workers, in_process)  # the same pixels from the reopened memmap
 
 
 def test_bad_images_do_not_lose_the_cache(tiny_copy: Path, tmp_path: Path, monkeypatch) -> None:
     _break_some(tiny_copy)
     with pytest.raises(BadImagesError):
         make_dm(tiny_copy, tmp_path).setup("fit")
-    monkeypatch.setattr(dataset_module, "load_resized", _no_decoding)
+    monkeypatch.setattr(preprocessing_module, "load_resized", _no_decoding)
     with pytest.warns(UserWarning, match="Skipping 3"):
         make_dm(tiny_copy, tmp_path, on_bad_image="skip").setup("fit")
 

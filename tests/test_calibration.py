@@ -1,4 +1,4 @@
-"""Calibration, prevalence shift and the Bayes decision, against a model whose truth is known.
+"""Calibration and prevalence shift, against a model whose truth is known.
 
 Scores come from two Gaussians (NORMAL ~ N(-1, 1), PNEUMONIA ~ N(+1, 1)) so the exact posterior
 at any prevalence has a closed form: logit = 2 * x + logit(prevalence).
@@ -14,17 +14,15 @@ import pytest
 import torch
 
 from pneumonia.calibration import (
-    bayes_threshold,
     brier,
+    calibrate,
     em_prevalence,
     fit_temperature,
     logit,
     nll,
-    probability,
     shift_prevalence,
 )
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.metrics import choose_threshold
 from pneumonia.model import PneumoniaClassifier
 
 
@@ -44,7 +42,7 @@ def test_fit_temperature_recovers_the_scale_of_overconfident_scores() -> None:
     scores = 3.0 * (2.0 * x)  # the true logit, 3x overconfident
     temperature = fit_temperature(scores, targets)
     assert temperature == pytest.approx(3.0, rel=0.05)
-    calibrated = probability(scores, temperature=temperature)
+    calibrated = calibrate(scores, temperature=temperature)
     assert nll(calibrated, targets) < nll(torch.sigmoid(scores), targets) - 0.1
 
 
@@ -70,27 +68,8 @@ def test_shift_prevalence_gives_the_exact_posterior_of_the_new_population() -> N
         torch.testing.assert_close(
             shift_prevalence(at_half, 0.5, target), exact_posterior(x, target)
         )
-    assert probability(2.0 * x, prevalence=0.625).double() == pytest.approx(
+    assert calibrate(2.0 * x, prevalence=0.625).double() == pytest.approx(
         exact_posterior(x, 0.625), abs=1e-5
-    )
-
-
-@pytest.mark.parametrize("cost_ratio", [1.0, 4.0, 0.25])
-def test_bayes_threshold_minimises_the_expected_cost(cost_ratio: float) -> None:
-    x, targets = gaussian_sample(50_000, 0.625, seed=2)
-    probs = exact_posterior(x, 0.625)
-
-    def cost(t: float) -> float:
-        predicted = probs > t
-        missed = ((~predicted) & (targets == 1)).sum().item()
-        false_alarm = (predicted & (targets == 0)).sum().item()
-        return (cost_ratio * missed + false_alarm) / len(targets)
-
-    best = min(cost(t / 100) for t in range(1, 100))
-    assert bayes_threshold(cost_ratio) == pytest.approx(1 / (1 + cost_ratio))
-    assert cost(bayes_threshold(cost_ratio)) <= best + 0.002
-    assert choose_threshold(probs, targets, "bayes", cost_ratio=cost_ratio) == bayes_threshold(
-        cost_ratio
     )
 
 
@@ -132,7 +111,7 @@ def test_model_probability_is_temperature_and_prevalence_shifted_softmax() -> No
         logits = model(images)
         z = logits[:, 1] - logits[:, 0]
         expected = torch.sigmoid(z / 2.0 + logit(0.8) - logit(0.3))
-        torch.testing.assert_close(model.predict_proba(images), expected)
+        torch.testing.assert_close(model.probabilities(images), expected)
 
 
 @pytest.mark.parametrize("class_weighted", [True, False])
@@ -166,46 +145,3 @@ def test_validation_fits_the_temperature_and_logs_proper_scores() -> None:
     raw = torch.sigmoid(scores.double() + logit(targets.float().mean().item()))  # the split's
     assert logged["val/nll"] == pytest.approx(nll(raw, targets), rel=1e-4)
     assert logged["val/brier"] == pytest.approx(brier(raw, targets), rel=1e-4)
-
-
-# ----------------------------------------------------------------------------- at inference
-def bayes_decision(prevalence: float = 0.5) -> dict:
-    return {"threshold_rule": "bayes", "prevalence": prevalence, "threshold": 0.5}
-
-
-def test_em_prior_shift_rebases_probabilities_on_the_images_prevalence() -> None:
-    from pneumonia.inference import adapt_to_prevalence
-
-    x, targets = gaussian_sample(5000, 0.8, seed=6)
-    probs = exact_posterior(x, 0.5).float()
-    adapted, record = adapt_to_prevalence(probs, bayes_decision(), "em")
-    assert record["estimated_prevalence"] == pytest.approx(targets.float().mean().item(), abs=0.03)
-    torch.testing.assert_close(adapted.double(), exact_posterior(x, record["estimated_prevalence"]))
-    # The Bayes decision at 0.5 on re-based probabilities makes fewer errors on this population.
-    errors_before = ((probs > 0.5).long() != targets).sum()
-    errors_after = ((adapted > 0.5).long() != targets).sum()
-    assert errors_after < errors_before
-    same, none = adapt_to_prevalence(probs, bayes_decision(), "none")
-    assert none is None
-    assert same is probs
-
-
-def test_em_prior_shift_refuses_a_threshold_tuned_on_validation() -> None:
-    from pneumonia.inference import adapt_to_prevalence
-
-    with pytest.raises(ValueError, match="prior_shift=none"):
-        adapt_to_prevalence(torch.rand(10), {**bayes_decision(), "threshold_rule": "f1"}, "em")
-    with pytest.raises(ValueError, match="none, em"):
-        adapt_to_prevalence(torch.rand(10), bayes_decision(), "bbse")
-
-
-def test_the_report_names_the_rule_behind_the_threshold() -> None:
-    from pneumonia.evaluate import _decision_line
-
-    decision = {**bayes_decision(), "cost_ratio": 2.0, "temperature": 1.3}
-    decision["threshold"] = 1 / 3
-    line = _decision_line(decision, {"estimated_prevalence": 0.71})
-    assert "rule `bayes`" in line
-    assert "0.333" in line
-    assert "cost ratio 2" in line
-    assert "0.710" in line

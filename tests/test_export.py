@@ -11,7 +11,7 @@ import torch
 
 from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data import Preprocessing
-from pneumonia.export import export_model
+from pneumonia.deployment import export_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -41,7 +41,7 @@ def test_export_matches_pytorch(trained: dict, tmp_path: Path, fmt: str) -> None
     path, _ = export_model(ckpt, fmt, tmp_path)
     x = torch.randn(5, 3, 32, 32)  # another batch size than the export example
     with torch.no_grad():
-        positive = ckpt.model.predict_proba(x)
+        positive = ckpt.model.probabilities(x)
         expected = torch.stack([1 - positive, positive], dim=1).numpy()
         assert not np.allclose(expected, torch.softmax(ckpt.model(x), dim=1).numpy(), atol=1e-3)
     if fmt == "onnx":

@@ -42,7 +42,8 @@ def test_16_bit_png_is_scaled_by_bit_depth_not_clipped(tmp_path: Path) -> None:
 def test_resize_makes_shorter_side_the_target(tmp_path: Path) -> None:
     path = tmp_path / "wide.png"
     Image.fromarray(np.zeros((50, 120), np.uint8)).save(path)
-    assert load_resized(path, 25).shape == (25, 60)
+    pixels = load_resized(path, 25, max_pixels=10**6, interpolation="bicubic", mode="shorter")
+    assert pixels.shape == (25, 60)
 
 
 @pytest.mark.parametrize(

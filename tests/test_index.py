@@ -1,4 +1,4 @@
-"""The data index: the folder layout, its image files and the bad-image policy, no Lightning."""
+"""The data index: the folder layout and its image files, no Lightning."""
 
 from __future__ import annotations
 
@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia.data.index import (
-    BadImagesError,
-    DataIndex,
-    DataLayoutError,
-    summary_table,
-    verify_images,
-)
+from pneumonia.data.index import DataIndex, DataLayoutError, summary_table
 
 
 def test_index_lists_every_split_with_labels_from_the_class_folders(tiny_root: Path) -> None:
@@ -77,46 +71,6 @@ def test_non_image_files_are_ignored_and_listed(tiny_copy: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- bad images
-def _break_two(root: Path) -> list[Path]:
-    normal = sorted((root / "train" / "NORMAL").glob("*.jpeg"))
-    normal[0].write_bytes(b"")
-    normal[1].write_bytes(b"<html>not found</html>")
-    return normal[:2]
-
-
-def test_verify_names_each_unusable_file_with_its_reason(tiny_copy: Path) -> None:
-    broken = _break_two(tiny_copy)
-    index = DataIndex.scan(tiny_copy)
-    bad = verify_images(index.all_files(), max_pixels=10**8)
-    assert set(bad) == {str(p.resolve()) for p in broken}
-    assert "empty file" in bad[str(broken[0].resolve())]
-
-
-def test_error_policy_lists_every_bad_file_and_the_way_out(tiny_copy: Path) -> None:
-    broken = _break_two(tiny_copy)
-    index = DataIndex.scan(tiny_copy)
-    bad = verify_images(index.all_files(), max_pixels=10**8)
-    with pytest.raises(BadImagesError) as info:
-        index.drop_bad(bad, "error", warn=pytest.fail)
-    message = str(info.value)
-    assert all(p.name in message for p in broken)
-    assert "data.on_bad_image=skip" in message
-
-
-def test_skip_policy_drops_warns_and_remembers(tiny_copy: Path) -> None:
-    broken = _break_two(tiny_copy)
-    index = DataIndex.scan(tiny_copy)
-    before = len(index.splits["train"].files)
-    warnings: list[str] = []
-    index.drop_bad(verify_images(index.all_files(), 10**8), "skip", warn=warnings.append)
-    train = index.splits["train"]
-    assert len(train.files) == len(train.labels) == before - 2
-    assert not set(train.files) & set(broken)
-    assert len(warnings) == 1
-    assert all(p.name in warnings[0] for p in broken)
-    assert set(index.skipped) == {str(p.resolve()) for p in broken}
-
-
 def test_summary_table_aligns_counts_per_split_and_class() -> None:
     text = summary_table(
         Path("/data"), ["NORMAL", "PNEUMONIA"], {"train": ([10, 200], 150), "val": ([1, 2], 3)}, 4

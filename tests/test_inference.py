@@ -9,8 +9,10 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.checkpoint import load_checkpoint
-from pneumonia.evaluate import predict_split
-from pneumonia.inference import TTA_DEGREES, pneumonia_probability
+from pneumonia.evaluation import score
+from pneumonia.inference import TTA_DEGREES, probabilities
+
+CPU = {"device": torch.device("cpu"), "precision": "32-true"}
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 class LeftVersusRight(nn.Module):
     """A 'model' whose PNEUMONIA probability is how much brighter the left half is."""
 
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         half = images.shape[-1] // 2
         left = images[..., :half].mean(dim=(1, 2, 3))
         right = images[..., half:].mean(dim=(1, 2, 3))
@@ -29,9 +31,9 @@ def test_tta_keeps_the_left_right_asymmetry_a_mirror_would_cancel() -> None:
     images = torch.zeros(1, 3, 64, 64)
     images[..., :32] = 1.0  # a bright left half: the heart side of a chest X-ray
     model = LeftVersusRight()
-    plain = pneumonia_probability(model, images)
-    tta = pneumonia_probability(model, images, tta=True, fill=[0.0, 0.0, 0.0])
-    mirror_average = (plain + model.predict_proba(torch.flip(images, dims=[3]))) / 2
+    plain = probabilities(model, images)
+    tta = probabilities(model, images, tta=True, fill=[0.0, 0.0, 0.0])
+    mirror_average = (plain + model.probabilities(torch.flip(images, dims=[3]))) / 2
     assert mirror_average.item() == pytest.approx(0.5)  # what the old mirrored TTA gave
     assert plain.item() > 0.8
     assert tta.item() == pytest.approx(plain.item(), abs=0.05)
@@ -39,17 +41,14 @@ def test_tta_keeps_the_left_right_asymmetry_a_mirror_would_cancel() -> None:
 
 def test_tta_needs_the_fill_of_the_checkpoint() -> None:
     with pytest.raises(ValueError, match="normalized"):
-        pneumonia_probability(LeftVersusRight(), torch.zeros(1, 3, 8, 8), tta=True)
+        probabilities(LeftVersusRight(), torch.zeros(1, 3, 8, 8), tta=True)
 
 
 def test_tta_averages_small_rotations_of_the_unnormalised_image(trained: dict) -> None:
     ckpt = load_checkpoint(trained["ckpt"])
-    plain = predict_split(ckpt, "test", accelerator="cpu", precision="32-true")
-    tta = predict_split(ckpt, "test", tta=True, accelerator="cpu", precision="32-true")
-    assert torch.equal(
-        tta.probs,
-        predict_split(ckpt, "test", tta=True, accelerator="cpu", precision="32-true").probs,
-    )
+    plain = score(ckpt, "test", **CPU)
+    tta = score(ckpt, "test", tta=True, **CPU)
+    assert torch.equal(tta.probs, score(ckpt, "test", tta=True, **CPU).probs)
     assert not torch.equal(tta.probs, plain.probs)
     # Independently: rotate the [0, 1] image with black (zero) corners, then normalise;
     # average over the angles.
@@ -61,7 +60,7 @@ def test_tta_averages_small_rotations_of_the_unnormalised_image(trained: dict) -
     for degrees in TTA_DEGREES:
         view = TF.rotate(gray, degrees, interpolation=InterpolationMode.BILINEAR)
         with torch.no_grad():
-            probs.append(ckpt.model.predict_proba((view.expand(-1, 3, -1, -1) - mean) / std))
+            probs.append(ckpt.model.probabilities((view.expand(-1, 3, -1, -1) - mean) / std))
     torch.testing.assert_close(tta.probs, torch.stack(probs).mean(dim=0), atol=1e-5, rtol=0)
 
 

@@ -117,5 +117,5 @@ def test_a_positive_class_at_index_0_is_the_one_scored() -> None:
     with torch.no_grad():
         expected = torch.softmax(model(images), dim=1)[:, 0]
     torch.testing.assert_close(probs, expected)
-    torch.testing.assert_close(model.predict_proba(images).detach(), expected)
+    torch.testing.assert_close(model.probabilities(images).detach(), expected)
     assert targets.tolist() == [1, 0, 1, 0, 0, 1]  # 1 = PNEUMONIA, whatever its index

@@ -5,18 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from pneumonia.checkpoint import load_checkpoint
-from pneumonia.evaluate import predict_split
-from pneumonia.predict import list_inputs, predict_files
+from pneumonia.data.index import list_images
+from pneumonia.evaluation import score
+from pneumonia.inference import predict_files
+from pneumonia.predictions import write_predictions
+
+CPU = torch.device("cpu")
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, tmp_path: Path):
     ckpt = load_checkpoint(trained["ckpt"])
-    reference = predict_split(ckpt, "test", accelerator="cpu", precision="32-true")
+    reference = score(ckpt, "test", device=CPU, precision="32-true")
     folder = tmp_path / "incoming"
     (folder / "sub").mkdir(parents=True)
     picks = reference.files[:3]
@@ -24,7 +29,7 @@ def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, 
         (folder / ("sub" if i == 0 else ".") / f.name).write_bytes(f.read_bytes())
     (folder / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (folder / "notes.txt").write_text("not an image")
-    files = list_inputs(folder)
+    files = list_images(folder)
     assert [f.name for f in files] == sorted(
         f.name for f in [*picks[1:], folder / "corrupt.jpeg"]
     ) + [picks[0].name]
@@ -32,7 +37,7 @@ def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, 
         ckpt,
         files,
         batch_size=2,
-        accelerator="cpu",
+        device=CPU,
         precision="32-true",
         gradcam_dir=tmp_path / "cam",
         root=folder,
@@ -52,17 +57,20 @@ def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, 
     cams = sorted(p.name for p in (tmp_path / "cam").glob("*.png"))
     assert len(cams) == 3
     assert f"sub__{Path(picks[0].name).stem}_gradcam.png" in cams
-    with Image.open(tmp_path / "cam" / cams[0]) as im:
-        assert im.size == (32, 32)
-        assert im.mode == "RGB"
+    for pick in picks:  # drawn on the original image, not on the model's 32 px crop
+        stem = Path(pick.name).stem
+        (cam,) = [c for c in cams if c.endswith(f"{stem}_gradcam.png")]
+        with Image.open(tmp_path / "cam" / cam) as im, Image.open(pick) as original:
+            assert im.size == original.size
+            assert im.mode == "RGB"
 
 
 def test_predict_on_a_missing_input(trained: dict, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        list_inputs(tmp_path / "nothing")
+        list_images(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no image files"):
-        list_inputs(tmp_path / "empty")
+        list_images(tmp_path / "empty")
 
 
 def test_names_that_are_not_utf8_round_trip_and_outputs_are_atomic(
@@ -72,16 +80,14 @@ def test_names_that_are_not_utf8_round_trip_and_outputs_are_atomic(
     import os
     import shutil
 
-    from pneumonia.predict import write_csv
-
     ckpt = load_checkpoint(trained["ckpt"])
     folder = tmp_path / "incoming"
     folder.mkdir()
     name = os.fsdecode(b"caf\xe9_IM-0115-0001.jpeg")  # Latin-1 bytes, not UTF-8
     shutil.copy(sorted((tiny_root / "test" / "NORMAL").iterdir())[0], folder / name)
-    rows = predict_files(ckpt, list_inputs(folder), accelerator="cpu")
+    rows = predict_files(ckpt, list_images(folder), device=CPU, precision="32-true")
     out = tmp_path / "predictions.csv"
-    write_csv(rows, out)
+    write_predictions(out, rows)
     with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
         (row,) = list(csv.DictReader(f))
     assert Path(row["file"]) == folder / name  # the same bytes on disk
@@ -95,7 +101,7 @@ def test_names_that_are_not_utf8_round_trip_and_outputs_are_atomic(
 
     monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
     with pytest.raises(OSError, match="No space"):
-        write_csv(rows, out)
+        write_predictions(out, rows)
     assert out.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -107,8 +113,8 @@ def test_evaluate_and_predict_share_one_vocabulary_and_one_csv_layout(
 
     from pneumonia.config import compose
     from pneumonia.evaluate import evaluate
-    from pneumonia.inference import PREDICTION_COLUMNS
     from pneumonia.predict import predict
+    from pneumonia.predictions import PREDICTION_COLUMNS
 
     common = [f"ckpt_path={trained['ckpt']}", "batch_size=4", "accelerator=cpu",
               "precision=32-true"]  # fmt: skip

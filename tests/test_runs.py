@@ -70,3 +70,24 @@ def test_an_unwritable_run_folder_is_named_before_hydra_sets_up_logging() -> Non
     assert "The run folder /proc/pneumonia_run cannot be written" in out.stderr
     assert "hydra.run.dir=" in out.stderr
     assert "Unable to configure handler" not in out.stderr
+
+
+def test_a_notebook_below_the_launch_folder_finds_its_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook's kernel starts in notebooks/; the runs are in ../outputs/train/runs."""
+    from pneumonia.runs import run_dir_from_env
+
+    run = tmp_path / "outputs" / "train" / "runs" / "2026-01-02_10-00-00"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    monkeypatch.delenv("PNEUMONIA_ROOT", raising=False)
+    monkeypatch.delenv("PNEUMONIA_RUN_DIR", raising=False)
+    assert run_dir_from_env() == run
+    monkeypatch.setenv("PNEUMONIA_RUN_DIR", "outputs/train/runs/2026-01-02_10-00-00")
+    assert run_dir_from_env().resolve() == run.resolve()  # relative to the launch folder
+    monkeypatch.setenv("PNEUMONIA_RUN_DIR", "outputs/train/runs/gone")
+    with pytest.raises(FileNotFoundError, match="PNEUMONIA_RUN_DIR=outputs/train/runs/gone"):
+        run_dir_from_env()

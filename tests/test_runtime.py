@@ -116,3 +116,19 @@ def test_a_training_run_records_the_precision_auto_chose(train_cfg, cpu_with) ->
     assert metrics["precision"]["used"] == "32-true"
     assert "no native bf16" in metrics["precision"]["reason"]
     assert cfg.trainer.precision == "32-true"  # what the checkpoint's config records
+
+
+def test_the_bf16_probe_runs_on_this_cpu() -> None:
+    """The real probe, on whatever CPU runs the tests: what holds on every kind is that it
+    gives a positive, finite ratio, and quickly (``auto`` runs it once per process)."""
+    import math
+    import time
+
+    runtime.bf16_matmul_speedup.cache_clear()
+    start = time.perf_counter()
+    ratio = runtime.bf16_matmul_speedup()
+    elapsed = time.perf_counter() - start
+    assert math.isfinite(ratio)
+    assert ratio > 0
+    assert elapsed < 1.0
+    assert runtime.bf16_matmul_speedup() == ratio  # measured once, then remembered

@@ -74,9 +74,12 @@ def test_two_epoch_demo_run_leaves_everything_it_promises(train_cfg, tiny_root: 
     assert best.parent == run / "checkpoints"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     ckpt = torch.load(best, map_location="cpu", weights_only=True)  # no pickled objects
-    assert ckpt["pneumonia"]["threshold"] == pytest.approx(saved["threshold"])
-    assert ckpt["pneumonia"]["class_names"] == ["NORMAL", "PNEUMONIA"]
+    assert float(ckpt["state_dict"]["threshold"]) == pytest.approx(saved["threshold"])
+    assert ckpt["hyper_parameters"]["class_names"] == ["NORMAL", "PNEUMONIA"]
     assert ckpt["pneumonia"]["config"]["model"]["backbone"] == "resnet18"
+    # Each fact once: no copies of the threshold, classes, decision or preprocessing.
+    assert set(ckpt["pneumonia"]) == {"format", "preprocessing", "config"}
+    assert not {"resize_size", "crop_size", "mean"} & set(ckpt["datamodule_hyper_parameters"])
     assert (run / "confusion_matrix.png").stat().st_size > 1000
     assert (run / "roc.png").stat().st_size > 1000
 
@@ -112,7 +115,18 @@ def test_two_epoch_demo_run_leaves_everything_it_promises(train_cfg, tiny_root: 
     assert any(b"model/lr" in blob for blob in hparams.values())
 
 
+class KeepsItself(model_module.PneumoniaClassifier):
+    """The module of the last run, to look at what it decided."""
+
+    last = None
+
+    def on_fit_start(self) -> None:
+        KeepsItself.last = self
+
+
 def test_fast_dev_run_of_each_experiment(train_cfg) -> None:
+    from pneumonia.decision import choose_threshold
+
     for experiment in sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml")):
         cfg = train_cfg(
             f"experiment={experiment}",
@@ -124,9 +138,21 @@ def test_fast_dev_run_of_each_experiment(train_cfg) -> None:
             "data.eval_batch_size=8",
             "trainer.precision=32-true",
         )
+        cfg.model._target_ = f"{__name__}.KeepsItself"
         metrics = train(cfg)
         assert metrics["test/num_samples"] == 8, experiment  # one test batch of 8
-        assert 0.0 <= metrics["threshold"] <= 1.0
+        # The threshold is what the experiment's rule makes of the validation predictions.
+        rule = cfg.model.threshold_rule
+        assert metrics["decision"]["threshold_rule"] == rule, experiment
+        val = KeepsItself.last.epoch_predictions["val"]
+        expected = choose_threshold(
+            val.probs,
+            val.targets,
+            rule,
+            target_sensitivity=cfg.model.target_sensitivity,
+            cost_ratio=cfg.model.cost_ratio,
+        )
+        assert metrics["threshold"] == pytest.approx(expected), experiment
 
 
 def test_model_lr_override_works_as_typed(train_cfg) -> None:
@@ -146,20 +172,36 @@ def test_model_lr_override_works_as_typed(train_cfg) -> None:
     assert seen["lr"] == 1e-4
 
 
+class ConstantValLoss(model_module.PneumoniaClassifier):
+    """A validation loss that never improves: ReduceLROnPlateau must step the rate down."""
+
+    def _step(self, batch):
+        loss, scores, probs, targets = super()._step(batch)
+        return (loss if self.training else loss.detach() * 0 + 1.0), scores, probs, targets
+
+
 @pytest.mark.parametrize("scheduler", ["cosine", "onecycle", "plateau"])
 def test_schedulers_step(train_cfg, scheduler: str) -> None:
+    # plateau (patience 2) lowers the rate after the third epoch without improvement.
+    epochs = 5 if scheduler == "plateau" else 2
     cfg = train_cfg(
         f"model.scheduler={scheduler}",
-        "trainer.max_epochs=2",
+        f"trainer.max_epochs={epochs}",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
         "test=false",
+        "checks.enabled=false",
         "callbacks.lr_monitor.logging_interval=step",
     )
+    if scheduler == "plateau":
+        cfg.model._target_ = f"{__name__}.ConstantValLoss"
     train(cfg)
     lrs = [e.value for e in read_tensorboard(Path(cfg.paths.output_dir)).Scalars("lr-AdamW")]
-    assert len(lrs) >= 2
-    if scheduler != "plateau":
+    assert len(lrs) == 2 * epochs  # every step's rate
+    if scheduler == "plateau":
+        assert lrs[:8] == [pytest.approx(cfg.model.lr)] * 8
+        assert lrs[8:] == [pytest.approx(0.1 * cfg.model.lr)] * 2
+    else:
         assert len(set(lrs)) > 1  # the schedule moved the learning rate
 
 
@@ -197,7 +239,6 @@ def test_resume_continues_a_killed_run(tmp_path: Path, tiny_root: Path) -> None:
     assert adam_steps(after) == adam_steps(before) + 3
     schedule = lambda c: c["lr_schedulers"][0]["last_epoch"]  # noqa: E731  (OneCycle, per step)
     assert schedule(after) == schedule(before) + 3
-    assert float(after["state_dict"]["threshold"]) == pytest.approx(after["pneumonia"]["threshold"])
     assert 0.0 <= metrics["threshold"] <= 1.0
     # the first run's files are untouched, and the new folder says where it came from
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
@@ -436,7 +477,7 @@ def test_a_positive_class_at_index_0_trains_and_evaluates(tmp_path: Path, tiny_r
     import shutil
 
     from pneumonia.checkpoint import load_checkpoint
-    from pneumonia.evaluate import predict_split, report
+    from pneumonia.evaluation import report, score
 
     root = tmp_path / "data"
     shutil.copytree(tiny_root, root)
@@ -447,9 +488,9 @@ def test_a_positive_class_at_index_0_trains_and_evaluates(tmp_path: Path, tiny_r
     ckpt = load_checkpoint(metrics["best_model_path"])
     assert ckpt.class_names == ["PNEUMONIA", "normal"]
     assert ckpt.positive_index == 0
-    preds = predict_split(ckpt, "test", accelerator="cpu")
+    preds = score(ckpt, "test", device=torch.device("cpu"), precision="32-true")
     assert preds.targets.tolist() == [f.parent.name == "PNEUMONIA" for f in preds.files]
-    result = report(preds, ckpt.threshold, resamples=10)
+    result = report(preds, resamples=10)
     assert result["confusion_matrix"] == metrics["test/confusion_matrix"]
     assert result["metrics"]["auroc"]["value"] == pytest.approx(metrics["test/auroc"], abs=1e-5)
 

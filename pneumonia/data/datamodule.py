@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -15,31 +17,33 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from pneumonia.data.cache import DecodedImageCache, default_cache_dir
-from pneumonia.data.dataset import ChestXRayDataset, Preprocessing
-from pneumonia.data.images import DEFAULT_MAX_PIXELS
+from pneumonia.data.cache import default_cache_dir
+from pneumonia.data.dataset import ChestXRayDataset, image_loader
 from pneumonia.data.index import (
-    BadImagePolicy,
     DataIndex,
     SplitListing,
     class_names,
     find_split_dirs,
     list_split,
     summary_table,
-    usable_listing,
-    verify_images,
 )
 from pneumonia.data.leakage import LEAK_POLICIES, LeakPolicy, check_leaks
-from pneumonia.data.splits import Split, fit_splits, patient_id, without_patients
+from pneumonia.data.preprocessing import Preprocessing
+from pneumonia.data.splits import fit_splits, patient_id, without_patients
 from pneumonia.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_dataset
-from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms
+from pneumonia.data.transforms import train_transforms
+from pneumonia.data.usable import BadImagePolicy, usable_images
 from pneumonia.runtime import loader_workers
 
 log = logging.getLogger(__name__)
+PREPROCESSING_FIELDS = tuple(f.name for f in fields(Preprocessing))
 
 
 class ChestXRayDataModule(pl.LightningDataModule):
     """NORMAL vs PNEUMONIA images from ``root/{train,val,test}/{class}/*``.
+
+    The defaults are the project's (``conf/data/chest_xray.yaml`` mirrors them; a test holds
+    them equal); those of the preprocessing are :class:`Preprocessing`'s own.
 
     Args:
         root: folder holding ``train/`` (and optionally ``val/``, ``test/``).
@@ -80,19 +84,19 @@ class ChestXRayDataModule(pl.LightningDataModule):
         val_split: Literal["patient", "official"] = "patient",
         val_fraction: float = 0.1,
         seed: int = 42,
-        resize_size: int = 256,
-        resize_mode: str = "shorter",
-        crop_size: int = 224,
-        interpolation: str = "bicubic",
+        resize_size: int = Preprocessing.resize_size,
+        resize_mode: str = Preprocessing.resize_mode,
+        crop_size: int = Preprocessing.crop_size,
+        interpolation: str = Preprocessing.interpolation,
         crop: Literal["center", "random", "random_resized"] = "center",
         hflip_prob: float = 0.0,
         rotation_degrees: float = 10.0,
         translate: float = 0.05,
         augment: dict[str, float] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] = Preprocessing.mean,
+        std: Sequence[float] = Preprocessing.std,
         on_bad_image: BadImagePolicy = "error",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int = Preprocessing.max_pixels,
         synthetic: bool = False,
         holdout_root: str | Path | None = None,
         classes: Sequence[str] | None = None,
@@ -103,7 +107,13 @@ class ChestXRayDataModule(pl.LightningDataModule):
             raise ValueError(f"data.val_split must be 'patient' or 'official', got {val_split!r}")
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-        self.save_hyperparameters(ignore=["cache_dir", "num_workers", "pin_memory"])
+        if on_leak not in LEAK_POLICIES:
+            raise ValueError(f"data.on_leak={on_leak!r}; valid: {', '.join(LEAK_POLICIES)}")
+        # The preprocessing is saved once, as its own record (the model stores it); the
+        # machine's settings (cache folder, workers) are no property of the run.
+        self.save_hyperparameters(
+            ignore=["cache_dir", "num_workers", "pin_memory", *PREPROCESSING_FIELDS]
+        )
         self.root = Path(root).expanduser()
         self.hparams.root = str(self.root.resolve())  # checkpoints must not depend on the cwd
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -112,15 +122,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.val_split = val_split
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.on_bad_image = on_bad_image
         self.synthetic = synthetic
         self.chosen_classes = list(classes) if classes is not None else None
-        if on_leak not in LEAK_POLICIES:
-            raise ValueError(f"data.on_leak={on_leak!r}; valid: {', '.join(LEAK_POLICIES)}")
-        self.on_leak = on_leak
         self.leakage: list[dict] = []  # what the leak check found, for the run's outputs
         self.holdout_root = Path(holdout_root).expanduser() if holdout_root else None
         if self.holdout_root is not None:
@@ -146,13 +149,31 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.collate = self.preprocessing.collate
 
         self._index: DataIndex | None = None
-        self._cache: DecodedImageCache | None = None
-        self._splits: dict[str, Split] = {}
+        self._splits: dict[str, SplitListing] = {}
+        # path -> pixels: "root" for every split of the data root, "holdout" for that folder
+        self._decoders: dict[str, Callable[[Path], np.ndarray]] = {}
+        self._skipped: dict[str, str] = {}
 
     # ----------------------------------------------------------------- scanning & validation
     def prepare_data(self) -> None:
         """Generate demo data and build the cache once (rank 0), before ``setup`` everywhere."""
         self._scan()
+
+    def _usable(
+        self, listings: dict[str, SplitListing], where: Path, *, source: str, cache: bool
+    ) -> dict[str, SplitListing]:
+        """``listings`` under the bad-image policy; how ``source``'s images are read is kept."""
+        usable = usable_images(
+            listings,
+            self.preprocessing,
+            cache_dir=self.cache_dir if cache else None,
+            policy=self.hparams.on_bad_image,
+            warn=rank_zero_warn,
+            where=where,
+        )
+        self._skipped |= usable.skipped
+        self._decoders[source] = usable.decode
+        return usable.listings
 
     def _scan(self) -> DataIndex:
         if self._index is not None:
@@ -160,27 +181,15 @@ class ChestXRayDataModule(pl.LightningDataModule):
         if self.synthetic:
             ensure_synthetic_dataset(self.root)
         index = DataIndex.scan(self.root, self.chosen_classes)
-        if (self.root / SYNTHETIC_MARKER).exists():
-            message = (
-                f"{self.root} holds SYNTHETIC demo images, not real chest X-rays: "
-                "its metrics say nothing about pneumonia detection."
+        if (self.root / SYNTHETIC_MARKER).exists() and rank_zero_only.rank == 0:
+            log.warning(
+                "%s holds SYNTHETIC demo images, not real chest X-rays: its metrics say nothing "
+                "about pneumonia detection.",
+                self.root,
             )
-            if rank_zero_only.rank == 0:
-                log.warning(message)
-            rank_zero_warn(message)
-        if self.use_cache:
-            self._cache = DecodedImageCache.open_or_build(
-                index.all_files(),
-                decode=self.preprocessing.decode,
-                settings=self.preprocessing.decode_settings(),
-                cache_dir=self.cache_dir,
-            )
-            bad = dict(self._cache.bad)
-        else:
-            bad = verify_images(index.all_files(), self.preprocessing.max_pixels)
-        index.drop_bad(bad, self.on_bad_image, rank_zero_warn)
-        self._index = index
-        return index
+        usable = self._usable(index.splits, self.root, source="root", cache=self.use_cache)
+        self._index = replace(index, splits=usable)
+        return self._index
 
     # ----------------------------------------------------------------- splits
     def setup(self, stage: str | None = None) -> None:
@@ -188,47 +197,50 @@ class ChestXRayDataModule(pl.LightningDataModule):
         known = set(self._splits)
         if self.holdout_root is not None and "holdout" not in self._splits:
             listing = list_split(self.holdout_root, self.classes, self.chosen_classes)
-            bad = verify_images(listing.files, self.preprocessing.max_pixels)
-            usable_listing(
-                self.holdout_root, self.classes, listing, bad, self.on_bad_image, rank_zero_warn
+            # Read from its own files, not the cache, as a new hospital's images would be.
+            self._splits |= self._usable(
+                {"holdout": listing}, self.holdout_root, source="holdout", cache=False
             )
-            self._splits["holdout"] = Split(listing.files, listing.labels)
         if stage in (None, "fit", "validate") and "train" not in self._splits:
-            self._splits.update(
-                fit_splits(
-                    self._without_holdout_patients(listings["train"]),
-                    self._without_holdout_patients(listings.get("val")),
-                    val_split=self.val_split,
-                    fraction=self.val_fraction,
-                    seed=self.seed,
-                    warn=rank_zero_warn,
-                )
-            )
-            test = listings.get("test")
-            self.leakage = check_leaks(
-                self._splits, test.files if test else None, self.on_leak, rank_zero_warn
-            )
-            for cls, n in zip(self.classes, self.split_counts("train"), strict=True):
-                if n == 0:
-                    raise ValueError(f"The training split has no {cls} images after the split.")
+            self._setup_fit(listings)
         if stage in (None, "test", "predict") and "test" in listings:
-            self._splits["test"] = Split(listings["test"].files, listings["test"].labels)
+            self._splits["test"] = listings["test"]
         if set(self._splits) != known and rank_zero_only.rank == 0:
             log.info("%s", self.summary())
 
-    def _without_holdout_patients(self, listing: SplitListing | None) -> SplitListing | None:
-        """``listing`` less every image of a patient in the holdout folder."""
-        if listing is None or "holdout" not in self._splits:
+    def _setup_fit(self, listings: dict[str, SplitListing]) -> None:
+        held = self.patients("holdout") if "holdout" in self._splits else set()
+        splits = fit_splits(
+            self._without(listings["train"], held),
+            self._without(listings.get("val"), held),
+            val_split=self.hparams.val_split,
+            fraction=self.hparams.val_fraction,
+            seed=self.hparams.seed,
+            warn=rank_zero_warn,
+        )
+        if "holdout" in self._splits:
+            splits["holdout"] = self._splits["holdout"]
+        test = listings.get("test")
+        splits, self.leakage = check_leaks(
+            splits, test.files if test else None, self.hparams.on_leak, rank_zero_warn
+        )
+        self._splits |= splits
+        for cls, n in zip(self.classes, self.split_counts("train"), strict=True):
+            if n == 0:
+                raise ValueError(f"The training split has no {cls} images after the split.")
+
+    def _without(self, listing: SplitListing | None, patients: set[str]) -> SplitListing | None:
+        """``listing`` less every image of the holdout folder's ``patients``."""
+        if listing is None or not patients:
             return listing
-        held = self.patients("holdout")
-        kept = without_patients(listing, held)
+        kept = without_patients(listing, patients)
         removed = len(listing.files) - len(kept.files)
         if removed and rank_zero_only.rank == 0:
             log.info(
                 "Holdout %s: %d images of its %d patients left out of training and validation",
                 self.holdout_root,
                 removed,
-                len(held),
+                len(patients),
             )
         return kept
 
@@ -245,8 +257,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
 
     @property
     def skipped(self) -> dict[str, str]:
-        """Files dropped with ``on_bad_image=skip``: path -> reason."""
-        return dict(self._index.skipped) if self._index else {}
+        """Files dropped with ``on_bad_image=skip``: resolved path -> reason."""
+        return dict(self._skipped)
 
     def has_split(self, split: str) -> bool:
         """Whether ``split`` exists (``test`` needs a ``test/`` folder)."""
@@ -261,7 +273,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         listing = self._scan().splits.get("test")
         return len(listing.files) if listing else 0
 
-    def _split(self, split: str) -> Split:
+    def _split(self, split: str) -> SplitListing:
         if split not in self._splits:
             if split == "test" and not self.has_split("test"):
                 raise FileNotFoundError(
@@ -312,46 +324,38 @@ class ChestXRayDataModule(pl.LightningDataModule):
             return trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
-    def _loader(self, split: str, transform, *, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, transform, *, shuffle: bool, shard: bool) -> DataLoader:
         data = self._split(split)
-        cached = self._cache is not None and split != "holdout"
-        decode = self._cache.get if cached else self.preprocessing.decode
+        decode = self._decoders["holdout" if split == "holdout" else "root"]
         dataset = ChestXRayDataset(data.files, data.labels, transform, decode)
         on_gpu = self._on_gpu()
         workers = self.num_workers if self.num_workers is not None else loader_workers(on_gpu)
         sampler = None
-        if (
-            not shuffle
-            and dist.is_available()
-            and dist.is_initialized()
-            and dist.get_world_size() > 1
-        ):
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if shard and not shuffle and distributed:
             # Lightning's default DistributedSampler pads shards with repeated images, which
             # would count some validation images twice; this one gives each image to one rank.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return DataLoader(
+        return image_loader(
             dataset,
+            collate=self.collate,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
-            sampler=sampler,
             num_workers=workers,
             pin_memory=self.pin_memory if self.pin_memory is not None else on_gpu,
-            persistent_workers=workers > 0,
-            collate_fn=self.collate,
-            # A last training batch of one image breaks BatchNorm ("expected more than 1 value
-            # per channel"); shuffled, that image lands in a full batch in other epochs.
-            drop_last=shuffle and len(dataset) % self.batch_size == 1,
+            sampler=sampler,
         )
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        """Any split with the deterministic eval transforms, in file order."""
-        return self._loader(split, self.eval_transform, shuffle=False)
+        """Every image of any split with the deterministic eval transforms, in file order, on
+        whichever process asks (the checks after training run on rank 0 alone)."""
+        return self._loader(split, self.eval_transform, shuffle=False, shard=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.train_transform, shuffle=True)
+        return self._loader("train", self.train_transform, shuffle=True, shard=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_transform, shuffle=False)
+        return self._loader("val", self.eval_transform, shuffle=False, shard=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_transform, shuffle=False)
+        return self._loader("test", self.eval_transform, shuffle=False, shard=True)

@@ -1,235 +1,21 @@
-"""The preprocessing of one image, and the Dataset that applies it to labelled files.
+"""The Dataset over labelled image files, and the DataLoaders built on it.
 
-:class:`Preprocessing` is the single definition of how a file becomes the model's input at
-evaluation time. The DataModule builds it from its arguments, the checkpoint stores it, and
-evaluate, predict, Grad-CAM and export read it back from there; nothing re-derives it from
-defaults.
+Training (the DataModule) and evaluation of any labelled folder build their loaders with
+:func:`image_loader`, so both hand the model batches made the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pneumonia.data.cache import DecodedImageCache
-from pneumonia.data.images import (
-    DEFAULT_MAX_PIXELS,
-    RESAMPLING,
-    RESIZE_MODES,
-    gray_from_image,
-    load_resized,
-)
-from pneumonia.data.index import labelled_folder, usable_listing, verify_images
-from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
-
-
-class PreprocessingError(ValueError):
-    """A preprocessing record that is missing, incomplete or not understood."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """File -> normalised float (3, crop, crop): decode, gray, resize, center crop, normalise.
-
-    Args:
-        resize_size: the shorter side after decoding (what the decoded-image cache stores), or
-            the side of the square with ``resize_mode="square"``.
-        crop_size: the square center crop the model sees.
-        interpolation: Pillow filter of the resize (antialiased when it shrinks).
-        mean, std: per-channel normalisation of the ``[0, 1]`` gray value repeated to 3 channels.
-        max_pixels: larger images are refused as possible decompression bombs.
-        resize_mode: ``shorter`` keeps the aspect ratio (the crop cuts the longer side);
-            ``square`` stretches the whole image to a square, which is how the shared
-            224 x 224 copies of the Kermany set were made: training on those and evaluating
-            original files needs ``square`` so that both see the same geometry.
-    """
-
-    resize_size: int = 256
-    crop_size: int = 224
-    interpolation: str = "bicubic"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    resize_mode: str = "shorter"
-
-    def __post_init__(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(
-                f"data.resize_mode={self.resize_mode!r}; valid: {', '.join(RESIZE_MODES)}"
-            )
-        if self.crop_size > self.resize_size:
-            raise ValueError(
-                f"data.crop_size ({self.crop_size}) must not exceed data.resize_size "
-                f"({self.resize_size})"
-            )
-        if self.interpolation not in RESAMPLING:
-            raise ValueError(
-                f"data.interpolation={self.interpolation!r}; valid: {', '.join(RESAMPLING)}"
-            )
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-
-    # ------------------------------------------------------------------ records
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, record: dict[str, Any] | None) -> Preprocessing:
-        """The inverse of :meth:`to_dict`; every field must be present.
-
-        Records written before ``resize_mode`` existed were all made with ``shorter``.
-        """
-        names = {f.name for f in fields(cls)}
-        if isinstance(record, dict) and "resize_mode" not in record:
-            record = {**record, "resize_mode": "shorter"}
-        if not isinstance(record, dict) or set(record) != names:
-            found = sorted(record) if isinstance(record, dict) else record
-            raise PreprocessingError(
-                f"a preprocessing record needs exactly the fields {sorted(names)}; found {found}"
-            )
-        return cls(**record)
-
-    def decode_settings(self) -> dict[str, Any]:
-        """What decides the decoded pixels (and so keys the decoded-image cache)."""
-        return {
-            "resize_size": self.resize_size,
-            "resize_mode": self.resize_mode,
-            "interpolation": self.interpolation,
-            "max_pixels": self.max_pixels,
-        }
-
-    def describe(self) -> dict[str, Any]:
-        """Every step, in order, for a deployment that must reproduce the model's inputs."""
-        return {
-            "steps": [
-                "decode; apply the EXIF orientation",
-                "to 8-bit gray: Pillow convert('L') (ITU-R 601-2 luma) for colour images; "
-                "16-bit and float images scaled by their bit depth, not clipped",
-                f"resize the shorter side to {self.resize_size} px "
-                f"({self.interpolation}, antialiased), keeping the aspect ratio"
-                if self.resize_mode == "shorter"
-                else f"resize the whole image to {self.resize_size} x {self.resize_size} px "
-                f"({self.interpolation}, antialiased), not keeping the aspect ratio",
-                f"center crop {self.crop_size} x {self.crop_size}",
-                "scale to [0, 1] (uint8 / 255) and repeat the gray channel to 3 channels",
-                "subtract mean, divide by std, per channel",
-            ],
-            **self.to_dict(),
-            "channels": 3,
-            "layout": "NCHW float32",
-        }
-
-    def normalized(self, gray: float) -> list[float]:
-        """A gray level in [0, 1] as the model sees it, per channel."""
-        return [(gray - m) / s for m, s in zip(self.mean, self.std, strict=True)]
-
-    # ------------------------------------------------------------------ applying it
-    def decode(self, path: Path) -> np.ndarray:
-        """One file -> (H, W) uint8 gray at ``resize_size`` (see ``resize_mode``)."""
-        return load_resized(
-            path, self.resize_size, self.max_pixels, self.interpolation, self.resize_mode
-        )
-
-    @cached_property
-    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return eval_transforms(crop_size=self.crop_size)
-
-    @cached_property
-    def collate(self) -> NormalizeCollate:
-        """Stacks uint8 samples into the normalised float (B, 3, crop, crop) batch."""
-        return NormalizeCollate(self.mean, self.std)
-
-    def load(self, path: Path) -> torch.Tensor:
-        """One file -> uint8 (1, crop, crop), exactly as the evaluation DataLoader gives it."""
-        return self.eval_transform(as_image(self.decode(path)))
-
-    def load_image(self, im: Image.Image) -> torch.Tensor:
-        """An opened Pillow image -> uint8 (1, crop, crop), as :meth:`load` makes files."""
-        w, h = im.size
-        if w * h > self.max_pixels:
-            raise ValueError(f"{w}x{h} pixels is above the limit of {self.max_pixels:,}")
-        gray = RESIZE_MODES[self.resize_mode](
-            gray_from_image(im), self.resize_size, self.interpolation
-        )
-        return self.eval_transform(as_image(gray))
-
-
-def evaluation_loader(
-    files: Sequence[Path],
-    labels: Sequence[int],
-    preprocessing: Preprocessing,
-    *,
-    batch_size: int = 64,
-    decode: Callable[[Path], np.ndarray] | None = None,
-    num_workers: int = 0,
-) -> DataLoader:
-    """Labelled files -> normalised batches, in file order, as the checkpoint's evaluation sees
-    them (no DataModule, no training split: any labelled folder)."""
-    dataset = ChestXRayDataset(
-        files, labels, preprocessing.eval_transform, decode or preprocessing.decode
-    )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        collate_fn=preprocessing.collate,
-    )
-
-
-def labelled_folder_loader(
-    folder: Path,
-    classes: Sequence[str],
-    preprocessing: Preprocessing,
-    *,
-    cache_dir: Path | None,
-    on_bad_image: str = "error",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    warn: Callable[[str], None],
-) -> tuple[list[Path], list[int], DataLoader]:
-    """The images of ``folder/<CLASS>/`` (class folders exactly ``classes``), checked under the
-    bad-image policy, decoded (and, with a ``cache_dir``, cached) alone: no training split.
-
-    Returns:
-        The files, their labels (indices into ``classes``) and the evaluation loader.
-    """
-    listing = labelled_folder(folder, classes)
-    decode = preprocessing.decode
-    if cache_dir is not None:
-        cache = DecodedImageCache.open_or_build(
-            listing.files,
-            decode=preprocessing.decode,
-            settings=preprocessing.decode_settings(),
-            cache_dir=cache_dir,
-        )
-        bad, decode = dict(cache.bad), cache.get
-    else:
-        bad = verify_images(listing.files, preprocessing.max_pixels)
-    usable_listing(folder, list(classes), listing, bad, on_bad_image, warn)
-    loader = evaluation_loader(
-        listing.files,
-        listing.labels,
-        preprocessing,
-        batch_size=batch_size,
-        decode=decode,
-        num_workers=num_workers,
-    )
-    return listing.files, listing.labels, loader
-
-
-def as_image(pixels: np.ndarray) -> tv_tensors.Image:
-    return tv_tensors.Image(torch.from_numpy(pixels).unsqueeze(0))  # (H, W) -> (1, H, W)
+from pneumonia.data.index import labelled_folder
+from pneumonia.data.preprocessing import Preprocessing, as_image
+from pneumonia.data.usable import BadImagePolicy, usable_images
 
 
 class ChestXRayDataset(Dataset):
@@ -257,3 +43,64 @@ class ChestXRayDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(as_image(self.decode(self.files[i]))), self.labels[i]
+
+
+def image_loader(
+    dataset: ChestXRayDataset,
+    *,
+    collate: Callable,
+    batch_size: int,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    sampler: Sampler | None = None,
+) -> DataLoader:
+    """Batches of ``dataset``: shuffled for training, else in file order."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate,
+        # A last training batch of one image breaks BatchNorm ("expected more than 1 value
+        # per channel"); shuffled, that image lands in a full batch in other epochs.
+        drop_last=shuffle and len(dataset) % batch_size == 1,
+    )
+
+
+def labelled_folder_loader(
+    folder: Path,
+    classes: Sequence[str],
+    preprocessing: Preprocessing,
+    *,
+    cache_dir: Path | None,
+    on_bad_image: BadImagePolicy,
+    batch_size: int,
+    num_workers: int,
+    warn: Callable[[str], None],
+) -> tuple[list[Path], list[int], DataLoader]:
+    """The images of ``folder/<CLASS>/`` (class folders exactly ``classes``), checked under the
+    bad-image policy, decoded (and, with a ``cache_dir``, cached) alone: no training split.
+
+    Returns:
+        The files, their labels (indices into ``classes``) and the evaluation loader.
+    """
+    usable = usable_images(
+        {"folder": labelled_folder(folder, classes)},
+        preprocessing,
+        cache_dir=cache_dir,
+        policy=on_bad_image,
+        warn=warn,
+        where=folder,
+    )
+    listing = usable.listings["folder"]
+    dataset = ChestXRayDataset(
+        listing.files, listing.labels, preprocessing.eval_transform, usable.decode
+    )
+    loader = image_loader(
+        dataset, collate=preprocessing.collate, batch_size=batch_size, num_workers=num_workers
+    )
+    return listing.files, listing.labels, loader

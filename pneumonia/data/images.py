@@ -123,46 +123,39 @@ def load_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise BadImageError(f"cannot decode ({type(e).__name__}: {e})") from e
 
 
-def resize_shorter(gray: np.ndarray, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """Resize so the shorter side equals ``size`` (antialiased, as ``v2.Resize(int)``)."""
+def resized_size(width: int, height: int, size: int, mode: str) -> tuple[int, int]:
+    """(width, height) of an image after the decode-time resize of ``mode``: ``shorter`` keeps
+    the aspect ratio, the shorter side becoming ``size``; ``square`` makes it ``size`` x
+    ``size``, as the widely shared 224 x 224 copies of the Kermany set were made."""
+    if mode == "square":
+        return size, size
+    if min(width, height) == size:
+        return width, height
+    if height <= width:
+        return max(1, round(width * size / height)), size
+    return size, max(1, round(height * size / width))
+
+
+def resize(gray: np.ndarray, size: int, interpolation: str, mode: str) -> np.ndarray:
+    """(H, W) uint8 -> resized as ``mode`` says (:func:`resized_size`), antialiased when it
+    shrinks (Pillow's resize), as ``v2.Resize`` does."""
     h, w = gray.shape
-    if min(h, w) == size:
+    new_w, new_h = resized_size(w, h, size, mode)
+    if (new_h, new_w) == (h, w):
         return np.ascontiguousarray(gray)
-    if h <= w:
-        new_h, new_w = size, max(1, round(w * size / h))
-    else:
-        new_h, new_w = max(1, round(h * size / w)), size
     im = Image.fromarray(gray).resize((new_w, new_h), RESAMPLING[interpolation])
     return np.array(im, dtype=np.uint8)
 
 
-def resize_square(gray: np.ndarray, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """Resize to ``size`` x ``size`` whatever the aspect ratio (antialiased when shrinking)."""
-    if gray.shape == (size, size):
-        return np.ascontiguousarray(gray)
-    im = Image.fromarray(gray).resize((size, size), RESAMPLING[interpolation])
-    return np.array(im, dtype=np.uint8)
-
-
-# How the decode-time resize treats the aspect ratio: ``shorter`` keeps it (shorter side to the
-# size, the crop then cuts the longer side), ``square`` stretches the whole image to a square,
-# as the widely shared 224 x 224 copies of the Kermany set were made.
-RESIZE_MODES = {"shorter": resize_shorter, "square": resize_square}
+RESIZE_MODES = ("shorter", "square")
 
 
 def load_resized(
-    path: Path,
-    size: int,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    interpolation: str = "bicubic",
-    mode: str = "shorter",
+    path: Path, size: int, *, max_pixels: int, interpolation: str, mode: str
 ) -> np.ndarray:
-    """Decode ``path`` and resize it as ``mode`` says (see :data:`RESIZE_MODES`): (H, W) uint8."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"data.resize_mode={mode!r}; valid: {', '.join(RESIZE_MODES)}")
-    im_gray = load_gray(path, max_pixels)
-    if size <= 0:
-        raise ValueError(f"resize size must be positive, got {size}")
-    # Pillow's draft mode lets JPEG decode at 1/2..1/8 scale, but would make cached and uncached
-    # pixels depend on the decoder's scaling; we decode at full size for exactness.
-    return RESIZE_MODES[mode](im_gray, size, interpolation)
+    """Decode ``path`` and :func:`resize` it: (H, W) uint8.
+
+    Pillow's draft mode would let JPEG decode at 1/2..1/8 scale, but would make cached and
+    uncached pixels depend on the decoder's scaling: files are decoded at full size.
+    """
+    return resize(load_gray(path, max_pixels), size, interpolation, mode)

@@ -1,34 +1,26 @@
-"""What is in a data folder: the Kaggle layout ``root/{train,val,test}/{CLASS}/*``, its image
-files, which of them cannot be used, and a summary table. No Lightning here."""
+"""What is in a data folder: the Kaggle layout ``root/{train,val,test}/{CLASS}/*``, a labelled
+folder ``{CLASS}/*``, a folder of images to predict, and a summary table. No Lightning here.
+
+Which of the listed files can be used is ``usable.py``'s concern."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from tqdm import tqdm
-
-from pneumonia.data.images import BadImageError, is_image_file, load_gray
-from pneumonia.runtime import decode_threads
+from pneumonia.data.images import is_image_file
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 EXPECTED_LAYOUT = "root/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg (val/ and test/ optional)"
-BadImagePolicy = Literal["error", "skip"]
 
 
 class DataLayoutError(FileNotFoundError):
     """The data root does not hold the expected folder layout."""
-
-
-class BadImagesError(ValueError):
-    """One or more image files cannot be used; lists every one of them."""
 
 
 @dataclass
@@ -159,18 +151,38 @@ def labelled_folder(folder: Path, classes: Sequence[str]) -> SplitListing:
     return list_split(folder, list(classes))
 
 
-def usable_listing(
-    folder: Path,
-    classes: list[str],
-    listing: SplitListing,
-    bad: dict[str, str],
-    policy: BadImagePolicy,
-    warn: Callable[[str], None],
-) -> SplitListing:
-    """``listing`` (of a folder outside the data root) under the bad-image policy: an error
-    naming every unusable file, or the listing without them."""
-    DataIndex(folder, classes, {folder.name: listing}).drop_bad(bad, policy, warn)
-    return listing
+def evaluation_folder(root: Path) -> Path:
+    """The labelled folder to evaluate under ``root``: its ``test/`` (the Kaggle layout, with or
+    without ``train/``), else ``root`` itself (``NORMAL/``, ``PNEUMONIA/`` directly).
+
+    Raises:
+        DataLayoutError: a Kaggle layout without ``test/``.
+    """
+    if (root / "test").is_dir():
+        return root / "test"
+    if (root / "train").is_dir():
+        raise DataLayoutError(
+            f"There is no test split: {root / 'test'} does not exist. Add a test/ folder with "
+            "the same class folders as train/, or point data.root at a labelled folder."
+        )
+    return root
+
+
+def list_images(path: Path) -> list[Path]:
+    """One image file, or every image file below a folder (links followed, sorted).
+
+    Raises:
+        FileNotFoundError: nothing there, or a folder without image files.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = [p for p in walk_files(path)[0] if is_image_file(p)]
+        if not files:
+            raise FileNotFoundError(f"input={path} holds no image files (.jpeg, .png, ...)")
+        return files
+    raise FileNotFoundError(f"input={path} does not exist: pass an image file or a folder")
 
 
 def list_split(
@@ -237,49 +249,6 @@ class DataIndex:
 
     def all_files(self) -> list[Path]:
         return [f for listing in self.splits.values() for f in listing.files]
-
-    def drop_bad(
-        self, bad: dict[str, str], policy: BadImagePolicy, warn: Callable[[str], None]
-    ) -> None:
-        """Apply the bad-image policy to ``bad`` (resolved path -> reason).
-
-        Raises:
-            BadImagesError: under ``error``, naming every unusable file and the way out.
-        """
-        if not bad:
-            return
-        total = len(self.all_files())
-        lines = "\n".join(f"  {path}: {reason}" for path, reason in sorted(bad.items()))
-        if policy == "error":
-            raise BadImagesError(
-                f"{len(bad)} of {total} image files under {self.root} cannot be used:\n{lines}\n"
-                "Fix or remove them, or set data.on_bad_image=skip to train without them."
-            )
-        warn(f"Skipping {len(bad)} unusable image files (data.on_bad_image=skip):\n{lines}")
-        for listing in self.splits.values():
-            keep = [i for i, f in enumerate(listing.files) if str(f.resolve()) not in bad]
-            listing.files = [listing.files[i] for i in keep]
-            listing.labels = [listing.labels[i] for i in keep]
-        self.skipped = dict(bad)
-
-
-def verify_images(files: list[Path], max_pixels: int) -> dict[str, str]:
-    """Fully decode every file (when there is no cache): resolved path -> reason, for failures."""
-
-    def check(path: Path) -> str | None:
-        try:
-            load_gray(path, max_pixels)
-        except BadImageError as e:
-            return str(e)
-        return None
-
-    bad: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
-        results = tqdm(pool.map(check, files), total=len(files), desc="Checking images", unit="img")
-        for path, reason in zip(files, results, strict=True):
-            if reason is not None:
-                bad[str(path.resolve())] = reason
-    return bad
 
 
 def summary_table(

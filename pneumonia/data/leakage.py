@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pneumonia.data.splits import Split, patient_id
+from pneumonia.data.index import SplitListing
+from pneumonia.data.splits import patient_id
 from pneumonia.runtime import decode_threads
 
 LeakPolicy = Literal["warn", "error", "drop"]
@@ -117,17 +118,16 @@ PAIRS = (("train", "val"), ("train", "test"), ("val", "test"), ("train", "holdou
 
 
 def check_leaks(
-    splits: dict[str, Split],
+    splits: dict[str, SplitListing],
     test: Sequence[Path] | None,
     policy: LeakPolicy,
     warn: Callable[[str], None],
-) -> list[dict[str, Any]]:
+) -> tuple[dict[str, SplitListing], list[dict[str, Any]]]:
     """Find the leaks of :data:`PAIRS` and apply ``data.on_leak`` to them.
 
-    ``drop`` replaces ``splits["train"]`` and ``splits["val"]`` without the leaking images.
-
     Returns:
-        What was found, one record per pair of splits that share something.
+        The splits (under ``drop``, ``train`` and ``val`` without the leaking images), and what
+        was found, one record per pair of splits that share something.
 
     Raises:
         LeakageError: under ``error``, with counts and examples and the way out.
@@ -138,7 +138,7 @@ def check_leaks(
     leaks = [leak for leak in find_leaks(files, PAIRS) if leak]
     report = [leak.to_dict() for leak in leaks]
     if not leaks:
-        return report
+        return splits, report
     found = "\n".join(leak.describe() for leak in leaks)
     if policy == "error":
         raise LeakageError(
@@ -149,12 +149,15 @@ def check_leaks(
     message = f"Images or patients on both sides of a split (data.on_leak={policy}):"
     if policy == "drop":
         drop = set().union(*(leak.files_of_first() for leak in leaks))
+        splits = dict(splits)
         for name in ("train", "val"):
             split = splits[name]
             keep = [i for i, f in enumerate(split.files) if f not in drop]
-            splits[name] = Split([split.files[i] for i in keep], [split.labels[i] for i in keep])
+            splits[name] = SplitListing(
+                [split.files[i] for i in keep], [split.labels[i] for i in keep]
+            )
         message += f" dropped {len(drop)} image(s) from training and validation."
         for entry in report:
             entry["dropped"] = True
     warn(f"{message}\n{found}")
-    return report
+    return splits, report

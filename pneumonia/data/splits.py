@@ -12,7 +12,6 @@ import hashlib
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -89,12 +88,6 @@ def without_patients(listing: SplitListing, patients: set[str]) -> SplitListing:
     )
 
 
-@dataclass
-class Split:
-    files: list[Path]
-    labels: list[int]
-
-
 def fit_splits(
     train: SplitListing,
     val: SplitListing | None,
@@ -103,7 +96,7 @@ def fit_splits(
     fraction: float,
     seed: int,
     warn: Callable[[str], None],
-) -> dict[str, Split]:
+) -> dict[str, SplitListing]:
     """The training and validation splits from the ``train/`` (and ``val/``) folders.
 
     ``patient`` pools both folders and carves a patient-grouped ``fraction``; ``official``
@@ -116,7 +109,7 @@ def fit_splits(
                 "model selection or threshold tuning. data.val_split=patient carves a "
                 "patient-grouped split instead."
             )
-        return {"train": Split(train.files, train.labels), "val": Split(val.files, val.labels)}
+        return {"train": train, "val": val}
     if val_split == "official":
         warn(
             f"data.val_split=official but there is no val/ folder: carving a "
@@ -128,6 +121,6 @@ def fit_splits(
         labels += val.labels
     train_idx, val_idx = patient_split(files, labels, fraction=fraction, seed=seed)
     return {
-        "train": Split([files[i] for i in train_idx], [labels[i] for i in train_idx]),
-        "val": Split([files[i] for i in val_idx], [labels[i] for i in val_idx]),
+        "train": SplitListing([files[i] for i in train_idx], [labels[i] for i in train_idx]),
+        "val": SplitListing([files[i] for i in val_idx], [labels[i] for i in val_idx]),
     }

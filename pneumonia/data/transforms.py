@@ -1,9 +1,10 @@
 """Train and eval transforms (torchvision.transforms.v2) on one-channel uint8 images.
 
-Images arrive already resized so their shorter side is ``resize_size`` (see ``images.py``; the
-cache stores them that way). Geometry runs on uint8 with one channel, which is 12x less memory
-traffic than float RGB; :class:`NormalizeCollate` then turns the batch into float, repeats the
-gray channel for 3-channel backbones and applies the ImageNet normalisation once per batch.
+Images arrive already resized at decode time, as the preprocessing's ``resize_mode`` says
+(``images.resize``; the cache stores them that way). Geometry runs on uint8 with one channel,
+which is 12x less memory traffic than float RGB; :class:`NormalizeCollate` then turns the batch
+into float, repeats the gray channel for 3-channel backbones and applies the preprocessing's
+mean/std once per batch.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ class RandomNoise(v2.Transform):
 
 def train_transforms(
     *,
-    crop_size: int = 224,
-    crop: Literal["center", "random", "random_resized"] = "center",
-    hflip_prob: float = 0.0,
-    rotation_degrees: float = 10.0,
-    translate: float = 0.05,
+    crop_size: int,
+    crop: Literal["center", "random", "random_resized"],
+    hflip_prob: float,
+    rotation_degrees: float,
+    translate: float,
     crop_scale: float = 0.7,
     brightness: float = 0.0,
     contrast: float = 0.0,
@@ -65,7 +66,9 @@ def train_transforms(
     blur_prob: float = 0.0,
     noise_std: float = 0.0,
 ) -> v2.Compose:
-    """Crop, rotation +-10 degrees, translate 5%; a horizontal flip only when asked for.
+    """The crop, a random rotation and translation, a horizontal flip only when asked for, and
+    the acquisition changes (their defaults, all off, are the project's: the ``augment`` keys
+    of ``conf/data/chest_xray.yaml`` mirror them).
 
     ``crop="center"`` matches the notebook (Resize(255) + CenterCrop(224)); ``"random"`` takes
     a random ``crop_size`` window instead; ``"random_resized"`` a random window of
@@ -107,7 +110,7 @@ def train_transforms(
     return v2.Compose(parts)
 
 
-def eval_transforms(*, crop_size: int = 224) -> v2.Compose:
+def eval_transforms(*, crop_size: int) -> v2.Compose:
     """Deterministic: center crop only (the resize happened at decode time)."""
     return v2.Compose([v2.CenterCrop(crop_size)])
 
@@ -115,9 +118,7 @@ def eval_transforms(*, crop_size: int = 224) -> v2.Compose:
 class NormalizeCollate:
     """Stack uint8 (1 or 3, H, W) samples into a normalised float (B, 3, H, W) batch."""
 
-    def __init__(
-        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-    ) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pneumonia.checks import DEGRADATIONS, _gamma, degrade, summarise
 from pneumonia.data import ChestXRayDataModule
 from pneumonia.data.splits import patient_id
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pneumonia.generalisation import DEGRADATIONS, _gamma, degrade, summarise
 
 from .conftest import compose_train_cfg
 
@@ -110,14 +110,32 @@ def test_holdout_patients_leave_training_and_validation(
 def test_training_reports_every_check_in_metrics_json(
     tmp_path: Path, tiny_root: Path, holdout: Path
 ) -> None:
+    from pneumonia.checkpoint import load_checkpoint
+    from pneumonia.evaluation import score
+    from pneumonia.metrics import metrics_at
     from pneumonia.train import train
 
     cfg = compose_train_cfg(tmp_path, tiny_root, f"data.holdout_root={holdout}")
     metrics = train(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     checks = written["checks"]
-    assert checks["holdout"]["num_images"] == 3
-    assert checks["val"]["num_images"] == metrics["val/num_samples"]
-    assert {f"val_{k}" for k in DEGRADATIONS} <= set(checks)
     assert written["decision"]["threshold_rule"] == "bayes"
     assert written["decision"]["threshold"] == pytest.approx(0.5)
+    # The clean validation check is the best checkpoint's own validation, scored again.
+    val = checks["val"]
+    assert val["num_images"] == metrics["val/num_samples"]
+    assert val["auroc"] == pytest.approx(metrics["val/auroc"], abs=1e-5)
+    assert val["accuracy"] == pytest.approx(metrics["val/accuracy"], abs=1e-5)  # both at 0.5
+    # The holdout check is what evaluating the checkpoint on the holdout split gives.
+    ckpt = load_checkpoint(metrics["best_model_path"])
+    preds = score(ckpt, "holdout", device=torch.device("cpu"), precision="32-true")
+    assert checks["holdout"]["num_images"] == len(preds.files) == 3
+    at = metrics_at(preds.probs, preds.targets, preds.threshold)
+    assert checks["holdout"]["accuracy"] == pytest.approx(at["accuracy"])
+    assert checks["holdout"]["specificity"] == pytest.approx(at["specificity"])
+    # Every degradation scored the whole validation split, and changed what the model saw.
+    degraded = [checks[f"val_{k}"] for k in DEGRADATIONS]
+    assert all(d["num_images"] == val["num_images"] for d in degraded)
+    assert any(d["nll"] != pytest.approx(val["nll"], abs=1e-6) for d in degraded)
+    mean = checks["val_degraded_mean"]
+    assert mean["auroc"] == pytest.approx(sum(d["auroc"] for d in degraded) / len(degraded))

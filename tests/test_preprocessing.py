@@ -74,3 +74,28 @@ def test_describe_names_every_step_a_deployment_must_reproduce() -> None:
         assert needle in steps, needle
     assert described["interpolation"] == "bicubic"
     assert described["channels"] == 3
+
+
+@pytest.mark.parametrize(("orientation", "turns"), [(6, -1), (8, 1), (3, 2)])
+def test_the_exif_orientation_is_applied(tmp_path: Path, orientation: int, turns: int) -> None:
+    """A photographed or exported X-ray stored sideways, with the EXIF tag that says so."""
+    import numpy as np
+    from PIL import Image
+
+    from pneumonia.data.images import load_gray
+
+    pixels = np.zeros((40, 60), np.uint8)
+    pixels[:10, :10] = 255  # a bright corner, to see where the image went
+    pixels[30:, 20:] = 90
+    path = tmp_path / "sideways.png"
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation: 6 = rotate 90 clockwise to display, 8 = 270, 3 = 180
+    Image.fromarray(pixels).save(path, exif=exif)
+    upright = np.rot90(pixels, k=turns)  # numpy: positive k turns counterclockwise
+    assert np.array_equal(load_gray(path, 10**6), upright)
+    pre = Preprocessing(resize_size=40, crop_size=32, interpolation="nearest")
+    plain = tmp_path / "upright.png"
+    Image.fromarray(np.ascontiguousarray(upright)).save(plain)
+    assert torch.equal(pre.load(path), pre.load(plain))
+    with Image.open(path) as im:
+        assert torch.equal(pre.load_image(im), pre.load(plain))

@@ -7,7 +7,7 @@ the same export and the same preprocessing as the training images. Two checks se
 - **holdout**: original-resolution files of patients kept out of training altogether
   (``data.holdout_root``). They reach the model through the evaluation preprocessing from the
   original file, as a new hospital's images would, and not through the copy the model trained
-  on. Small (the shared sample holds 180 images), so its intervals are wide.
+  on. Small in practice (a few hundred images), so its intervals are wide.
 - **degraded**: the validation images under simulated acquisition changes: gamma, contrast,
   blur, noise and a lower resolution, each at a strength a different scanner or export could
   plausibly produce. A model that leans on the exact grey levels or texture of one scanner
@@ -20,6 +20,7 @@ specificity at the model's stored threshold.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,8 +30,8 @@ from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.calibration import brier, nll, shift_prevalence
-from pneumonia.inference import autocast, inference_precision
-from pneumonia.metrics import bootstrap_interval, metrics_at
+from pneumonia.inference import autocast
+from pneumonia.metrics import BOOTSTRAP_RESAMPLES, bootstrap_interval, metrics_at
 
 Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -116,7 +117,7 @@ def summarise(
     threshold: float,
     prevalence: float,
     *,
-    resamples: int = 1000,
+    resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
 ) -> dict[str, Any]:
     """AUROC with its interval, proper scores at the split's prevalence, thresholded metrics.
@@ -160,13 +161,16 @@ def run_checks(
     datamodule,
     *,
     device: torch.device,
-    precision: str = "auto",
+    precision: str,
     degraded: bool = True,
-    resamples: int = 1000,
+    resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The checks of this module for a trained model and its (set-up) DataModule."""
-    precision = inference_precision(precision, device)
+    """The checks of this module for a trained model and its (set-up) DataModule.
+
+    Args:
+        precision: the resolved precision the model trained at (not ``auto``).
+    """
     pre = datamodule.preprocessing
     threshold = float(model.threshold)
     prevalence = float(model.hparams.prevalence)
@@ -188,7 +192,7 @@ def run_checks(
         for name, s in scores.items():
             key = split if name == "clean" else f"{split}_{name}"
             results[key] = summarise(
-                model.probability(s), targets, threshold, prevalence, resamples=resamples
+                model.calibrate(s), targets, threshold, prevalence, resamples=resamples
             )
     shifted = [results[f"val_{k}"] for k in DEGRADATIONS if f"val_{k}" in results]
     if shifted and all("auroc" in r for r in shifted):
@@ -197,3 +201,15 @@ def run_checks(
             for k in ("auroc", "nll", "brier", "accuracy", "sensitivity", "specificity")
         }
     return results
+
+
+def log_checks(checks: dict[str, Any], log: logging.Logger) -> None:
+    """One line per check: AUROC with its interval, NLL, and the thresholded metrics."""
+    for name, r in checks.items():
+        if "auroc" in r and "auroc_ci" in r:
+            low, high = r["auroc_ci"]
+            log.info(
+                "Check %-26s AUROC %.3f (%.3f-%.3f)  NLL %.3f  acc %.3f  sens %.3f  spec %.3f",
+                name, r["auroc"], low, high, r["nll"], r["accuracy"], r["sensitivity"],
+                r["specificity"],
+            )  # fmt: skip

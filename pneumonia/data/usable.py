@@ -1,0 +1,112 @@
+"""Which listed image files can be used: each decoded once (into the decoded-image cache, or
+only to check it), then the bad-image policy (``data.on_bad_image``) applied.
+
+:func:`usable_images` is the one path every labelled listing takes: the data root's splits,
+the holdout folder and any folder evaluated. It returns new listings and changes nothing given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from pneumonia.data.cache import DecodedImageCache
+from pneumonia.data.images import BadImageError, load_gray
+from pneumonia.data.index import SplitListing
+from pneumonia.data.preprocessing import Preprocessing
+from pneumonia.runtime import decode_threads
+
+BadImagePolicy = Literal["error", "skip"]
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+class BadImagesError(ValueError):
+    """One or more image files cannot be used; lists every one of them."""
+
+
+@dataclass(frozen=True)
+class UsableImages:
+    """Listings without the files that cannot be used, and how to read the others."""
+
+    listings: dict[str, SplitListing]
+    decode: Callable[[Path], np.ndarray]  # path -> (H, W) uint8 at the preprocessing's size
+    skipped: dict[str, str]  # resolved path -> why, under on_bad_image=skip
+
+
+def usable_images(
+    listings: Mapping[str, SplitListing],
+    preprocessing: Preprocessing,
+    *,
+    cache_dir: Path | None,
+    policy: BadImagePolicy,
+    warn: Callable[[str], None],
+    where: Path,
+) -> UsableImages:
+    """Decode every listed file once and apply the bad-image policy.
+
+    Args:
+        cache_dir: decode into the decoded-image cache there (read from it afterwards); None
+            decodes each file to check it and reads files again when they are used.
+        where: the folder the listings come from, for the messages.
+
+    Raises:
+        BadImagesError: under ``error``, naming every unusable file and the way out.
+    """
+    if policy not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"data.on_bad_image={policy!r}; valid: {', '.join(BAD_IMAGE_POLICIES)}")
+    files = [f for listing in listings.values() for f in listing.files]
+    if cache_dir is not None:
+        cache = DecodedImageCache.open_or_build(
+            files,
+            decode=preprocessing.decode,
+            settings=preprocessing.decode_settings(),
+            cache_dir=cache_dir,
+        )
+        bad, decode = dict(cache.bad), cache.get
+    else:
+        bad, decode = verify_images(files, preprocessing.max_pixels), preprocessing.decode
+    if not bad:
+        return UsableImages(dict(listings), decode, {})
+    lines = "\n".join(f"  {path}: {reason}" for path, reason in sorted(bad.items()))
+    if policy == "error":
+        raise BadImagesError(
+            f"{len(bad)} of {len(files)} image files under {where} cannot be used:\n{lines}\n"
+            "Fix or remove them, or set data.on_bad_image=skip to go on without them."
+        )
+    warn(f"Skipping {len(bad)} unusable image files (data.on_bad_image=skip):\n{lines}")
+    kept = {name: _without(listing, bad) for name, listing in listings.items()}
+    return UsableImages(kept, decode, bad)
+
+
+def _without(listing: SplitListing, bad: Mapping[str, str]) -> SplitListing:
+    keep = [i for i, f in enumerate(listing.files) if str(f.resolve()) not in bad]
+    return replace(
+        listing,
+        files=[listing.files[i] for i in keep],
+        labels=[listing.labels[i] for i in keep],
+    )
+
+
+def verify_images(files: list[Path], max_pixels: int) -> dict[str, str]:
+    """Fully decode every file (when there is no cache): resolved path -> reason, for failures."""
+
+    def check(path: Path) -> str | None:
+        try:
+            load_gray(path, max_pixels)
+        except BadImageError as e:
+            return str(e)
+        return None
+
+    bad: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+        results = tqdm(pool.map(check, files), total=len(files), desc="Checking images", unit="img")
+        for path, reason in zip(files, results, strict=True):
+            if reason is not None:
+                bad[str(path.resolve())] = reason
+    return bad

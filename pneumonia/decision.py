@@ -1,0 +1,241 @@
+"""The decision: from a calibrated PNEUMONIA probability to a class, and the record of how.
+
+- :func:`bayes_threshold`, the default rule: on calibrated probabilities, calling PNEUMONIA
+  above ``1 / (1 + cost_ratio)`` minimises the expected cost; it needs no tuning on validation.
+- :func:`choose_threshold`: that rule, the rules tuned on validation (``f1``, ``youden``,
+  ``sensitivity``) or a fixed number.
+- :func:`fit_on_validation`: what each validation epoch fits (the temperature, the threshold)
+  and the proper scores it reports.
+- :class:`Decision`: the record of rule, threshold and calibration that reports and exports
+  carry, and :func:`adapt_to_prevalence`, which re-bases probabilities on the prevalence of
+  the images at hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torchmetrics.functional.classification import binary_roc
+
+from pneumonia.calibration import (
+    brier,
+    calibrate,
+    em_prevalence,
+    fit_temperature,
+    logit,
+    nll,
+    shift_prevalence,
+)
+
+log = logging.getLogger(__name__)
+
+ThresholdRule = Literal["bayes", "f1", "youden", "sensitivity"]
+THRESHOLD_RULES = ("bayes", "f1", "youden", "sensitivity")
+
+
+def bayes_threshold(cost_ratio: float) -> float:
+    """The probability above which calling PNEUMONIA costs less, on calibrated probabilities.
+
+    Args:
+        cost_ratio: cost of a missed pneumonia (false negative) / cost of a false alarm.
+    """
+    if not cost_ratio > 0:
+        raise ValueError(f"model.cost_ratio={cost_ratio} must be positive")
+    return 1.0 / (1.0 + cost_ratio)
+
+
+def choose_threshold(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    rule: ThresholdRule | float,
+    *,
+    target_sensitivity: float | None = None,
+    cost_ratio: float | None = None,
+) -> float:
+    """Decision threshold on the PNEUMONIA probability.
+
+    Args:
+        rule: ``"bayes"`` is the cost-minimising threshold on calibrated probabilities,
+            ``1 / (1 + cost_ratio)`` (:func:`bayes_threshold`), and needs no validation
+            predictions; the others are tuned on validation predictions:
+            ``"f1"`` maximises F1; ``"youden"`` maximises sensitivity + specificity - 1;
+            ``"sensitivity"`` takes the highest threshold whose sensitivity reaches
+            ``target_sensitivity``. A number is used as it is. The tuned rules pick a point
+            of the validation ROC, which on a nearly separable split lies in the extreme tail
+            of the scores and moves with every few images.
+    """
+    if isinstance(rule, int | float) and not isinstance(rule, bool):
+        if not 0.0 <= float(rule) <= 1.0:
+            raise ValueError(f"model.threshold_rule={rule} must lie in [0, 1]")
+        return float(rule)
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(
+            f"model.threshold_rule={rule!r} is not one of {', '.join(THRESHOLD_RULES)} "
+            "or a number in [0, 1]"
+        )
+    if rule == "bayes":
+        if cost_ratio is None:
+            raise ValueError("threshold_rule=bayes needs the cost ratio (model.cost_ratio)")
+        return bayes_threshold(cost_ratio)
+    targets = targets.long()
+    if targets.numel() == 0 or targets.min() == targets.max():
+        return 0.5  # one class only: no curve to choose from
+    probs = probs.float()
+    # Curves count ``prob >= t`` as positive, torchmetrics (and this project) ``prob > t``: the
+    # midpoint to the next lower score gives the same partition under ``>``.
+    fpr, tpr, thresholds = binary_roc(probs, targets)  # thresholds fall, tpr rises
+    lower = torch.cat([thresholds[1:], thresholds.new_zeros(1)])
+    cut = ((thresholds.clamp(0, 1) + lower) / 2).clamp(0, 1)
+    if rule == "youden":
+        return float(cut[int(torch.argmax(tpr - fpr))])
+    if rule == "f1":
+        precision = tpr / (tpr + fpr * (targets == 0).sum() / (targets == 1).sum()).clamp_min(1e-12)
+        f1 = 2 * precision * tpr / (precision + tpr).clamp_min(1e-12)
+        return float(cut[int(torch.argmax(f1))])
+    if target_sensitivity is None or not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"model.target_sensitivity={target_sensitivity} must lie in (0, 1]")
+    reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
+    return float(cut[int(reaching[0])])
+
+
+@dataclass(frozen=True)
+class ValidationFit:
+    """What one validation epoch sets and reports (see :func:`fit_on_validation`)."""
+
+    temperature: float
+    threshold: float
+    probs: torch.Tensor  # calibrated with the new temperature, at the model's prevalence
+    nll: float  # of the uncalibrated scores, at the split's own prevalence
+    brier: float
+
+
+def fit_on_validation(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float,
+    reference_logit: float,
+    prevalence: float,
+    fit: bool,
+    rule: ThresholdRule | float,
+    target_sensitivity: float,
+    cost_ratio: float,
+) -> ValidationFit:
+    """The temperature (refitted when ``fit``) and the threshold of ``rule`` on one validation
+    epoch's scores, with the proper scores that choose a checkpoint.
+
+    The proper scores (log loss, Brier) are of the uncalibrated scores at the split's own
+    prevalence: they keep discriminating where AUROC and accuracy saturate, and nothing in
+    them was fitted on this split, so they are fair grounds for choosing a checkpoint.
+
+    Args:
+        temperature: the temperature in force, kept when ``fit`` is false.
+        reference_logit: logit of the prevalence the training loss implied.
+        prevalence: the prevalence the model's probabilities are for.
+    """
+    own = float(targets.float().mean().clamp(1e-3, 1 - 1e-3))
+    raw = calibrate(scores, reference_logit=reference_logit, prevalence=own)
+    if fit:
+        temperature = fit_temperature(scores, targets, offset=logit(own) - reference_logit)
+    probs = calibrate(
+        scores, temperature=temperature, reference_logit=reference_logit, prevalence=prevalence
+    )
+    threshold = choose_threshold(
+        probs, targets, rule, target_sensitivity=target_sensitivity, cost_ratio=cost_ratio
+    )
+    return ValidationFit(temperature, threshold, probs, nll(raw, targets), brier(raw, targets))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a score becomes a class: the calibration, the rule and the threshold it gave.
+
+    Built from the model's buffers and hyperparameters (``PneumoniaClassifier.decision``);
+    reports, ``metrics.json`` and exports carry it as :meth:`to_dict`.
+    """
+
+    threshold_rule: str | float  # bayes | f1 | youden | sensitivity | a number
+    threshold: float  # PNEUMONIA when the calibrated probability is above it
+    cost_ratio: float  # cost of a missed pneumonia / cost of a false alarm (bayes)
+    prevalence: float  # the PNEUMONIA prevalence the probabilities are calibrated for
+    temperature: float
+    reference_prevalence: float  # the prevalence the training loss implied
+
+    @property
+    def bayes(self) -> bool:
+        """The threshold is the cost-minimising one on calibrated probabilities, so it stays
+        right when the probabilities move to another prevalence."""
+        return self.threshold_rule == "bayes"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self, shift: dict[str, Any] | None = None) -> str:
+        """One sentence for a report: the threshold, its rule, and the calibration behind it.
+
+        Args:
+            shift: the record of :func:`adapt_to_prevalence`, when the probabilities were
+                re-based on the prevalence of the images scored.
+        """
+        line = f"Threshold {self.threshold:.3f} from rule `{self.threshold_rule}`"
+        if self.bayes:
+            line += f" (cost ratio {self.cost_ratio:g}: 1 / (1 + cost ratio))"
+        line += (
+            f"; probabilities calibrated (temperature {self.temperature:.2f}) for a "
+            f"PNEUMONIA prevalence of {self.prevalence:g}"
+        )
+        if shift:
+            line += (
+                f", then re-based to {shift['estimated_prevalence']:.3f}, the prevalence EM "
+                "estimated for these images"
+            )
+        return line + "."
+
+
+PRIOR_SHIFTS = ("none", "em")
+
+
+def adapt_to_prevalence(
+    probs: torch.Tensor, decision: Decision, method: str = "none"
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """Probabilities re-based on the prevalence of these (unlabelled) images.
+
+    ``em`` estimates the prevalence of the images with :func:`em_prevalence` and shifts every
+    probability to it; with a Bayes threshold the stored threshold then makes the
+    cost-minimising decision for this population. Assumes label shift: the images of each
+    class look as they did in training, only their proportions differ. Needs enough images
+    (dozens at least) from one population.
+
+    Returns:
+        The probabilities, and a record of the estimate (None for ``none``).
+    """
+    if method not in PRIOR_SHIFTS:
+        raise ValueError(f"prior_shift={method!r}: use one of {', '.join(PRIOR_SHIFTS)}")
+    if method == "none" or len(probs) == 0:
+        return probs, None
+    if not decision.bayes:
+        raise ValueError(
+            f"prior_shift={method} re-bases calibrated probabilities for a Bayes decision; this "
+            f"checkpoint's threshold comes from threshold_rule={decision.threshold_rule!r}, "
+            "which a prevalence shift would not move consistently. Use prior_shift=none."
+        )
+    estimate, iterations = em_prevalence(probs, decision.prevalence)
+    log.info(
+        "Prevalence of these %d images estimated at %.3f (EM, %d iterations); the model's "
+        "probabilities were for %.3f",
+        len(probs),
+        estimate,
+        iterations,
+        decision.prevalence,
+    )
+    record = {
+        "method": method,
+        "estimated_prevalence": estimate,
+        "iterations": iterations,
+        "model_prevalence": decision.prevalence,
+        "num_images": len(probs),
+    }
+    return shift_prevalence(probs, decision.prevalence, estimate), record

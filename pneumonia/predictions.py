@@ -1,0 +1,91 @@
+"""Per-image predictions: the one decision rule for a row, and the one ``predictions.csv``.
+
+Evaluate, predict, the API and the training epochs all hold their results as
+:class:`Predictions` and turn probabilities into classes through :func:`prediction_rows`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pneumonia.files import atomic_open
+
+# The one layout of predictions.csv and of the API's tables. label: the true class where it is
+# known (evaluate), else empty; error: why an input has no probability.
+PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "error")
+
+
+@dataclass
+class Predictions:
+    """Images with their calibrated PNEUMONIA probability, their true class and the threshold.
+
+    A training epoch's predictions have no files; an evaluation's have one per image.
+    """
+
+    probs: torch.Tensor  # (N,) calibrated PNEUMONIA probability
+    targets: torch.Tensor  # (N,) 1 = PNEUMONIA (the positive class), 0 = NORMAL
+    threshold: float  # PNEUMONIA above it
+    files: list[Path] = field(default_factory=list)
+    scores: torch.Tensor | None = None  # (N,) logit differences, before calibration
+
+    def rows(self, class_names: Sequence[str], positive_index: int) -> list[dict[str, Any]]:
+        """One row of ``predictions.csv`` per image, its true class in ``label``."""
+        return prediction_rows(
+            [str(f) for f in self.files],
+            self.probs.tolist(),
+            threshold=self.threshold,
+            class_names=class_names,
+            positive_index=positive_index,
+            targets=self.targets.tolist(),
+        )
+
+
+def prediction_rows(
+    names: Sequence[str],
+    probs: Sequence[float | None],
+    *,
+    threshold: float,
+    class_names: Sequence[str],
+    positive_index: int,
+    targets: Sequence[int] | None = None,
+    errors: Mapping[int, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows with the keys of :data:`PREDICTION_COLUMNS`: the class at ``threshold`` (positive
+    when the probability is above it), or, where the probability is None, the input's error.
+
+    Args:
+        targets: 1 where the true class is the positive one (evaluate), None when unknown.
+        errors: input index -> why it has no probability.
+    """
+    positive, negative = class_names[positive_index], class_names[1 - positive_index]
+    rows = []
+    for i, (name, prob) in enumerate(zip(names, probs, strict=True)):
+        label = "" if targets is None else (positive if targets[i] else negative)
+        row = {"file": name, "label": label, "probability": prob, "threshold": threshold}
+        if prob is None:
+            row |= {"prediction": "", "error": (errors or {}).get(i) or "no probability"}
+        else:
+            row |= {"prediction": positive if prob > threshold else negative, "error": ""}
+        rows.append(row)
+    return rows
+
+
+def write_predictions(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``rows`` as ``predictions.csv``, atomically (complete or absent); numbers with
+    six decimals, missing values empty."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+    with atomic_open(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, extrasaction="raise")
+        writer.writeheader()
+        writer.writerows({c: cell(row.get(c)) for c in PREDICTION_COLUMNS} for row in rows)
