@@ -96,6 +96,15 @@ def normalisation_mismatch(
     )
 
 
+def keep_frozen_statistics(backbone: nn.Module) -> None:
+    """A frozen backbone is a fixed feature extractor: its BatchNorm layers keep their running
+    statistics (eval mode) while the rest of the model trains."""
+    if not any(p.requires_grad for p in backbone.parameters()):
+        for m in backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def cam_layer(backbone: nn.Module, name: str) -> nn.Module:
     """The last block of ``backbone``'s final conv stage (ResNet ``layer4[-1]`` and so on)."""
     layer = backbone.get_submodule(_spec(name).cam_layer)

@@ -28,6 +28,13 @@ EPS = 1e-6
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
+def logit_difference(logits: torch.Tensor, positive_index: int) -> torch.Tensor:
+    """(B, 2) logits -> (B,) scores ``z``: the positive class's logit minus the other's, in
+    float32."""
+    logits = logits.float()
+    return logits[:, positive_index] - logits[:, 1 - positive_index]
+
+
 def logit(p: float) -> float:
     """log(p / (1 - p)) of a prevalence in (0, 1)."""
     if not 0.0 < p < 1.0:

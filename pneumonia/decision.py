@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -102,54 +102,6 @@ def choose_threshold(
 
 
 @dataclass(frozen=True)
-class ValidationFit:
-    """What one validation epoch sets and reports (see :func:`fit_on_validation`)."""
-
-    temperature: float
-    threshold: float
-    probs: torch.Tensor  # calibrated with the new temperature, at the model's prevalence
-    nll: float  # of the uncalibrated scores, at the split's own prevalence
-    brier: float
-
-
-def fit_on_validation(
-    scores: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    temperature: float,
-    reference_logit: float,
-    prevalence: float,
-    fit: bool,
-    rule: ThresholdRule | float,
-    target_sensitivity: float,
-    cost_ratio: float,
-) -> ValidationFit:
-    """The temperature (refitted when ``fit``) and the threshold of ``rule`` on one validation
-    epoch's scores, with the proper scores that choose a checkpoint.
-
-    The proper scores (log loss, Brier) are of the uncalibrated scores at the split's own
-    prevalence: they keep discriminating where AUROC and accuracy saturate, and nothing in
-    them was fitted on this split, so they are fair grounds for choosing a checkpoint.
-
-    Args:
-        temperature: the temperature in force, kept when ``fit`` is false.
-        reference_logit: logit of the prevalence the training loss implied.
-        prevalence: the prevalence the model's probabilities are for.
-    """
-    own = float(targets.float().mean().clamp(1e-3, 1 - 1e-3))
-    raw = calibrate(scores, reference_logit=reference_logit, prevalence=own)
-    if fit:
-        temperature = fit_temperature(scores, targets, offset=logit(own) - reference_logit)
-    probs = calibrate(
-        scores, temperature=temperature, reference_logit=reference_logit, prevalence=prevalence
-    )
-    threshold = choose_threshold(
-        probs, targets, rule, target_sensitivity=target_sensitivity, cost_ratio=cost_ratio
-    )
-    return ValidationFit(temperature, threshold, probs, nll(raw, targets), brier(raw, targets))
-
-
-@dataclass(frozen=True)
 class Decision:
     """How a score becomes a class: the calibration, the rule and the threshold it gave.
 
@@ -163,6 +115,7 @@ class Decision:
     prevalence: float  # the PNEUMONIA prevalence the probabilities are calibrated for
     temperature: float
     reference_prevalence: float  # the prevalence the training loss implied
+    target_sensitivity: float  # the sensitivity rule's target
 
     @property
     def bayes(self) -> bool:
@@ -193,6 +146,49 @@ class Decision:
                 "estimated for these images"
             )
         return line + "."
+
+
+@dataclass(frozen=True)
+class ValidationFit:
+    """What one validation epoch sets and reports (see :func:`fit_on_validation`)."""
+
+    decision: Decision  # with the new temperature and threshold
+    probs: torch.Tensor  # calibrated with the new temperature, at the decision's prevalence
+    nll: float  # of the uncalibrated scores, at the split's own prevalence
+    brier: float
+
+
+def fit_on_validation(
+    scores: torch.Tensor, targets: torch.Tensor, decision: Decision, *, refit_temperature: bool
+) -> ValidationFit:
+    """The temperature (refitted when asked) and the threshold of the decision's rule on one
+    validation epoch's scores, with the proper scores that choose a checkpoint.
+
+    The proper scores (log loss, Brier) are of the uncalibrated scores at the split's own
+    prevalence: they keep discriminating where AUROC and accuracy saturate, and nothing in
+    them was fitted on this split, so they are fair grounds for choosing a checkpoint.
+    """
+    reference_logit = logit(decision.reference_prevalence)
+    own = float(targets.float().mean().clamp(1e-3, 1 - 1e-3))
+    raw = calibrate(scores, reference_logit=reference_logit, prevalence=own)
+    temperature = decision.temperature
+    if refit_temperature:
+        temperature = fit_temperature(scores, targets, offset=logit(own) - reference_logit)
+    probs = calibrate(
+        scores,
+        temperature=temperature,
+        reference_logit=reference_logit,
+        prevalence=decision.prevalence,
+    )
+    threshold = choose_threshold(
+        probs,
+        targets,
+        decision.threshold_rule,
+        target_sensitivity=decision.target_sensitivity,
+        cost_ratio=decision.cost_ratio,
+    )
+    fitted = replace(decision, temperature=temperature, threshold=threshold)
+    return ValidationFit(fitted, probs, nll(raw, targets), brier(raw, targets))
 
 
 PRIOR_SHIFTS = ("none", "em")

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pneumonia.calibration import calibrate
+from pneumonia.calibration import calibrate, logit_difference
 from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.files import atomic_path, write_text
-from pneumonia.model import PneumoniaClassifier, logit_difference
+from pneumonia.model import PneumoniaClassifier
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -26,7 +26,7 @@ class ExportedClassifier(nn.Module):
     """Normalised float (B, 3, H, W) -> calibrated class probabilities (B, 2).
 
     The positive column is what the model's ``probabilities`` gives, through the same
-    functions (``logit_difference``, ``calibration.calibrate``) and its temperature and
+    functions (``calibration.logit_difference`` and ``calibrate``) and its temperature and
     prevalence, so the stored threshold means the same thing here as in ``predict``. (The
     LightningModule itself cannot be traced: TorchScript reads its ``trainer``.)
     """

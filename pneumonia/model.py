@@ -12,8 +12,8 @@ import torch.nn.functional as F  # noqa: N812
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from pneumonia.backbones import build_backbone, normalisation_mismatch
-from pneumonia.calibration import calibrate, logit, loss_prevalence
+from pneumonia.backbones import build_backbone, keep_frozen_statistics, normalisation_mismatch
+from pneumonia.calibration import calibrate, logit, logit_difference, loss_prevalence
 from pneumonia.callbacks import UnfreezeBackbone
 from pneumonia.decision import Decision, choose_threshold, fit_on_validation
 from pneumonia.metrics import (
@@ -28,27 +28,19 @@ from pneumonia.predictions import Predictions
 
 log = logging.getLogger(__name__)
 
-# What a checkpoint's "pneumonia" section holds. 1: class names, threshold and decision were
-# copied there too (they are read from the hyperparameters and buffers, which hold them once).
+# The layout of a checkpoint's "pneumonia" section (format 1 also copied facts that the
+# hyperparameters and buffers hold: class names, threshold, decision).
 CHECKPOINT_FORMAT = 2
-
-
-def logit_difference(logits: torch.Tensor, positive_index: int) -> torch.Tensor:
-    """(B, 2) logits -> (B,) scores: the positive class's logit minus the other's, in float32."""
-    logits = logits.float()
-    return logits[:, positive_index] - logits[:, 1 - positive_index]
 
 
 class PneumoniaClassifier(pl.LightningModule):
     """Binary chest X-ray classifier (NORMAL vs PNEUMONIA).
 
-    The score of an image is the logit difference ``z`` (PNEUMONIA minus NORMAL). Its
-    PNEUMONIA probability is calibrated (see ``pneumonia.calibration``): ``z`` divided by a
-    temperature fitted on each validation epoch, and shifted from the prevalence the training
-    loss implied (0.5 with class weights) to ``prevalence``, the population the probability is
-    meant for. The decision threshold is a buffer set by ``threshold_rule``: ``bayes`` (the
-    default) takes the cost-minimising ``1 / (1 + cost_ratio)``; the tuned rules choose it on
-    each validation epoch. Temperature and threshold travel in every checkpoint.
+    An image's score is the logit difference PNEUMONIA - NORMAL; its probability is calibrated
+    (``pneumonia.calibration``: a temperature fitted on each validation epoch, the prevalence
+    the loss implied shifted to ``prevalence``) and decided at a threshold set by
+    ``threshold_rule`` (``pneumonia.decision``). Temperature and threshold are buffers: every
+    checkpoint carries them.
     """
 
     def __init__(
@@ -165,16 +157,14 @@ class PneumoniaClassifier(pl.LightningModule):
             cost_ratio=hp.cost_ratio,
             prevalence=hp.prevalence,
             temperature=float(self.temperature),
-            reference_prevalence=float(torch.sigmoid(self.reference_logit)),
+            reference_prevalence=float(torch.sigmoid(self.reference_logit.double())),
+            target_sensitivity=hp.target_sensitivity,
         )
 
     def train(self, mode: bool = True) -> PneumoniaClassifier:
         super().train(mode)
-        if mode and not any(p.requires_grad for p in self.backbone.parameters()):
-            # A frozen backbone is a fixed feature extractor: keep its BatchNorm statistics.
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        if mode:
+            keep_frozen_statistics(self.backbone)
         return self
 
     def setup(self, stage: str) -> None:
@@ -194,11 +184,10 @@ class PneumoniaClassifier(pl.LightningModule):
         self.preprocessing = pre.to_dict()
         if stage != "fit":
             return
-        mismatch = normalisation_mismatch(self.hparams.backbone, self.hparams.weights, pre.mean,
-                                          pre.std)  # fmt: skip
-        if mismatch:
+        hp = self.hparams
+        if mismatch := normalisation_mismatch(hp.backbone, hp.weights, pre.mean, pre.std):
             rank_zero_warn(mismatch)
-        if self.hparams.class_weighted and self.class_weights is None:
+        if hp.class_weighted and self.class_weights is None:
             weights = datamodule.class_weights.float()
             self.class_weights = weights
             self.hparams.class_weights = weights.tolist()
@@ -228,14 +217,16 @@ class PneumoniaClassifier(pl.LightningModule):
         binary_targets = (targets == self.positive_index).long()
         return loss, scores, self.calibrate(scores), binary_targets
 
+    def _log_metrics(self, stage: str, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        for collection in (getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_ranking")):
+            collection.update(probs, targets)
+            self.log_dict(collection, on_step=False, on_epoch=True, batch_size=len(targets))
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _, probs, targets = self._step(batch)
         n = len(targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.train_metrics.update(probs, targets)
-        self.train_ranking.update(probs, targets)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n)
-        self.log_dict(self.train_ranking, on_step=False, on_epoch=True, batch_size=n)
+        self._log_metrics("train", probs, targets)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -251,9 +242,7 @@ class PneumoniaClassifier(pl.LightningModule):
         self.log(
             f"{stage}/loss", loss, on_epoch=True, prog_bar=prog_bar, batch_size=n, sync_dist=True
         )
-        for collection in (getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_ranking")):
-            collection.update(probs, targets)
-            self.log_dict(collection, on_epoch=True, batch_size=n)
+        self._log_metrics(stage, probs, targets)
         outputs = getattr(self, f"{stage}_outputs")
         outputs["scores"].update(scores)
         outputs["targets"].update(targets)
@@ -262,29 +251,19 @@ class PneumoniaClassifier(pl.LightningModule):
         scores, targets = gathered_predictions(self.val_outputs)
         if self.trainer.sanity_checking or not len(targets):
             return
-        hp = self.hparams
         fit = fit_on_validation(
-            scores,
-            targets,
-            temperature=float(self.temperature),
-            reference_logit=float(self.reference_logit),
-            prevalence=hp.prevalence,
-            fit=hp.calibrate,
-            rule=hp.threshold_rule,
-            target_sensitivity=hp.target_sensitivity,
-            cost_ratio=hp.cost_ratio,
+            scores, targets, self.decision(), refit_temperature=self.hparams.calibrate
         )
-        self.temperature.fill_(fit.temperature)
-        self.threshold.fill_(fit.threshold)
+        self.temperature.fill_(fit.decision.temperature)
+        self.threshold.fill_(fit.decision.threshold)
         # Computed from all ranks' gathered predictions: identical on every rank.
         self.log("val/nll", fit.nll, sync_dist=True)
         self.log("val/brier", fit.brier, sync_dist=True)
-        self.log("val/temperature", fit.temperature, sync_dist=True)
-        self.log("val/threshold", fit.threshold, sync_dist=True)
+        self.log("val/temperature", fit.decision.temperature, sync_dist=True)
+        self.log("val/threshold", fit.decision.threshold, sync_dist=True)
         self.log("val/num_samples", float(len(targets)), sync_dist=True)
-        self.epoch_predictions["val"] = Predictions(
-            fit.probs, targets, fit.threshold, scores=scores
-        )
+        threshold = fit.decision.threshold
+        self.epoch_predictions["val"] = Predictions(fit.probs, targets, threshold, scores=scores)
 
     def on_test_epoch_end(self) -> None:
         scores, targets = gathered_predictions(self.test_outputs)

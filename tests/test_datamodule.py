@@ -12,7 +12,7 @@ from PIL import Image
 
 from pneumonia.data import BadImagesError, ChestXRayDataModule
 from pneumonia.data.images import load_resized
-from pneumonia.data.splits import patient_id
+from pneumonia.data.patients import patient_id
 from pneumonia.data.synthetic import SYNTHETIC_MARKER, generate_synthetic_dataset
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 

@@ -85,8 +85,9 @@ def bayes_decision(prevalence: float = 0.5, **changes) -> Decision:
         "prevalence": prevalence,
         "temperature": 1.0,
         "reference_prevalence": 0.5,
+        "target_sensitivity": 0.95,
     }
-    return Decision(**{**fields, **changes})  # fmt: skip
+    return Decision(**{**fields, **changes})
 
 
 def test_em_prior_shift_rebases_probabilities_on_the_images_prevalence() -> None:

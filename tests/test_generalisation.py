@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.data.splits import patient_id
+from pneumonia.data.patients import patient_id
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pneumonia.generalisation import DEGRADATIONS, _gamma, degrade, summarise
 

@@ -9,7 +9,7 @@ import pytest
 
 from pneumonia.data import ChestXRayDataModule, LeakageError
 from pneumonia.data.leakage import find_leaks
-from pneumonia.data.splits import patient_id
+from pneumonia.data.patients import patient_id
 
 
 @pytest.fixture

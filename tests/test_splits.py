@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia.data.splits import patient_id, patient_split
+from pneumonia.data.patients import patient_id
+from pneumonia.data.splits import patient_split
 
 
 @pytest.mark.parametrize(

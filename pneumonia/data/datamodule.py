@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -12,9 +11,7 @@ from typing import Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from pneumonia.data.cache import default_cache_dir
@@ -23,16 +20,18 @@ from pneumonia.data.index import (
     DataIndex,
     SplitListing,
     class_names,
+    evaluation_folder,
     find_split_dirs,
     list_split,
     summary_table,
 )
-from pneumonia.data.leakage import LEAK_POLICIES, LeakPolicy, check_leaks
+from pneumonia.data.leakage import LEAK_POLICIES, LeakPolicy
+from pneumonia.data.patients import patients_of
 from pneumonia.data.preprocessing import Preprocessing
-from pneumonia.data.splits import fit_splits, patient_id, without_patients
-from pneumonia.data.synthetic import SYNTHETIC_MARKER, ensure_synthetic_dataset
+from pneumonia.data.splits import training_splits
+from pneumonia.data.synthetic import SYNTHETIC_WARNING, ensure_synthetic_dataset, is_synthetic
 from pneumonia.data.transforms import train_transforms
-from pneumonia.data.usable import BadImagePolicy, usable_images
+from pneumonia.data.usable import BAD_IMAGE_POLICIES, BadImagePolicy, usable_images
 from pneumonia.runtime import loader_workers
 
 log = logging.getLogger(__name__)
@@ -42,34 +41,23 @@ PREPROCESSING_FIELDS = tuple(f.name for f in fields(Preprocessing))
 class ChestXRayDataModule(pl.LightningDataModule):
     """NORMAL vs PNEUMONIA images from ``root/{train,val,test}/{class}/*``.
 
-    The defaults are the project's (``conf/data/chest_xray.yaml`` mirrors them; a test holds
-    them equal); those of the preprocessing are :class:`Preprocessing`'s own.
+    Every argument is a key of ``conf/data/chest_xray.yaml``, whose comments say what it
+    does; the defaults are the same (a test holds them equal), and those of the preprocessing
+    (``resize_size``, ``resize_mode``, ``crop_size``, ``interpolation``, ``mean``, ``std``,
+    ``max_pixels``) are :class:`Preprocessing`'s own. In short:
 
-    Args:
-        root: folder holding ``train/`` (and optionally ``val/``, ``test/``).
-        cache_dir: where decoded images are cached (default: ``default_cache_dir()``).
-        cache: decode each image once into a uint8 memmap at ``resize_size``.
-        val_split: ``"patient"`` pools train+val and carves a patient-grouped, stratified split
-            of ``val_fraction``; ``"official"`` uses ``val/`` as it is.
-        resize_size, resize_mode, crop_size, interpolation, mean, std, max_pixels: the
-            :class:`Preprocessing`, which checkpoints store.
-        crop, hflip_prob, rotation_degrees, translate: training augmentation. No horizontal
-            flip by default: a chest is not mirror-symmetric (the heart sits on the left).
-        augment: acquisition changes for training, keyword arguments of
-            :func:`~pneumonia.data.transforms.train_transforms` (``crop_scale``,
-            ``brightness``, ``contrast``, ``gamma``, ``blur_prob``, ``noise_std``).
-        on_bad_image: ``"error"`` lists unusable files in one error; ``"skip"`` warns and drops.
-        holdout_root: a labelled folder (``NORMAL/``, ``PNEUMONIA/``) kept out of training:
-            every patient in it is removed from the training and validation pool, and its
-            images form the ``holdout`` split, read from their own files (not the cache).
-            Original-resolution files of unseen patients check what a validation split of
-            the training collection cannot.
-        classes: the two class folders to use where ``train/`` holds more (the model is
-            binary); the others are left out and logged.
-        on_leak: identical images or shared patients between train/val and val, test or
-            the holdout folder: ``warn`` (counts and examples; also in ``leakage``),
-            ``error``, or ``drop`` them from training and validation.
-        synthetic: generate the synthetic demo dataset at ``root`` when it is missing.
+    - ``val_split``: ``patient`` pools train+val and carves a patient-grouped, stratified
+      ``val_fraction``; ``official`` takes ``val/`` as it is.
+    - ``crop``, ``hflip_prob``, ``rotation_degrees``, ``translate`` and ``augment`` (keyword
+      arguments of :func:`~pneumonia.data.transforms.train_transforms`): training augmentation.
+      No horizontal flip by default: a chest is not mirror-symmetric.
+    - ``holdout_root``: a labelled folder kept out of training: its patients leave the train
+      and val pool, and its images form the ``holdout`` split, read from their own files.
+    - ``classes``: the two class folders to use where ``train/`` holds more.
+    - ``on_bad_image`` (``error`` | ``skip``) and ``on_leak`` (``warn`` | ``error`` |
+      ``drop``): what unusable images and images or patients shared between splits do.
+    - ``cache``/``cache_dir``: decode each image once into a uint8 memmap
+      (``default_cache_dir()`` when no folder is given).
     """
 
     def __init__(
@@ -103,12 +91,13 @@ class ChestXRayDataModule(pl.LightningDataModule):
         on_leak: LeakPolicy = "warn",
     ) -> None:
         super().__init__()
-        if val_split not in ("patient", "official"):
-            raise ValueError(f"data.val_split must be 'patient' or 'official', got {val_split!r}")
-        if on_bad_image not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-        if on_leak not in LEAK_POLICIES:
-            raise ValueError(f"data.on_leak={on_leak!r}; valid: {', '.join(LEAK_POLICIES)}")
+        for key, value, valid in (
+            ("val_split", val_split, ("patient", "official")),
+            ("on_bad_image", on_bad_image, BAD_IMAGE_POLICIES),
+            ("on_leak", on_leak, LEAK_POLICIES),
+        ):
+            if value not in valid:
+                raise ValueError(f"data.{key}={value!r}; valid: {', '.join(valid)}")
         # The preprocessing is saved once, as its own record (the model stores it); the
         # machine's settings (cache folder, workers) are no property of the run.
         self.save_hyperparameters(
@@ -128,15 +117,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.holdout_root = Path(holdout_root).expanduser() if holdout_root else None
         if self.holdout_root is not None:
             self.hparams.holdout_root = str(self.holdout_root.resolve())
-        self.preprocessing = Preprocessing(
-            resize_size=resize_size,
-            resize_mode=resize_mode,
-            crop_size=crop_size,
-            interpolation=interpolation,
-            mean=tuple(mean),
-            std=tuple(std),
-            max_pixels=max_pixels,
-        )
+        arguments = locals()  # the preprocessing: the arguments named as its fields
+        self.preprocessing = Preprocessing(**{k: arguments[k] for k in PREPROCESSING_FIELDS})
         self.train_transform = train_transforms(
             crop_size=crop_size,
             crop=crop,
@@ -181,12 +163,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
         if self.synthetic:
             ensure_synthetic_dataset(self.root)
         index = DataIndex.scan(self.root, self.chosen_classes)
-        if (self.root / SYNTHETIC_MARKER).exists() and rank_zero_only.rank == 0:
-            log.warning(
-                "%s holds SYNTHETIC demo images, not real chest X-rays: its metrics say nothing "
-                "about pneumonia detection.",
-                self.root,
-            )
+        if is_synthetic(self.root) and rank_zero_only.rank == 0:
+            log.warning(SYNTHETIC_WARNING, self.root)
         usable = self._usable(index.splits, self.root, source="root", cache=self.use_cache)
         self._index = replace(index, splits=usable)
         return self._index
@@ -202,47 +180,22 @@ class ChestXRayDataModule(pl.LightningDataModule):
                 {"holdout": listing}, self.holdout_root, source="holdout", cache=False
             )
         if stage in (None, "fit", "validate") and "train" not in self._splits:
-            self._setup_fit(listings)
+            splits, self.leakage = training_splits(
+                listings,
+                self._splits.get("holdout"),
+                self.classes,
+                val_split=self.hparams.val_split,
+                fraction=self.hparams.val_fraction,
+                seed=self.hparams.seed,
+                on_leak=self.hparams.on_leak,
+                warn=rank_zero_warn,
+                info=rank_zero_info,
+            )
+            self._splits |= splits
         if stage in (None, "test", "predict") and "test" in listings:
             self._splits["test"] = listings["test"]
         if set(self._splits) != known and rank_zero_only.rank == 0:
             log.info("%s", self.summary())
-
-    def _setup_fit(self, listings: dict[str, SplitListing]) -> None:
-        held = self.patients("holdout") if "holdout" in self._splits else set()
-        splits = fit_splits(
-            self._without(listings["train"], held),
-            self._without(listings.get("val"), held),
-            val_split=self.hparams.val_split,
-            fraction=self.hparams.val_fraction,
-            seed=self.hparams.seed,
-            warn=rank_zero_warn,
-        )
-        if "holdout" in self._splits:
-            splits["holdout"] = self._splits["holdout"]
-        test = listings.get("test")
-        splits, self.leakage = check_leaks(
-            splits, test.files if test else None, self.hparams.on_leak, rank_zero_warn
-        )
-        self._splits |= splits
-        for cls, n in zip(self.classes, self.split_counts("train"), strict=True):
-            if n == 0:
-                raise ValueError(f"The training split has no {cls} images after the split.")
-
-    def _without(self, listing: SplitListing | None, patients: set[str]) -> SplitListing | None:
-        """``listing`` less every image of the holdout folder's ``patients``."""
-        if listing is None or not patients:
-            return listing
-        kept = without_patients(listing, patients)
-        removed = len(listing.files) - len(kept.files)
-        if removed and rank_zero_only.rank == 0:
-            log.info(
-                "Holdout %s: %d images of its %d patients left out of training and validation",
-                self.holdout_root,
-                removed,
-                len(patients),
-            )
-        return kept
 
     # ----------------------------------------------------------------- public properties
     @property
@@ -276,11 +229,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
     def _split(self, split: str) -> SplitListing:
         if split not in self._splits:
             if split == "test" and not self.has_split("test"):
-                raise FileNotFoundError(
-                    f"There is no test split: {self.root / 'test'} does not exist. Add a test/ "
-                    "folder with the same class folders as train/, or evaluate on data.root "
-                    "pointing at a dataset that has one."
-                )
+                evaluation_folder(self.root)  # raises: there is no test split, and what to do
             stage = "test" if split == "test" else "fit"
             raise RuntimeError(f"Split {split!r} is not set up: call setup({stage!r}) first.")
         return self._splits[split]
@@ -294,19 +243,17 @@ class ChestXRayDataModule(pl.LightningDataModule):
         return list(self._split(split).labels)
 
     def patients(self, split: str) -> set[str]:
-        return {patient_id(f) for f in self._split(split).files}
+        return patients_of(self._split(split))
 
     def split_counts(self, split: str) -> list[int]:
         """Images per class, in class-index order."""
-        counts = Counter(self._split(split).labels)
-        return [counts.get(i, 0) for i in range(self.num_classes)]
+        return self._split(split).counts(self.num_classes)
 
     @property
     def class_weights(self) -> torch.Tensor:
         """n / (k * n_c) from the training split, in class-index order."""
         counts = torch.tensor(self.split_counts("train"), dtype=torch.float64)
-        weights = counts.sum() / (len(counts) * counts)
-        return weights.float()
+        return (counts.sum() / (len(counts) * counts)).float()
 
     def summary(self) -> str:
         """A table of images per split and class, patients per split, skipped files."""
@@ -320,30 +267,21 @@ class ChestXRayDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------- loaders
     def _on_gpu(self) -> bool:
         trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return trainer.strategy.root_device.type == "cuda"
-        return torch.cuda.is_available()
+        return trainer.strategy.root_device.type == "cuda" if trainer else torch.cuda.is_available()
 
     def _loader(self, split: str, transform, *, shuffle: bool, shard: bool) -> DataLoader:
         data = self._split(split)
         decode = self._decoders["holdout" if split == "holdout" else "root"]
-        dataset = ChestXRayDataset(data.files, data.labels, transform, decode)
         on_gpu = self._on_gpu()
         workers = self.num_workers if self.num_workers is not None else loader_workers(on_gpu)
-        sampler = None
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if shard and not shuffle and distributed:
-            # Lightning's default DistributedSampler pads shards with repeated images, which
-            # would count some validation images twice; this one gives each image to one rank.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return image_loader(
-            dataset,
+            ChestXRayDataset(data.files, data.labels, transform, decode),
             collate=self.collate,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=workers,
             pin_memory=self.pin_memory if self.pin_memory is not None else on_gpu,
-            sampler=sampler,
+            shard=shard,
         )
 
     def eval_dataloader(self, split: str) -> DataLoader:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+import torch.distributed as dist
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from pneumonia.data.index import labelled_folder
 from pneumonia.data.preprocessing import Preprocessing, as_image
@@ -53,9 +55,20 @@ def image_loader(
     shuffle: bool = False,
     num_workers: int = 0,
     pin_memory: bool = False,
-    sampler: Sampler | None = None,
+    shard: bool = False,
 ) -> DataLoader:
-    """Batches of ``dataset``: shuffled for training, else in file order."""
+    """Batches of ``dataset``: shuffled for training, else in file order.
+
+    Args:
+        shard: under DDP, give each process its own share of an evaluation split (Lightning's
+            validation and test loops); every process otherwise sees every image.
+    """
+    sampler = None
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if shard and not shuffle and distributed:
+        # Lightning's default DistributedSampler pads shards with repeated images, which would
+        # count some validation images twice; this one gives each image to one rank.
+        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
     return DataLoader(
         dataset,
         batch_size=batch_size,

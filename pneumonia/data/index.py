@@ -31,6 +31,10 @@ class SplitListing:
     labels: list[int]
     ignored: list[Path] = field(default_factory=list)  # non-image files such as .DS_Store
 
+    def counts(self, num_classes: int) -> list[int]:
+        """Images per class, in class-index order."""
+        return [self.labels.count(label) for label in range(num_classes)]
+
 
 def _describe(root: Path, limit: int = 8) -> str:
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())

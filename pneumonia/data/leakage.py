@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pneumonia.data.index import SplitListing
-from pneumonia.data.splits import patient_id
+from pneumonia.data.patients import patient_id
 from pneumonia.runtime import decode_threads
 
 LeakPolicy = Literal["warn", "error", "drop"]

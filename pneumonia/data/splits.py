@@ -1,4 +1,4 @@
-"""Patient-grouped, stratified validation splits for Kermany file names.
+"""Patient-grouped, stratified validation splits, and the splits a training run fits on.
 
 Several images of one patient on both sides of a split inflate validation scores, so the split
 is made over patients. The patient order is a hash of ``(seed, patient id)``: it needs no RNG
@@ -9,30 +9,16 @@ every machine and for any listing order of the files.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pneumonia.data.index import SplitListing
+from pneumonia.data.leakage import LeakPolicy, check_leaks
+from pneumonia.data.patients import patient_id, patients_of, without_patients
 
 OFFICIAL_VAL_MIN = 100
-
-# personN_bacteria_M.jpeg / personN_virus_M.jpeg (also personN_virus_M_K.jpeg) -> personN
-_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
-# IM-NNNN-MMMM.jpeg, IM-NNNN-MMMM-KKKK.jpeg, NORMAL2-IM-NNNN-MMMM.jpeg -> IM-NNNN / NORMAL2-IM-NNNN
-_IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
-
-
-def patient_id(path: str | Path) -> str:
-    """Patient id parsed from a Kermany file name; a name with no id is its own group."""
-    stem = Path(path).stem
-    for pattern in (_PERSON, _IM):
-        m = pattern.match(stem)
-        if m:
-            return m.group(1)
-    return f"file:{Path(path).name}"
 
 
 def _rank(seed: int, group: str) -> str:
@@ -78,16 +64,6 @@ def patient_split(
     return train, sorted(val_set)
 
 
-def without_patients(listing: SplitListing, patients: set[str]) -> SplitListing:
-    """``listing`` less every image of ``patients`` (by the ids in the file names)."""
-    keep = [i for i, f in enumerate(listing.files) if patient_id(f) not in patients]
-    return SplitListing(
-        files=[listing.files[i] for i in keep],
-        labels=[listing.labels[i] for i in keep],
-        ignored=listing.ignored,
-    )
-
-
 def fit_splits(
     train: SplitListing,
     val: SplitListing | None,
@@ -124,3 +100,51 @@ def fit_splits(
         "train": SplitListing([files[i] for i in train_idx], [labels[i] for i in train_idx]),
         "val": SplitListing([files[i] for i in val_idx], [labels[i] for i in val_idx]),
     }
+
+
+def training_splits(
+    listings: Mapping[str, SplitListing],
+    holdout: SplitListing | None,
+    classes: Sequence[str],
+    *,
+    val_split: Literal["patient", "official"],
+    fraction: float,
+    seed: int,
+    on_leak: LeakPolicy,
+    warn: Callable[[str], None],
+    info: Callable[[str], None],
+) -> tuple[dict[str, SplitListing], list[dict[str, Any]]]:
+    """The splits a training run fits on, from the data root's listings and a holdout folder.
+
+    Every patient of the holdout folder leaves the pool first; then :func:`fit_splits` makes
+    train and val, and ``check_leaks`` looks for images and patients shared with val, test or
+    the holdout (applying ``on_leak``).
+
+    Returns:
+        ``train``, ``val`` (and ``holdout``), and the leak check's records.
+
+    Raises:
+        ValueError: a class with no training image left.
+    """
+    held = patients_of(holdout) if holdout is not None else set()
+    pool = {name: listings.get(name) for name in ("train", "val")}
+    if held:
+        kept = {k: without_patients(v, held) if v else v for k, v in pool.items()}
+        removed = sum(len(v.files) - len(kept[k].files) for k, v in pool.items() if v)
+        if removed:
+            info(
+                f"Holdout: {removed} images of its {len(held)} patients left out of training "
+                "and validation"
+            )
+        pool = kept
+    splits = fit_splits(
+        pool["train"], pool["val"], val_split=val_split, fraction=fraction, seed=seed, warn=warn
+    )
+    if holdout is not None:
+        splits["holdout"] = holdout
+    test = listings.get("test")
+    splits, leakage = check_leaks(splits, test.files if test else None, on_leak, warn)
+    for name, n in zip(classes, splits["train"].counts(len(classes)), strict=True):
+        if n == 0:
+            raise ValueError(f"The training split has no {name} images after the split.")
+    return splits, leakage

@@ -19,6 +19,10 @@ from PIL import Image, ImageFilter
 log = logging.getLogger(__name__)
 
 SYNTHETIC_MARKER = "SYNTHETIC_DATA.txt"
+SYNTHETIC_WARNING = (
+    "%s holds SYNTHETIC demo images, not real chest X-rays: its metrics say nothing about "
+    "pneumonia detection."
+)
 GENERATOR_VERSION = 1
 # (split, NORMAL images, PNEUMONIA images): about 1:2 like Kermany's training split.
 DEFAULT_COUNTS = {"train": (80, 160), "val": (8, 8), "test": (40, 60)}
@@ -134,3 +138,8 @@ def ensure_synthetic_dataset(root: Path, *, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def is_synthetic(root: Path) -> bool:
+    """Whether ``root`` holds the demo's synthetic images (it carries their marker file)."""
+    return (Path(root) / SYNTHETIC_MARKER).exists()
