@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,15 +35,34 @@ def check_writable(folder: Path) -> None:
         ) from e
 
 
-class WritableRunFolder(Callback):
-    """Hydra callback: check the run folder before Hydra sets up its log file there, which
-    would otherwise fail with "Unable to configure handler 'file'" and the cause buried."""
+class RunFolder(Callback):
+    """Hydra callback for the run folder of every command.
+
+    - Before Hydra sets up its log file there: check the folder can be written, which would
+      otherwise fail with "Unable to configure handler 'file'" and the cause buried.
+    - After a job that failed before writing anything of its own: remove the folder, which
+      holds only Hydra's record of the config and a log of the error already printed.
+    """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         check_writable(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         check_writable(Path(config.hydra.sweep.dir))
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if job_return.status != JobStatus.FAILED:
+            return
+        folder = Path(config.hydra.runtime.output_dir)
+        if not folder.is_dir():
+            return
+        hydras_own = {folder / f"{config.hydra.job.name}.log"}
+        if config.hydra.output_subdir:
+            hydras_own.add(folder / config.hydra.output_subdir)
+        if all(path in hydras_own for path in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def runs_root() -> Path:

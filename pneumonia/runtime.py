@@ -185,6 +185,33 @@ def tune_malloc() -> bool:
     return bool(ok)
 
 
+# Warnings of the libraries under this project that tell its users nothing, each with why.
+QUIET_WARNINGS = (
+    # Lightning's own use of torch's pytree API (pytorch_lightning/utilities/_pytree.py).
+    r".*isinstance\(treespec, LeafSpec\).*",
+    # Lightning's model summary estimates the size in MB at 32 bits under bf16, and says so.
+    r"Precision .* is not supported by the model summary.*",
+    # num_workers=0 is this project's deliberate default on small CPU machines (loader_workers).
+    r".*does not have many workers.*",
+)
+
+
+class _NoAdverts(logging.Filter):
+    """Lightning logs a tip for its cloud logger at every fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def quiet_libraries() -> None:
+    """Silence :data:`QUIET_WARNINGS` and Lightning's advertisement, once per process."""
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdverts())
+
+
 def configure_torch() -> None:
     """TF32 matmuls on Ampere+ GPUs (bf16/fp32 training loses nothing measurable)."""
     if torch.cuda.is_available():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,13 @@ from pneumonia.config import CONFIG_DIR, check_train_config
 from pneumonia.data.index import find_split_dirs
 from pneumonia.files import write_text
 from pneumonia.metrics import confusion_matrix
-from pneumonia.runtime import configure_torch, resolve_device, resolve_precision, tune_malloc
+from pneumonia.runtime import (
+    configure_torch,
+    quiet_libraries,
+    resolve_device,
+    resolve_precision,
+    tune_malloc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +48,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_train_config(cfg)  # wrong types and ranges, before any work
     tune_malloc()
     configure_torch()
-    # num_workers=0 is a deliberate default on small CPU machines: workers fight the compute.
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    quiet_libraries()
     if cfg.get("ckpt_path"):
         read_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign: a clear error, now
     pl.seed_everything(cfg.seed, workers=True)

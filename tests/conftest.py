@@ -18,6 +18,19 @@ ORIGINALS = SHARED_DATA / "originals"
 TINY_COUNTS = {"train": (10, 14), "val": (3, 3), "test": (4, 5)}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_cache_in_the_home_folder(tmp_path_factory: pytest.TempPathFactory):
+    """Decoded-image caches of the tests go to a temporary folder, not ~/.cache/pneumonia
+    (commands run by the tests inherit it)."""
+    before = os.environ.get("PNEUMONIA_CACHE_DIR")
+    os.environ["PNEUMONIA_CACHE_DIR"] = str(tmp_path_factory.mktemp("pneumonia-cache"))
+    yield
+    if before is None:
+        del os.environ["PNEUMONIA_CACHE_DIR"]
+    else:
+        os.environ["PNEUMONIA_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only-by-convention synthetic dataset shared by the session (copy it to modify)."""

@@ -123,3 +123,20 @@ def test_evaluate_a_folder_returns_the_report_and_the_table(clf, trained: dict) 
     assert (table["label"] == [Path(f).parent.name for f in table["file"]]).all()
     accuracy = (table["label"] == table["prediction"]).mean()
     assert result["metrics"]["accuracy"]["value"] == pytest.approx(accuracy)
+
+
+def test_prior_shift_em_in_predict_and_evaluate(clf, trained: dict) -> None:
+    from pneumonia.calibration import shift_prevalence
+
+    files = sorted((trained["root"] / "test").rglob("*.jpeg"))
+    plain = clf.predict(files)["probability"].to_numpy()
+    shifted = clf.predict(files, prior_shift="em")["probability"].to_numpy()
+    result, table = clf.evaluate(trained["root"], prior_shift="em", resamples=20)
+    estimate = result["prior_shift"]["estimated_prevalence"]
+    expected = shift_prevalence(torch.tensor(plain, dtype=torch.float64), 0.5, estimate)
+    np.testing.assert_allclose(shifted, expected.numpy(), atol=1e-6)
+    by_file = dict(zip(table["file"], table["probability"], strict=True))
+    np.testing.assert_allclose([by_file[str(f)] for f in files], shifted, atol=1e-6)
+    # tensors take the same path
+    from_tensors = clf.predict(clf.batch(files), prior_shift="em")["probability"].to_numpy()
+    np.testing.assert_allclose(from_tensors, shifted, atol=1e-5)

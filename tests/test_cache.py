@@ -100,3 +100,18 @@ def test_another_interpolation_gets_its_own_cache(tiny_root: Path, tmp_path: Pat
     nearest.setup("fit")
     assert len(list((tmp_path / "cache").iterdir())) == 2
     assert not torch.equal(_all_eval_tensors(bicubic), _all_eval_tensors(nearest))
+
+
+def test_the_default_cache_folder_follows_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pneumonia.data.cache import default_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PNEUMONIA_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "pneumonia"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "pneumonia"
+    monkeypatch.setenv("PNEUMONIA_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"  # wins over both

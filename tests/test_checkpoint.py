@@ -64,3 +64,27 @@ def test_checkpoint_without_its_preprocessing_is_refused(
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match=r"does not record the preprocessing.*retrain"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_of_format_1_still_loads(trained: dict, tmp_path: Path) -> None:
+    """Format 1 copied the threshold, classes and decision into its "pneumonia" section and the
+    preprocessing fields among the DataModule's arguments; those copies are ignored."""
+    raw = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    current = load_checkpoint(trained["ckpt"])
+    raw["pneumonia"] = {
+        **{k: v for k, v in raw["pneumonia"].items() if k != "format"},
+        "class_names": ["NORMAL", "PNEUMONIA"],
+        "positive_index": 1,
+        "threshold": 0.123,  # a stale copy: the buffer is what counts
+        "decision": {"threshold_rule": "bayes", "threshold": 0.123},
+    }
+    raw["datamodule_hyper_parameters"] |= {"resize_size": 999, "crop_size": 998}
+    old = tmp_path / "format1.ckpt"
+    torch.save(raw, old)
+    ckpt = load_checkpoint(old)
+    assert ckpt.threshold == current.threshold == float(raw["state_dict"]["threshold"])
+    assert ckpt.class_names == current.class_names
+    assert ckpt.decision == current.decision
+    assert ckpt.preprocessing == current.preprocessing  # from the record, not the copies
+    assert "resize_size" not in ckpt.data_args
+    assert ckpt.data_args["root"] == current.data_args["root"]

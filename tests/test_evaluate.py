@@ -21,6 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def compose_eval(tmp_path: Path, ckpt: Path, *overrides: str):
+    """The evaluate config, writing into ``tmp_path / "eval"``."""
     return compose(
         "evaluate",
         [
@@ -192,3 +193,70 @@ def test_a_folder_with_other_class_names_names_both_sets(trained: dict, tmp_path
         (root / name).mkdir(parents=True)
     with pytest.raises(DataLayoutError, match=r"\['healthy', 'sick'\].*\['NORMAL', 'PNEUMONIA'\]"):
         evaluate(compose_eval(tmp_path, trained["ckpt"], f"data.root={root}"))
+
+
+# ----------------------------------------------------------------------------- options
+def _csv_probabilities(path: Path) -> dict[str, float]:
+    with open(path, newline="") as f:
+        return {row["file"]: float(row["probability"]) for row in csv.DictReader(f)}
+
+
+def test_prior_shift_em_rebases_the_reports_probabilities(trained: dict, tmp_path: Path) -> None:
+    from pneumonia.calibration import shift_prevalence
+
+    plain = evaluate(compose_eval(tmp_path / "plain", trained["ckpt"]))
+    shifted = evaluate(compose_eval(tmp_path / "em", trained["ckpt"], "prior_shift=em"))
+    assert plain["prior_shift"] is None
+    record = shifted["prior_shift"]
+    assert record["method"] == "em"
+    assert record["num_images"] == shifted["num_images"]
+    assert "re-based to" in (tmp_path / "em" / "eval" / "report.md").read_text()
+    before = _csv_probabilities(tmp_path / "plain" / "eval" / "predictions.csv")
+    after = _csv_probabilities(tmp_path / "em" / "eval" / "predictions.csv")
+    assert before.keys() == after.keys()
+    expected = shift_prevalence(
+        torch.tensor(list(before.values()), dtype=torch.float64),
+        record["model_prevalence"],
+        record["estimated_prevalence"],
+    )
+    torch.testing.assert_close(
+        torch.tensor(list(after.values()), dtype=torch.float64), expected, atol=2e-6, rtol=0
+    )
+
+
+def test_split_holdout_evaluates_a_holdout_folder_of_the_run(trained: dict, tmp_path: Path):
+    import shutil
+
+    holdout = tmp_path / "holdout"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (holdout / cls).mkdir(parents=True)
+        for f in sorted((trained["root"] / "test" / cls).iterdir())[:2]:
+            shutil.copy(f, holdout / cls / f.name)
+    result = evaluate(
+        compose_eval(tmp_path, trained["ckpt"], "split=holdout", f"data.holdout_root={holdout}")
+    )
+    assert result["split"] == "holdout"
+    assert result["num_images"] == 4
+    assert result["num_pneumonia"] == 2
+    with pytest.raises(ValueError, match=r"split=holdout needs a holdout folder"):
+        evaluate(compose_eval(tmp_path / "none", trained["ckpt"], "split=holdout"))
+
+
+def test_bad_images_in_an_evaluated_folder_are_named_or_skipped(
+    trained: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from pneumonia.data import BadImagesError
+
+    folder = tmp_path / "hospital_b"
+    shutil.copytree(trained["root"] / "test", folder)
+    broken = folder / "PNEUMONIA" / "person999_bacteria_1.jpeg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(BadImagesError, match=r"(?s)person999_bacteria_1\.jpeg.*on_bad_image=skip"):
+        evaluate(compose_eval(tmp_path / "a", trained["ckpt"], f"data.root={folder}"))
+    skip = ["data.on_bad_image=skip", "data.cache=false"]
+    result = evaluate(compose_eval(tmp_path / "b", trained["ckpt"], f"data.root={folder}", *skip))
+    assert result["num_images"] == len(list(folder.rglob("*.jpeg"))) - 1
+    (said,) = [r.getMessage() for r in caplog.records if "Skipping 1 unusable" in r.getMessage()]
+    assert "person999_bacteria_1.jpeg" in said  # named in the log, not dropped silently

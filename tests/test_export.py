@@ -52,3 +52,41 @@ def test_export_matches_pytorch(trained: dict, tmp_path: Path, fmt: str) -> None
     else:
         got = torch.jit.load(str(path))(x).detach().numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_the_export_command_writes_the_pair_into_its_folder(
+    trained: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pneumonia.config import compose
+    from pneumonia.export import export
+
+    out = tmp_path / "exported"
+    cfg = compose(
+        "export",
+        [f"ckpt_path={trained['ckpt']}", "format=torchscript", f"output_dir={out}"],
+        output_dir=tmp_path,
+    )
+    path = export(cfg)
+    assert path == out / "model.pt"
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.pt"]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model_file"] == "model.pt"
+    assert meta["source_checkpoint"] == str(trained["ckpt"])
+    assert torch.jit.load(str(path))(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_a_failed_export_leaves_the_previous_pair_whole(
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the network is written: neither file is touched."""
+    ckpt = load_checkpoint(trained["ckpt"])
+    export_model(ckpt, "torchscript", tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.jit, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        export_model(ckpt, "torchscript", tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files

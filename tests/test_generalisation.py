@@ -139,3 +139,22 @@ def test_training_reports_every_check_in_metrics_json(
     assert any(d["nll"] != pytest.approx(val["nll"], abs=1e-6) for d in degraded)
     mean = checks["val_degraded_mean"]
     assert mean["auroc"] == pytest.approx(sum(d["auroc"] for d in degraded) / len(degraded))
+
+
+def test_a_bad_image_in_the_holdout_folder_is_named_or_skipped(
+    tiny_root: Path, holdout: Path, tmp_path: Path
+) -> None:
+    from pneumonia.data import BadImagesError
+
+    broken = holdout / "PNEUMONIA" / "person998_virus_1.jpeg"
+    broken.write_bytes(b"")
+    common = {"cache_dir": tmp_path / "c", "resize_size": 40, "crop_size": 32}
+    with pytest.raises(BadImagesError, match=r"(?s)person998_virus_1\.jpeg: empty file"):
+        ChestXRayDataModule(tiny_root, holdout_root=holdout, **common).setup("fit")
+    dm = ChestXRayDataModule(tiny_root, holdout_root=holdout, on_bad_image="skip", **common)
+    with pytest.warns(UserWarning, match="person998_virus_1"):
+        dm.setup("fit")
+    assert broken not in dm.files("holdout")
+    assert len(dm.files("holdout")) == 3
+    assert str(broken.resolve()) in dm.skipped  # counted in the summary's skipped files
+    assert "skipped files: 1" in dm.summary()

@@ -141,3 +141,29 @@ def test_evaluate_and_predict_share_one_vocabulary_and_one_csv_layout(
         assert row["prediction"] == other["prediction"]
         assert float(row["probability"]) == pytest.approx(float(other["probability"]), abs=1e-5)
         assert float(row["threshold"]) == pytest.approx(float(other["threshold"]))
+
+
+def test_prior_shift_em_through_the_predict_command(trained: dict, tmp_path: Path) -> None:
+    import csv
+
+    from pneumonia.calibration import shift_prevalence
+    from pneumonia.config import compose
+    from pneumonia.decision import adapt_to_prevalence
+    from pneumonia.predict import predict
+
+    common = [f"ckpt_path={trained['ckpt']}", f"input={trained['root'] / 'test'}",
+              "accelerator=cpu", "precision=32-true"]  # fmt: skip
+    tables = {}
+    for shift in ("none", "em"):
+        out = tmp_path / shift
+        predict(compose("predict", [*common, f"prior_shift={shift}", f"output_dir={out}"],
+                        output_dir=tmp_path))  # fmt: skip
+        with open(out / "predictions.csv", newline="") as f:
+            tables[shift] = [float(r["probability"]) for r in csv.DictReader(f)]
+    plain = torch.tensor(tables["none"], dtype=torch.float64)
+    ckpt = load_checkpoint(trained["ckpt"])
+    _, record = adapt_to_prevalence(plain, ckpt.decision, "em")
+    expected = shift_prevalence(plain, 0.5, record["estimated_prevalence"])
+    torch.testing.assert_close(torch.tensor(tables["em"], dtype=torch.float64), expected,
+                               atol=2e-6, rtol=0)  # fmt: skip
+    assert not torch.allclose(expected, plain)

@@ -91,3 +91,43 @@ def test_a_notebook_below_the_launch_folder_finds_its_runs(
     monkeypatch.setenv("PNEUMONIA_RUN_DIR", "outputs/train/runs/gone")
     with pytest.raises(FileNotFoundError, match="PNEUMONIA_RUN_DIR=outputs/train/runs/gone"):
         run_dir_from_env()
+
+
+def test_a_command_that_fails_before_writing_leaves_no_empty_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "failed"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumonia.predict",
+            f"ckpt_path={tmp_path / 'gone.ckpt'}",
+            f"input={tmp_path}",
+            f"hydra.run.dir={run}",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "gone.ckpt does not exist" in out.stderr  # the error still reaches the user
+    assert not run.exists()  # not a folder of Hydra's config and a log of that error
+    # A folder that holds something else is left alone.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumonia.predict",
+            f"ckpt_path={tmp_path / 'gone.ckpt'}",
+            f"input={tmp_path}",
+            f"hydra.run.dir={kept}",
+        ],  # fmt: skip
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert (kept / "notes.txt").read_text() == "mine"
+    assert (kept / ".hydra").is_dir()

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import pneumonia.model as model_module
+from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data import ChestXRayDataModule, DataLayoutError
 from pneumonia.train import train
 
@@ -394,6 +396,39 @@ def test_cli_typo_in_a_key_fails_with_hydras_message(tmp_path: Path, tiny_root: 
     assert "Could not override 'model.lrr'" in result.stderr
 
 
+def test_cli_takes_a_users_config_folder(tmp_path: Path, tiny_root: Path) -> None:
+    mine = tmp_path / "my_conf" / "experiment"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /data: demo\n  - override /model: "
+        "resnet18\nmodel:\n  lr: 0.0123\n"
+    )
+    run = tmp_path / "mine_run"
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_root) if not o.startswith("experiment")]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumonia.train",
+            f"--config-dir={tmp_path / 'my_conf'}",
+            *overrides,
+            "experiment=mine",
+            "debug=fdr",
+            f"hydra.run.dir={run}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    assert config.model.lr == pytest.approx(0.0123)  # the user's experiment ran
+    assert config.model.backbone == "resnet18"
+    assert json.loads((run / "metrics.json").read_text())["test/num_samples"] == 8
+
+
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_counts_every_validation_image(
     tmp_path: Path, tiny_root: Path
@@ -493,6 +528,72 @@ def test_a_positive_class_at_index_0_trains_and_evaluates(tmp_path: Path, tiny_r
     result = report(preds, resamples=10)
     assert result["confusion_matrix"] == metrics["test/confusion_matrix"]
     assert result["metrics"]["auroc"]["value"] == pytest.approx(metrics["test/auroc"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- optional parts
+def test_csv_logger_early_stopping_and_a_square_resize_work_as_configured(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    """logger=[tensorboard,csv], callbacks=[default,early_stopping], data.resize_mode=square,
+    as a user types them."""
+    import csv
+
+    from pneumonia.config import compose
+    from pneumonia.evaluation import score
+
+    overrides = [
+        *tiny_overrides(tmp_path, tiny_root),
+        "logger=[tensorboard,csv]",
+        "callbacks=[default,early_stopping]",
+        # no improvement ever counts (mode min: it must beat the best by 100): stops after
+        # the second epoch of five
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=100",
+        "trainer.max_epochs=5",
+        "data.resize_mode=square",
+        "checks.enabled=false",
+    ]
+    cfg = compose("train", overrides, output_dir=tmp_path / "run")
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 1  # stopped early: epochs 0 and 1 of 0-4
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    val_losses = [r["val/loss"] for r in rows if r.get("val/loss")]
+    assert len(val_losses) == 2 + 1  # two epochs, then the best checkpoint's validation
+    ckpt = load_checkpoint(metrics["best_model_path"])
+    assert ckpt.preprocessing.resize_mode == "square"
+    image = next((tiny_root / "test" / "NORMAL").iterdir())
+    assert ckpt.preprocessing.decode(image).shape == (40, 40)  # stretched, not cropped
+    # Evaluation reads the square resize from the checkpoint: the same AUROC as training's test.
+    preds = score(ckpt, "test", device=torch.device("cpu"), precision="32-true")
+    from torchmetrics.functional.classification import binary_auroc
+
+    auroc = binary_auroc(preds.probs, preds.targets).item()
+    assert auroc == pytest.approx(metrics["test/auroc"], abs=1e-5)
+
+
+def test_leakage_and_the_cache_folder_of_the_environment_reach_the_run(
+    tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    leaked = sorted((root / "test" / "NORMAL").iterdir())[0]
+    shutil.copy(leaked, root / "train" / "NORMAL" / f"copy_{leaked.name}")
+    monkeypatch.setenv("PNEUMONIA_CACHE_DIR", str(tmp_path / "env_cache"))
+    cfg = compose_train_cfg(tmp_path, root, "data.cache_dir=null", "checks.enabled=false")
+    train(cfg)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    shared = {tuple(r["splits"]): r for r in written["leakage"]}
+    assert ("train", "test") in shared or ("val", "test") in shared
+    record = shared.get(("train", "test")) or shared[("val", "test")]
+    assert record["identical_images"] == 1
+    assert any(leaked.name in pair[1] for pair in record["examples_identical"])
+    assert list((tmp_path / "env_cache").glob("*/meta.json"))  # the cache went where told
+    assert not (tmp_path / "cache").exists()
 
 
 # ----------------------------------------------------------------------------- value checks
