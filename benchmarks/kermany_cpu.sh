@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The real-data CPU recipe: train experiment=kermany_cpu on ../shared/data/kermany-224
-# (train + val pooled, patient-grouped validation), with the patients of
-# ../shared/data/originals held out of training and checked afterwards from their original
-# files; then evaluate the best checkpoint on the validation split and on the holdout folder,
-# with bootstrap intervals. Not part of the test suite: 30 minutes by design.
-#   bash benchmarks/kermany_cpu.sh [DATA_ROOT] [RUN_DIR]
-#   HOLDOUT= bash benchmarks/kermany_cpu.sh     # train on every image, no holdout check
+# The real-data CPU recipe: train experiment=kermany_cpu on a Kermany chest_xray/ folder
+# (train + val pooled, patient-grouped validation), with the patients of a holdout folder of
+# original files (NORMAL/, PNEUMONIA/) held out of training and checked afterwards; then
+# evaluate the best checkpoint on the validation split and on the holdout folder, with
+# bootstrap intervals. Not part of the test suite: 30 minutes by design.
+#   bash benchmarks/kermany_cpu.sh /path/to/chest_xray [RUN_DIR]
+#   HOLDOUT=/path/to/originals bash benchmarks/kermany_cpu.sh /path/to/chest_xray
+#   HOLDOUT= bash benchmarks/kermany_cpu.sh ...   # train on every image, no holdout check
+# The defaults are the project developers' copies beside the checkout (../shared/data/...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${1:-../shared/data/kermany-224}

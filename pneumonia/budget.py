@@ -166,8 +166,9 @@ def _validation_images(trainer: pl.Trainer) -> int:
 class TimeBudget(pl.Callback):
     """Plan a run with ``trainer.max_time`` so that it ends, annealed and evaluated, in time.
 
-    Does nothing without ``max_time``. The budget counts from this callback's creation, at the
-    start of ``train()``, so the data scan and cache build count too. The plan is logged, kept
+    Does nothing without ``max_time``. The budget counts from this callback's creation, when
+    ``train()`` builds the callbacks (after the model, before the data is scanned), so the data
+    scan and cache build count too. The plan is logged, kept
     in checkpoints (a resumed run keeps it) and in ``metrics.json`` with the overrides that
     repeat it exactly without a budget.
     """
