@@ -275,7 +275,7 @@ def case_infer(a, root, work, precision: str):
     """``predict_files`` (what pneumonia-predict runs) on every training file, timed whole."""
     from pneumonia.checkpoint import LoadedCheckpoint
     from pneumonia.data import Preprocessing
-    from pneumonia.data.index import list_images
+    from pneumonia.data.walk import list_images
     from pneumonia.inference import predict_files
     from pneumonia.model import PneumoniaClassifier
 

@@ -20,6 +20,8 @@ import torch
 import torchvision
 from torch import nn
 
+from pneumonia.errors import InputValueError, UserError
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -65,13 +67,13 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights could neither be found locally nor downloaded."""
 
 
 def _spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}. Valid: {', '.join(sorted(BACKBONES))}")
+        raise InputValueError(f"Unknown backbone {name!r}. Valid: {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name]
 
 

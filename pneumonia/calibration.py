@@ -135,15 +135,19 @@ def em_prevalence(
     *,
     tolerance: float = 1e-6,
     max_iterations: int = 1000,
-) -> tuple[float, int]:
+) -> tuple[float, int, bool]:
     """Estimate the prevalence of unlabelled images from their calibrated probabilities.
 
     The EM of Saerens et al. (2002): re-weight each posterior by the ratio of the current
     prevalence estimate to the one the probabilities assume, take the mean as the new estimate,
-    until it stops moving. Needs calibrated probabilities; returns (estimate, iterations).
+    until it stops moving.
 
     Args:
         prevalence: the prevalence ``probs`` were computed for.
+
+    Returns:
+        The estimate, the iterations it took, and whether it converged (moved by less than
+        ``tolerance``) within ``max_iterations``.
     """
     if len(probs) == 0:
         raise ValueError("em_prevalence needs at least one probability")
@@ -152,6 +156,6 @@ def em_prevalence(
         adjusted = shift_prevalence(probs.double(), prevalence, estimate)
         new = float(adjusted.mean().clamp(EPS, 1 - EPS))
         if abs(new - estimate) < tolerance:
-            return new, i
+            return new, i, True
         estimate = new
-    return estimate, max_iterations
+    return estimate, max_iterations, False

@@ -13,10 +13,11 @@ import torch
 
 from pneumonia.data.preprocessing import Preprocessing, PreprocessingError
 from pneumonia.decision import Decision
+from pneumonia.errors import InputNotFoundError, InputValueError
 from pneumonia.model import PneumoniaClassifier
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputValueError):
     """A file that is not a usable pneumonia checkpoint."""
 
 
@@ -60,6 +61,36 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+# What a file that is not a checkpoint starts with, and what to call it.
+_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"\x1f\x8b": "a gzip archive",
+    b"DICM": "a DICOM file",  # at offset 128, after the preamble
+}
+
+
+def _other_format(path: Path) -> str | None:
+    """What ``path`` is, when its first bytes say it is not a checkpoint; None otherwise.
+
+    A checkpoint is a zip archive (``torch.save``) or, from old versions of torch, a pickle.
+    """
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    for signature, kind in _SIGNATURES.items():
+        if head.startswith(signature) or head[128:132] == signature:
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # unknown binary: torch.load will say what it makes of it
+    return "a JSON file" if text.lstrip()[:1] in ("{", "[") else "a text file"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw dict of a ``pneumonia.train`` checkpoint, loaded with ``weights_only=True``.
 
@@ -76,7 +107,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"ckpt_path={path / 'checkpoints' / 'last.ckpt'}."
         )
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"ckpt_path={path} does not exist. Checkpoints are in a training run's "
             "checkpoints/ folder, e.g. outputs/train/runs/<run>/checkpoints/last.ckpt."
         )
@@ -84,6 +115,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is empty (0 bytes): its writing was interrupted. Use another checkpoint "
             "of the run (checkpoints/last.ckpt or the best one)."
+        )
+    kind = _other_format(path)
+    if kind:
+        raise CheckpointError(
+            f"ckpt_path={path} is {kind}, not a checkpoint. Pass a .ckpt file from a training "
+            "run's checkpoints/ folder, e.g. outputs/train/runs/<run>/checkpoints/last.ckpt."
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

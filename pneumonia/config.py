@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pneumonia.data.preprocessing import Preprocessing
+from pneumonia.errors import InputNotFoundError, InputValueError
 
 
 def _config_dir() -> Path:
@@ -61,7 +63,7 @@ def compose(
     if config_dir is not None:
         folder = Path(config_dir).expanduser().resolve()
         if not folder.is_dir():
-            raise FileNotFoundError(f"config_dir={folder} is not a folder")
+            raise InputNotFoundError(f"config_dir={folder} is not a folder")
         overrides.append(f"hydra.searchpath=[file://{folder}]")
     GlobalHydra.instance().clear()
     try:
@@ -79,8 +81,21 @@ def compose(
     return cfg
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"model/lr": 1e-4, ...} with TensorBoard-friendly leaf values."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            if k != "hydra":
+                out |= flatten(v, f"{prefix}{k}/")
+        return out
+    if isinstance(tree, bool | int | float | str) or tree is None:
+        return {prefix.rstrip("/"): tree if tree is not None else "null"}
+    return {prefix.rstrip("/"): str(tree)}
+
+
 # ----------------------------------------------------------------------------- value checks
-class ConfigValueError(ValueError):
+class ConfigValueError(InputValueError):
     """Config values of the wrong type or out of range, each named by its key."""
 
 

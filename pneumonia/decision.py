@@ -29,6 +29,7 @@ from pneumonia.calibration import (
     nll,
     shift_prevalence,
 )
+from pneumonia.errors import InputValueError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def bayes_threshold(cost_ratio: float) -> float:
         cost_ratio: cost of a missed pneumonia (false negative) / cost of a false alarm.
     """
     if not cost_ratio > 0:
-        raise ValueError(f"model.cost_ratio={cost_ratio} must be positive")
+        raise InputValueError(f"model.cost_ratio={cost_ratio} must be positive")
     return 1.0 / (1.0 + cost_ratio)
 
 
@@ -69,16 +70,16 @@ def choose_threshold(
     """
     if isinstance(rule, int | float) and not isinstance(rule, bool):
         if not 0.0 <= float(rule) <= 1.0:
-            raise ValueError(f"model.threshold_rule={rule} must lie in [0, 1]")
+            raise InputValueError(f"model.threshold_rule={rule} must lie in [0, 1]")
         return float(rule)
     if rule not in THRESHOLD_RULES:
-        raise ValueError(
+        raise InputValueError(
             f"model.threshold_rule={rule!r} is not one of {', '.join(THRESHOLD_RULES)} "
             "or a number in [0, 1]"
         )
     if rule == "bayes":
         if cost_ratio is None:
-            raise ValueError("threshold_rule=bayes needs the cost ratio (model.cost_ratio)")
+            raise InputValueError("threshold_rule=bayes needs the cost ratio (model.cost_ratio)")
         return bayes_threshold(cost_ratio)
     targets = targets.long()
     if targets.numel() == 0 or targets.min() == targets.max():
@@ -96,7 +97,7 @@ def choose_threshold(
         f1 = 2 * precision * tpr / (precision + tpr).clamp_min(1e-12)
         return float(cut[int(torch.argmax(f1))])
     if target_sensitivity is None or not 0.0 < target_sensitivity <= 1.0:
-        raise ValueError(f"model.target_sensitivity={target_sensitivity} must lie in (0, 1]")
+        raise InputValueError(f"model.target_sensitivity={target_sensitivity} must lie in (0, 1]")
     reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
     return float(cut[int(reaching[0])])
 
@@ -145,6 +146,8 @@ class Decision:
                 f", then re-based to {shift['estimated_prevalence']:.3f}, the prevalence EM "
                 "estimated for these images"
             )
+            if not shift.get("converged", True):
+                line += f" (EM did not converge in {shift['iterations']} iterations)"
         return line + "."
 
 
@@ -192,6 +195,33 @@ def fit_on_validation(
 
 
 PRIOR_SHIFTS = ("none", "em")
+# Fewer images than this say too little about their population's prevalence: EM on 3 images
+# estimated 0.994 and turned a NORMAL image's 0.504 into 0.994 PNEUMONIA.
+EM_MIN_IMAGES = 30
+
+
+def check_prior_shift(method: str, decision: Decision, num_images: int) -> None:
+    """Refuse a prior shift that cannot work, before any image is scored.
+
+    Raises:
+        ValueError: an unknown method, a threshold not from the Bayes rule, or too few images.
+    """
+    if method not in PRIOR_SHIFTS:
+        raise InputValueError(f"prior_shift={method!r}: use one of {', '.join(PRIOR_SHIFTS)}")
+    if method == "none":
+        return
+    if not decision.bayes:
+        raise InputValueError(
+            f"prior_shift={method} re-bases calibrated probabilities for a Bayes decision; this "
+            f"checkpoint's threshold comes from threshold_rule={decision.threshold_rule!r}, "
+            "which a prevalence shift would not move consistently. Use prior_shift=none."
+        )
+    if num_images < EM_MIN_IMAGES:
+        raise InputValueError(
+            f"prior_shift={method} estimates the PNEUMONIA prevalence of the images scored "
+            f"together, and needs at least {EM_MIN_IMAGES} of one population; there are "
+            f"{num_images}. Score more images at once, or use prior_shift=none."
+        )
 
 
 def adapt_to_prevalence(
@@ -199,26 +229,20 @@ def adapt_to_prevalence(
 ) -> tuple[torch.Tensor, dict[str, Any] | None]:
     """Probabilities re-based on the prevalence of these (unlabelled) images.
 
-    ``em`` estimates the prevalence of the images with :func:`em_prevalence` and shifts every
-    probability to it; with a Bayes threshold the stored threshold then makes the
+    ``em`` estimates the prevalence of the images with ``calibration.em_prevalence`` and
+    shifts every probability to it; with a Bayes threshold the stored threshold then makes the
     cost-minimising decision for this population. Assumes label shift: the images of each
-    class look as they did in training, only their proportions differ. Needs enough images
-    (dozens at least) from one population.
+    class look as they did in training, only their proportions differ. Needs at least
+    :data:`EM_MIN_IMAGES` images from one population (:func:`check_prior_shift`).
 
     Returns:
-        The probabilities, and a record of the estimate (None for ``none``).
+        The probabilities, and a record of the estimate (None for ``none``); an estimate that
+        did not converge is recorded (``converged``), logged, and named in the report.
     """
-    if method not in PRIOR_SHIFTS:
-        raise ValueError(f"prior_shift={method!r}: use one of {', '.join(PRIOR_SHIFTS)}")
-    if method == "none" or len(probs) == 0:
+    check_prior_shift(method, decision, len(probs))
+    if method == "none":
         return probs, None
-    if not decision.bayes:
-        raise ValueError(
-            f"prior_shift={method} re-bases calibrated probabilities for a Bayes decision; this "
-            f"checkpoint's threshold comes from threshold_rule={decision.threshold_rule!r}, "
-            "which a prevalence shift would not move consistently. Use prior_shift=none."
-        )
-    estimate, iterations = em_prevalence(probs, decision.prevalence)
+    estimate, iterations, converged = em_prevalence(probs, decision.prevalence)
     log.info(
         "Prevalence of these %d images estimated at %.3f (EM, %d iterations); the model's "
         "probabilities were for %.3f",
@@ -227,10 +251,18 @@ def adapt_to_prevalence(
         iterations,
         decision.prevalence,
     )
+    if not converged:
+        log.warning(
+            "The EM estimate of the prevalence did not converge in %d iterations: the images "
+            "may not come from one population, or be too few; treat the re-based "
+            "probabilities with care (or use prior_shift=none).",
+            iterations,
+        )
     record = {
         "method": method,
         "estimated_prevalence": estimate,
         "iterations": iterations,
+        "converged": converged,
         "model_prevalence": decision.prevalence,
         "num_images": len(probs),
     }

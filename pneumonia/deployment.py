@@ -16,6 +16,7 @@ from torch import nn
 
 from pneumonia.calibration import calibrate, logit_difference
 from pneumonia.checkpoint import LoadedCheckpoint
+from pneumonia.errors import InputValueError
 from pneumonia.files import atomic_path, write_text
 from pneumonia.model import PneumoniaClassifier
 
@@ -73,7 +74,7 @@ def export_model(
     last: a failed export (a full disk) leaves the previous pair as it was.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r}: use {' or '.join(FORMATS)}")
+        raise InputValueError(f"format={fmt!r}: use {' or '.join(FORMATS)}")
     pre = ckpt.preprocessing
     net = ExportedClassifier(ckpt.model).eval().to(memory_format=torch.contiguous_format)
     example = torch.randn(2, 3, pre.crop_size, pre.crop_size)

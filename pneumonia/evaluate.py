@@ -17,6 +17,7 @@ from pneumonia.evaluation import evaluate_checkpoint, markdown
 from pneumonia.files import write_text
 from pneumonia.inference import inference_precision
 from pneumonia.predictions import write_predictions
+from pneumonia.runs import check_writable
 from pneumonia.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from pneumonia.plots import evaluation_figures, save_figure
 
     check_values(cfg, EVALUATE_RULES)
+    out = Path(cfg.output_dir)
+    check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)
     device = resolve_device(cfg.accelerator)
     result, preds = evaluate_checkpoint(
@@ -40,7 +43,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         data=OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None,
         **cfg.bootstrap,
     )
-    out = Path(cfg.output_dir)
     write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
     write_text(out / "report.md", markdown(result))
     write_predictions(out / "predictions.csv", preds.rows(ckpt.class_names, ckpt.positive_index))

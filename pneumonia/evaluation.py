@@ -23,6 +23,7 @@ from pneumonia.data.cache import default_cache_dir
 from pneumonia.data.dataset import labelled_folder_loader
 from pneumonia.data.index import evaluation_folder
 from pneumonia.decision import Decision, adapt_to_prevalence
+from pneumonia.errors import InputValueError
 from pneumonia.inference import predict_batches
 from pneumonia.metrics import (
     BOOTSTRAP_RESAMPLES,
@@ -75,10 +76,10 @@ def score(
             keep the run's. The preprocessing is always the checkpoint's.
     """
     if split not in SPLITS:
-        raise ValueError(f"split={split!r}: use {', '.join(SPLITS)}")
+        raise InputValueError(f"split={split!r}: use {', '.join(SPLITS)}")
     args = {**ckpt.data_args, **{k: v for k, v in (data or {}).items() if v is not None}}
     if not args.get("root"):
-        raise ValueError(
+        raise InputValueError(
             f"{ckpt.path} does not record the data folder it was trained on: pass the folder "
             "to evaluate with data.root=..."
         )
@@ -96,7 +97,7 @@ def score(
         )
     else:
         if split == "holdout" and not args.get("holdout_root"):
-            raise ValueError(
+            raise InputValueError(
                 "split=holdout needs a holdout folder: the checkpoint's run had none, so pass "
                 "data.holdout_root=..."
             )

@@ -12,14 +12,17 @@ from omegaconf import DictConfig
 from pneumonia.checkpoint import load_checkpoint
 from pneumonia.config import CONFIG_DIR
 from pneumonia.deployment import export_model
+from pneumonia.runs import check_writable
 
 log = logging.getLogger(__name__)
 
 
 def export(cfg: DictConfig) -> Path:
     """Export ``cfg.ckpt_path`` into ``cfg.output_dir``; return the network's path."""
+    out = Path(cfg.output_dir)
+    check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)
-    path, sidecar = export_model(ckpt, cfg.format, Path(cfg.output_dir), opset=cfg.opset)
+    path, sidecar = export_model(ckpt, cfg.format, out, opset=cfg.opset)
     log.info("Exported %s and %s", path, sidecar)
     return path
 

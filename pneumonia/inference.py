@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.data.images import BadImageError
-from pneumonia.decision import adapt_to_prevalence
+from pneumonia.decision import adapt_to_prevalence, check_prior_shift
 from pneumonia.predictions import prediction_rows
 from pneumonia.runtime import decode_threads, resolve_precision
 
@@ -140,6 +140,7 @@ def predict_files(
         gradcam_dir: also write a Grad-CAM overlay per image there, named after its path
             below ``root``.
     """
+    check_prior_shift(prior_shift, ckpt.decision, len(inputs))  # before any work
     pre = ckpt.preprocessing
     model = ckpt.model.to(device).eval()
 

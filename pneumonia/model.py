@@ -16,6 +16,7 @@ from pneumonia.backbones import build_backbone, keep_frozen_statistics, normalis
 from pneumonia.calibration import calibrate, logit, logit_difference, loss_prevalence
 from pneumonia.callbacks import UnfreezeBackbone
 from pneumonia.decision import Decision, choose_threshold, fit_on_validation
+from pneumonia.errors import InputValueError
 from pneumonia.metrics import (
     gathered_predictions,
     metrics_at,
@@ -71,7 +72,7 @@ class PneumoniaClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         if num_classes != 2:
-            raise ValueError(f"Binary classifier: expects 2 classes, got {num_classes}")
+            raise InputValueError(f"Binary classifier: expects 2 classes, got {num_classes}")
         check_names(optimizer, scheduler)
         choose_threshold(  # validates the rule and its parameters
             torch.zeros(0),
@@ -82,8 +83,11 @@ class PneumoniaClassifier(pl.LightningModule):
         )
         logit(prevalence)  # validates the prevalence
         self.save_hyperparameters(logger=False)
+        # Provisional until setup() reads the data's class folders (where positive_class is
+        # checked) or a checkpoint restores the names.
         self.class_names = list(class_names or ["NORMAL", "PNEUMONIA"])
-        self.positive_index = self._positive_index(self.class_names)
+        provisional = class_names is None and positive_class not in self.class_names
+        self.positive_index = 1 if provisional else self._positive_index(self.class_names)
         self.backbone, features = build_backbone(backbone, weights)
         self.head = nn.Linear(features, num_classes)
         if freeze_backbone and unfreeze_at_epoch is None:
@@ -110,19 +114,20 @@ class PneumoniaClassifier(pl.LightningModule):
         self.val_outputs = prediction_store()
         self.test_outputs = prediction_store()
         self.epoch_predictions: dict[str, Predictions] = {}
-        # Saved in every checkpoint: the eval preprocessing (from the DataModule, as a dict)
-        # and the Hydra config of the run.
+        # Saved in every checkpoint: the DataModule's eval preprocessing, the run's config.
         self.preprocessing: dict[str, Any] | None = None
         self.run_config: dict[str, Any] | None = None
 
     def _positive_index(self, classes: list[str]) -> int:
-        if self.hparams.positive_class not in classes:
-            raise ValueError(
-                f"model.positive_class={self.hparams.positive_class!r} is not one of the "
-                f"classes {classes}. Set model.positive_class to the class folder that holds "
-                "the pneumonia images."
+        positive = self.hparams.positive_class
+        if positive not in classes:
+            alike = [c for c in classes if c.lower() == str(positive).lower()]
+            raise InputValueError(
+                f"model.positive_class={positive!r} is not one of the classes {classes}. Set "
+                "model.positive_class to the class folder that holds the pneumonia images"
+                + (f": model.positive_class={alike[0]}." if alike else ".")
             )
-        return classes.index(self.hparams.positive_class)
+        return classes.index(positive)
 
     # ------------------------------------------------------------------ model
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -174,7 +179,7 @@ class PneumoniaClassifier(pl.LightningModule):
             return
         classes = list(datamodule.classes)
         if self.hparams.class_names is not None and classes != self.class_names:
-            raise ValueError(
+            raise InputValueError(
                 f"The data's classes {classes} differ from the model's {self.class_names}."
             )
         self.positive_index = self._positive_index(classes)

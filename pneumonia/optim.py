@@ -10,6 +10,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
+from pneumonia.errors import InputValueError
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -75,7 +77,7 @@ def check_schedule_covers_run(trainer) -> None:
     for config in trainer.lr_scheduler_configs:
         total = getattr(config.scheduler, "total_steps", None)
         if isinstance(config.scheduler, sched.OneCycleLR) and total < needed:
-            raise ValueError(
+            raise InputValueError(
                 f"The checkpoint's OneCycle schedule covers {total} steps but this run needs "
                 f"{needed}: a OneCycle run resumes only with its original trainer.max_epochs "
                 "(and batch size). Resume with those, or start a new run (for example "
@@ -103,6 +105,6 @@ def lightning_optimizers(module) -> dict[str, Any]:
 def check_names(optimizer: str, scheduler: str) -> None:
     """``model.optimizer`` and ``model.scheduler`` name known ones, or an error lists them."""
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"model.optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        raise InputValueError(f"model.optimizer={optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if scheduler not in SCHEDULERS:
-        raise ValueError(f"model.scheduler={scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+        raise InputValueError(f"model.scheduler={scheduler!r}; valid: {', '.join(SCHEDULERS)}")

@@ -13,9 +13,10 @@ from omegaconf import DictConfig
 
 from pneumonia.checkpoint import load_checkpoint
 from pneumonia.config import CONFIG_DIR, PREDICT_RULES, check_values
-from pneumonia.data.index import list_images
+from pneumonia.data.walk import list_images
 from pneumonia.inference import inference_precision, predict_files
 from pneumonia.predictions import write_predictions
+from pneumonia.runs import check_writable
 from pneumonia.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,12 @@ def predict(cfg: DictConfig) -> Path:
     """Predict ``cfg.input``; write ``predictions.csv`` (and ``gradcam/``) into
     ``cfg.output_dir`` and return the CSV's path."""
     check_values(cfg, PREDICT_RULES)
+    out = Path(cfg.output_dir)
+    check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)
     source = Path(cfg.input).expanduser()
     files = list_images(source)
     device = resolve_device(cfg.accelerator)
-    out = Path(cfg.output_dir)
     gradcam_dir = out / "gradcam" if cfg.gradcam else None
     rows = predict_files(
         ckpt,

@@ -1,24 +1,34 @@
-"""Run folders: checking one can be written before a command starts, finding and reading
-training runs (for notebooks and scripts)."""
+"""Run folders: checking one can be written before a command starts, holding a training run's
+folder while it runs, the command that resumes one, cleaning up after a failed start, and
+finding and reading training runs (for notebooks and scripts)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
-
-class RunFolderError(OSError):
-    """The folder a command would write its outputs to cannot be written."""
+from pneumonia.errors import InputNotFoundError, UserError
 
 
-def check_writable(folder: Path) -> None:
+class RunFolderError(UserError, OSError):
+    """The folder a command would write its outputs to cannot be written, or is another run's."""
+
+
+def check_writable(folder: Path, setting: str = "hydra.run.dir") -> None:
     """Create ``folder`` if needed and write a probe file into it.
+
+    Args:
+        setting: the config key that chooses the folder, for the message.
 
     Raises:
         RunFolderError: saying which folder, why, and how to choose another.
@@ -29,10 +39,65 @@ def check_writable(folder: Path) -> None:
             pass
     except OSError as e:
         raise RunFolderError(
-            f"The run folder {folder} cannot be written ({e.strerror or e}). Write the run "
-            "elsewhere with hydra.run.dir=/a/writable/folder (or paths.log_dir=... for every "
-            "run), or make the folder writable."
+            f"The output folder {folder} cannot be written ({e.strerror or e}). Write "
+            f"elsewhere with {setting}=/a/writable/folder"
+            + (" (or paths.log_dir=... for every run)" if setting == "hydra.run.dir" else "")
+            + ", or make the folder writable."
         ) from e
+
+
+LOCK = ".pneumonia-run.lock"  # pid and host of the training run that holds its folder
+OUTPUTS = ("metrics.json", "checkpoints")  # what a training run leaves in its folder
+
+
+def _holder(lock: Path) -> str | None:
+    """``pid@host`` of a live process that holds ``lock``, or None (no lock, or a dead one)."""
+    try:
+        pid, host = lock.read_text().split("@", 1)
+        if host.strip() != socket.gethostname():
+            return f"{pid}@{host.strip()}"  # another machine's: cannot tell, so it holds
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return None
+    return f"{pid}@{host.strip()}"
+
+
+@contextlib.contextmanager
+def training_folder(folder: Path, *, resume_from: Path | None) -> Iterator[None]:
+    """Hold ``folder`` for one training run, while it runs.
+
+    A training run never writes into a folder another one holds (a live process's lock) or
+    has written (its checkpoints or metrics.json), unless it resumes from a checkpoint of
+    that folder: two runs' files would mix, silently.
+
+    Raises:
+        RunFolderError: naming the other run and both ways forward.
+    """
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    holder = _holder(lock)
+    if holder and int(holder.split("@")[0]) != os.getpid():
+        raise RunFolderError(
+            f"The run folder {folder} is held by another training run (process {holder}). "
+            "Let it finish, or write this run elsewhere (hydra.run.dir=...; by default every "
+            "run gets a folder of its own)."
+        )
+    resuming_here = resume_from is not None and folder in Path(resume_from).resolve().parents
+    written = [name for name in OUTPUTS if (folder / name).exists()]
+    if written and not resuming_here:
+        last = folder / "checkpoints" / "last.ckpt"
+        raise RunFolderError(
+            f"The run folder {folder} holds another training run's {' and '.join(written)}: "
+            "a new run there would mix its files with them. Write this run elsewhere "
+            "(hydra.run.dir=...; by default every run gets a folder of its own), or continue "
+            f"that run: ckpt_path={last} hydra.run.dir={folder}"
+        )
+    lock.write_text(f"{os.getpid()}@{socket.gethostname()}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 class RunFolder(Callback):
@@ -45,10 +110,10 @@ class RunFolder(Callback):
     """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        check_writable(Path(config.hydra.run.dir))
+        _check_or_exit(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        check_writable(Path(config.hydra.sweep.dir))
+        _check_or_exit(Path(config.hydra.sweep.dir))
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
@@ -63,6 +128,16 @@ class RunFolder(Callback):
             hydras_own.add(folder / config.hydra.output_subdir)
         if all(path in hydras_own for path in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_or_exit(folder: Path) -> None:
+    """Hydra turns a callback's exception into a warning and goes on (to fail later, with a raw
+    traceback): say what is wrong here, and stop before any work."""
+    try:
+        check_writable(folder)
+    except RunFolderError as e:
+        sys.stderr.write(f"Error: {e}\n")
+        raise SystemExit(1) from None
 
 
 def runs_root() -> Path:
@@ -93,7 +168,7 @@ def latest_run(root: str | Path | None = None) -> Path:
         runs = sorted(p.parent for p in folder.glob("*/metrics.json"))
         if runs:
             return runs[-1]
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"No finished training run under {roots[0]}"
         + (" or the folders above it" if len(roots) > 1 else "")
         + ". Train one first, e.g. python -m pneumonia.train experiment=demo, or set "
@@ -110,7 +185,7 @@ def run_dir_from_env(default_root: str | Path | None = None) -> Path:
     for folder in _here_or_above(Path(value).expanduser()):
         if folder.is_dir():
             return folder
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"PNEUMONIA_RUN_DIR={value} is not a folder here ({Path.cwd()}) or above: give the "
         "run folder's absolute path."
     )
@@ -129,7 +204,7 @@ def best_checkpoint(run_dir: str | Path) -> Path:
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         return last
-    raise FileNotFoundError(f"{run_dir} holds no checkpoint (checkpoints/ is empty or missing)")
+    raise InputNotFoundError(f"{run_dir} holds no checkpoint (checkpoints/ is empty or missing)")
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from pneumonia.errors import InputValueError
+
 log = logging.getLogger(__name__)
 
 # CPU flags of native bf16 arithmetic. Without them PyTorch emulates bf16 on the CPU, and bf16
@@ -53,11 +55,13 @@ def resolve_device(accelerator: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("accelerator=gpu but no CUDA device is visible; use accelerator=cpu")
+            raise InputValueError(
+                "accelerator=gpu but no CUDA device is visible; use accelerator=cpu"
+            )
         return torch.device("cuda")
     if accelerator == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"accelerator={accelerator!r}: use auto, cpu or gpu")
+    raise InputValueError(f"accelerator={accelerator!r}: use auto, cpu or gpu")
 
 
 def cpu_flags() -> set[str] | None:

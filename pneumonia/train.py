@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import shlex
+import signal
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,18 +13,21 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import read_checkpoint
-from pneumonia.config import CONFIG_DIR, check_train_config
+from pneumonia.config import CONFIG_DIR, check_train_config, flatten
 from pneumonia.data.index import find_split_dirs
 from pneumonia.files import write_text
 from pneumonia.metrics import confusion_matrix
+from pneumonia.resume import check_resumable, link_resumed_run, say_how_to_resume
+from pneumonia.runs import training_folder
 from pneumonia.runtime import (
+    PrecisionChoice,
     configure_torch,
     quiet_libraries,
     resolve_device,
@@ -44,25 +48,44 @@ def _scalars(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model as ``cfg`` says; return the metrics that also go to ``metrics.json``."""
+    """Train one model as ``cfg`` says; return the metrics that also go to ``metrics.json``.
+
+    Everything that can be checked is checked before any work: the config's values, the
+    checkpoint to resume from (and that it is of the same backbone), the run folder (never
+    another run's). Once a checkpoint exists, a run that stops for any reason says how to
+    continue it.
+    """
     check_train_config(cfg)  # wrong types and ranges, before any work
     tune_malloc()
     configure_torch()
     quiet_libraries()
-    if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign: a clear error, now
-    pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    resume_from = Path(cfg.ckpt_path).expanduser() if cfg.get("ckpt_path") else None
+    if resume_from is not None:
+        check_resumable(read_checkpoint(resume_from), resume_from, cfg)
+    held = contextlib.nullcontext()
+    if rank_zero_only.rank == 0:  # DDP's other ranks share the folder rank 0 holds
+        held = training_folder(output_dir, resume_from=resume_from)
+    with held:
+        try:
+            return _train(cfg, output_dir, resume_from)
+        except SIGTERMException:  # a scheduler's preemption: Lightning saved what it could
+            say_how_to_resume(output_dir, "was stopped (SIGTERM)")
+            raise SystemExit(128 + signal.SIGTERM) from None
+        except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1)
+            say_how_to_resume(output_dir, "was interrupted")
+            raise
+        except Exception:
+            say_how_to_resume(output_dir, "failed (the error follows)")
+            raise
 
+
+def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[str, Any]:
+    pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     if not datamodule.synthetic:
         find_split_dirs(datamodule.root)  # fail before building a model when there is no data
     choice = resolve_precision(cfg.trainer.precision, resolve_device(cfg.trainer.accelerator))
-    if rank_zero_only.rank == 0:
-        log.info("Precision %s: %s", choice.precision, choice.reason)
-    cfg.trainer.precision = choice.precision  # what ran, in the checkpoint's config and hparams
-    model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     checks = cfg.get("checks") or {}
     if checks.get("enabled"):
@@ -72,19 +95,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if isinstance(cb, TimeBudget):  # the checks' passes count against the budget
                 cb.check_passes = validation_passes(checks.degraded)
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, precision=choice.precision, callbacks=callbacks, logger=loggers
+    )
+    if str(trainer.precision) != choice.precision:  # e.g. 16-mixed on a CPU: Lightning runs bf16
+        choice = PrecisionChoice(
+            str(trainer.precision), f"Lightning runs it for {choice.precision} on this device"
+        )
+    if rank_zero_only.rank == 0:
+        log.info("Precision %s: %s", choice.precision, choice.reason)
+    cfg.trainer.precision = choice.precision  # what ran, in the checkpoint's config and hparams
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
-    if cfg.get("ckpt_path"):
-        _link_resumed_run(Path(cfg.ckpt_path), output_dir)
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), after saving what it can
-        if trainer.interrupted:
-            _log_resume_command(output_dir)
-        raise
-    if trainer.interrupted:
-        _log_resume_command(output_dir)
-        return {}
+    if resume_from is not None:
+        link_resumed_run(resume_from, output_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    if trainer.interrupted:  # stopped without an exception: no metrics, and not a success
+        raise SystemExit(1)
 
     monitored = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
     best = monitored[0].best_model_path if monitored else ""
@@ -136,49 +164,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _log_resume_command(output_dir: Path) -> None:
-    """The exact command that continues an interrupted run, in its own run folder."""
-    last = (output_dir / "checkpoints" / "last.ckpt").resolve()
-    if not last.is_file():
-        log.warning("Training was interrupted before its first epoch ended: nothing to resume.")
-        return
-    overrides = []
-    if HydraConfig.initialized():
-        overrides = [
-            o
-            for o in HydraConfig.get().overrides.task
-            if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")
-        ]
-    command = " ".join(
-        shlex.quote(part)
-        for part in [
-            "python",
-            "-m",
-            "pneumonia.train",
-            *overrides,
-            f"ckpt_path={last}",
-            f"hydra.run.dir={output_dir.resolve()}",
-        ]
-    )
-    log.warning("Training was interrupted. Continue it in the same run folder with:\n  %s", command)
-
-
-def _link_resumed_run(ckpt_path: Path, output_dir: Path) -> None:
-    """A run resumed into another folder than the checkpoint's says where it came from."""
-    source = ckpt_path.expanduser().resolve().parent.parent
-    if source == output_dir.resolve():
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text(output_dir / "resumed_from.txt", f"{source}\n")
-    log.warning(
-        "Resuming the run in %s into a new folder %s (recorded in resumed_from.txt). Add "
-        "hydra.run.dir=%s to continue in the run's own folder.",
-        source,
-        output_dir,
-        source,
-    )
-
-
 @rank_zero_only
 def _write_outputs(
     cfg: DictConfig, model, trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path
@@ -188,7 +173,7 @@ def _write_outputs(
     if "test" in model.epoch_predictions:
         _save_test_figures(model, output_dir)
     scalars = {f"hp/{k}": v for k, v in metrics.items() if isinstance(v, float)}
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
     for tb in (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)):
         tb.log_hyperparams(flat, scalars)  # the HParams tab compares runs of a sweep
         tb.experiment.flush()
@@ -205,19 +190,6 @@ def _save_test_figures(model, output_dir: Path) -> None:
     )
     for name, fig in figures.items():
         save_figure(fig, output_dir / f"{name}.png")
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {"model/lr": 1e-4, ...} with TensorBoard-friendly leaf values."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            if k != "hydra":
-                out |= _flatten(v, f"{prefix}{k}/")
-        return out
-    if isinstance(tree, bool | int | float | str) or tree is None:
-        return {prefix.rstrip("/"): tree if tree is not None else "null"}
-    return {prefix.rstrip("/"): str(tree)}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

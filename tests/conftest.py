@@ -102,6 +102,20 @@ def train_cfg(tmp_path: Path, tiny_root: Path):
 
 
 @pytest.fixture(scope="session")
+def forty_test_images(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled folder of 36 images (the tiny test split four times): enough for prior_shift=em
+    (which refuses fewer than 30)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("forty")
+    for source in sorted((tiny_root / "test").rglob("*.jpeg")):
+        (folder / source.parent.name).mkdir(exist_ok=True)
+        for k in range(4):
+            shutil.copy(source, folder / source.parent.name / f"{source.stem}_copy{k}.jpeg")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
     """One tiny demo run shared by the session: its metrics, run dir and best checkpoint."""
     import warnings

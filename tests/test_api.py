@@ -79,7 +79,9 @@ def test_paths_images_and_tensors_give_the_commands_probabilities(
     assert np.isnan(rows["probability"][1])
 
 
-def test_gradcam_is_the_models_map_drawn_on_the_original_image(trained: dict) -> None:
+def test_gradcam_is_the_models_map_drawn_on_the_original_image(
+    trained: dict, tmp_path: Path
+) -> None:
     from pneumonia.checkpoint import LoadedCheckpoint
     from pneumonia.data import Preprocessing
     from pneumonia.model import PneumoniaClassifier
@@ -93,7 +95,11 @@ def test_gradcam_is_the_models_map_drawn_on_the_original_image(trained: dict) ->
     model = PneumoniaClassifier(backbone="resnet18", weights=None).eval()
     ckpt = LoadedCheckpoint(model, Path("random.ckpt"), pre, data_args={}, config=None)
     clf = pneumonia.Classifier(ckpt, device="cpu", precision="32-true")
-    files = sorted((trained["root"] / "test" / "PNEUMONIA").iterdir())
+    files = []  # the tiny images, upscaled past the 128 px crop (smaller ones are refused)
+    for source in sorted((trained["root"] / "test" / "PNEUMONIA").iterdir()):
+        with Image.open(source) as im:
+            im.resize((im.width * 3, im.height * 3)).save(tmp_path / source.name)
+        files.append(tmp_path / source.name)
     # An image whose map is not flat, so that an all-zero map could not pass.
     file, expected = next(
         (f, m) for f in files if (m := reference_cam(model, clf.batch([f]), 1)[0]).std() > 0.05
@@ -125,13 +131,13 @@ def test_evaluate_a_folder_returns_the_report_and_the_table(clf, trained: dict) 
     assert result["metrics"]["accuracy"]["value"] == pytest.approx(accuracy)
 
 
-def test_prior_shift_em_in_predict_and_evaluate(clf, trained: dict) -> None:
+def test_prior_shift_em_in_predict_and_evaluate(clf, forty_test_images: Path) -> None:
     from pneumonia.calibration import shift_prevalence
 
-    files = sorted((trained["root"] / "test").rglob("*.jpeg"))
+    files = sorted(forty_test_images.rglob("*.jpeg"))
     plain = clf.predict(files)["probability"].to_numpy()
     shifted = clf.predict(files, prior_shift="em")["probability"].to_numpy()
-    result, table = clf.evaluate(trained["root"], prior_shift="em", resamples=20)
+    result, table = clf.evaluate(forty_test_images, prior_shift="em", resamples=20)
     estimate = result["prior_shift"]["estimated_prevalence"]
     expected = shift_prevalence(torch.tensor(plain, dtype=torch.float64), 0.5, estimate)
     np.testing.assert_allclose(shifted, expected.numpy(), atol=1e-6)

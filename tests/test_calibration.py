@@ -77,9 +77,12 @@ def test_shift_prevalence_gives_the_exact_posterior_of_the_new_population() -> N
 def test_em_recovers_the_prevalence_of_unlabelled_images(true_prevalence: float) -> None:
     x, targets = gaussian_sample(20_000, true_prevalence, seed=3)
     probs = exact_posterior(x, 0.5)  # calibrated for a balanced population
-    estimate, iterations = em_prevalence(probs, 0.5)
+    estimate, iterations, converged = em_prevalence(probs, 0.5)
     assert estimate == pytest.approx(targets.float().mean().item(), abs=0.02)
     assert 1 < iterations < 1000
+    assert converged
+    _, capped, converged = em_prevalence(probs, 0.5, max_iterations=2)
+    assert (capped, converged) == (2, False)  # said, not hidden
     # The naive estimate (mean probability) is pulled towards 0.5; EM is not.
     naive = probs.mean().item()
     assert abs(estimate - true_prevalence) < abs(naive - true_prevalence)

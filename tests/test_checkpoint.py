@@ -88,3 +88,22 @@ def test_a_checkpoint_of_format_1_still_loads(trained: dict, tmp_path: Path) -> 
     assert ckpt.preprocessing == current.preprocessing  # from the record, not the copies
     assert "resize_size" not in ckpt.data_args
     assert ckpt.data_args["root"] == current.data_args["root"]
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "a PNG image"),
+        (b"\xff\xd8\xff\xe0" + bytes(64), "a JPEG image"),
+        (b'{"best_model_path": "x.ckpt"}\n', "a JSON file"),
+        (b"epoch=3 val/loss=0.21\n", "a text file"),
+        (bytes(128) + b"DICM" + bytes(64), "a DICOM file"),
+    ],
+)
+def test_a_file_of_another_kind_as_checkpoint_is_named_from_its_first_bytes(
+    tmp_path: Path, content: bytes, kind: str
+) -> None:
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"is {kind}, not a checkpoint.*last\.ckpt"):
+        load_checkpoint(path)

@@ -120,3 +120,21 @@ def test_the_report_names_the_rule_behind_the_threshold() -> None:
     assert "cost ratio 2" in line
     assert "0.710" in line
     assert "re-based" not in decision.describe()
+
+
+def test_em_prior_shift_refuses_too_few_images_and_names_the_way_out() -> None:
+    from pneumonia.decision import EM_MIN_IMAGES
+
+    with pytest.raises(
+        ValueError, match=rf"at least {EM_MIN_IMAGES}.*there are 3.*prior_shift=none"
+    ):
+        adapt_to_prevalence(torch.tensor([0.2, 0.5, 0.504]), bayes_decision(), "em")
+    probs = torch.rand(EM_MIN_IMAGES, generator=torch.Generator().manual_seed(0))
+    _, record = adapt_to_prevalence(probs, bayes_decision(), "em")
+    assert record["num_images"] == EM_MIN_IMAGES
+    assert record["converged"] is True
+
+
+def test_a_report_says_when_em_did_not_converge() -> None:
+    shift = {"estimated_prevalence": 0.9, "iterations": 1000, "converged": False}
+    assert "did not converge in 1000 iterations" in bayes_decision().describe(shift)

@@ -152,6 +152,7 @@ def test_evaluate_cli_runs_and_reports_a_missing_checkpoint(trained: dict, tmp_p
     )
     assert missing.returncode != 0
     assert "gone.ckpt does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr  # the message alone (HYDRA_FULL_ERROR=1: all of it)
 
 
 def test_confident_mistakes_are_wrong_and_sorted() -> None:
@@ -201,11 +202,14 @@ def _csv_probabilities(path: Path) -> dict[str, float]:
         return {row["file"]: float(row["probability"]) for row in csv.DictReader(f)}
 
 
-def test_prior_shift_em_rebases_the_reports_probabilities(trained: dict, tmp_path: Path) -> None:
+def test_prior_shift_em_rebases_the_reports_probabilities(
+    trained: dict, forty_test_images: Path, tmp_path: Path
+) -> None:
     from pneumonia.calibration import shift_prevalence
 
-    plain = evaluate(compose_eval(tmp_path / "plain", trained["ckpt"]))
-    shifted = evaluate(compose_eval(tmp_path / "em", trained["ckpt"], "prior_shift=em"))
+    folder = f"data.root={forty_test_images}"
+    plain = evaluate(compose_eval(tmp_path / "plain", trained["ckpt"], folder))
+    shifted = evaluate(compose_eval(tmp_path / "em", trained["ckpt"], folder, "prior_shift=em"))
     assert plain["prior_shift"] is None
     record = shifted["prior_shift"]
     assert record["method"] == "em"

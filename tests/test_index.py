@@ -113,6 +113,38 @@ def test_a_link_loop_is_walked_once_and_reported(
     assert "Not following" in caplog.text
 
 
+def test_a_link_up_out_of_its_class_folder_is_not_followed(
+    tiny_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """train/NORMAL/loop -> .. would list every PNEUMONIA image as NORMAL too."""
+    normal = tiny_copy / "train" / "NORMAL"
+    images = len(list(normal.glob("*.jpeg")))
+    (normal / "loop").symlink_to("..", target_is_directory=True)
+    (normal / "root").symlink_to(tiny_copy, target_is_directory=True)  # the data root itself
+    listing = DataIndex.scan(tiny_copy).splits["train"]
+    assert listing.labels.count(0) == images
+    assert listing.labels.count(1) == len(list((tiny_copy / "train" / "PNEUMONIA").glob("*")))
+    assert {normal / "loop", normal / "root"} <= set(listing.ignored)
+    assert caplog.text.count("outside its class folder") == 2
+
+
+def test_a_link_into_another_class_folder_is_not_followed(tiny_copy: Path) -> None:
+    normal = tiny_copy / "train" / "NORMAL"
+    (normal / "sick").symlink_to(tiny_copy / "train" / "PNEUMONIA", target_is_directory=True)
+    listing = DataIndex.scan(tiny_copy).splits["train"]
+    assert not any("sick" in f.parts for f in listing.files)
+    assert normal / "sick" in listing.ignored
+
+
+def test_an_image_linked_into_two_class_folders_is_refused_by_name(tiny_copy: Path) -> None:
+    pneumonia = sorted((tiny_copy / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
+    (tiny_copy / "train" / "NORMAL" / "looks_normal.jpeg").symlink_to(pneumonia)
+    with pytest.raises(DataLayoutError, match=r"(?s)two labels.*as NORMAL.*as PNEUMONIA") as info:
+        DataIndex.scan(tiny_copy)
+    assert pneumonia.name in str(info.value)
+    assert "looks_normal.jpeg" in str(info.value)
+
+
 # ----------------------------------------------------------------------------- a third class
 @pytest.fixture
 def with_covid(tiny_copy: Path) -> Path:

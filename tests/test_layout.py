@@ -13,14 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pneumonia"
 
 # Each module may import only modules of its own layer or a lower one.
 LAYERS = [
-    {"runtime", "calibration", "decision", "metrics", "predictions", "backbones", "optim",
-     "files"},  # leaves
+    {"errors", "runtime", "calibration", "decision", "metrics", "predictions", "backbones",
+     "optim", "files"},  # leaves
     {"data"},  # the data package, all of it
     {"config", "plots"},
     {"callbacks", "budget"},
     {"model"},
     {"checkpoint"},
-    {"inference", "explain", "runs", "generalisation", "deployment"},
+    {"inference", "explain", "runs", "resume", "generalisation", "deployment"},
     {"evaluation"},  # scoring labelled images and reporting on them
     {"api"},  # the Python API over the library
     {"evaluate", "predict", "export", "train"},  # the commands: parse, call, write

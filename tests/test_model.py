@@ -49,7 +49,10 @@ def test_channels_last_and_compile_keep_state_dict_keys() -> None:
         ({"scheduler": "step"}, "model.scheduler"),
         ({"threshold_rule": "median"}, "model.threshold_rule"),
         ({"threshold_rule": 1.5}, "model.threshold_rule"),
-        ({"positive_class": "Pneumonia"}, "model.positive_class"),
+        (
+            {"positive_class": "Pneumonia", "class_names": ["NORMAL", "PNEUMONIA"]},
+            r"model\.positive_class='Pneumonia'.*model\.positive_class=PNEUMONIA\.",
+        ),
     ],
 )
 def test_bad_model_settings_fail_early(kwargs: dict, match: str) -> None:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pneumonia.checkpoint import load_checkpoint
-from pneumonia.data.index import list_images
+from pneumonia.data.walk import list_images
 from pneumonia.evaluation import score
 from pneumonia.inference import predict_files
 from pneumonia.predictions import write_predictions
@@ -143,7 +143,9 @@ def test_evaluate_and_predict_share_one_vocabulary_and_one_csv_layout(
         assert float(row["threshold"]) == pytest.approx(float(other["threshold"]))
 
 
-def test_prior_shift_em_through_the_predict_command(trained: dict, tmp_path: Path) -> None:
+def test_prior_shift_em_through_the_predict_command(
+    trained: dict, forty_test_images: Path, tmp_path: Path
+) -> None:
     import csv
 
     from pneumonia.calibration import shift_prevalence
@@ -151,7 +153,7 @@ def test_prior_shift_em_through_the_predict_command(trained: dict, tmp_path: Pat
     from pneumonia.decision import adapt_to_prevalence
     from pneumonia.predict import predict
 
-    common = [f"ckpt_path={trained['ckpt']}", f"input={trained['root'] / 'test'}",
+    common = [f"ckpt_path={trained['ckpt']}", f"input={forty_test_images}",
               "accelerator=cpu", "precision=32-true"]  # fmt: skip
     tables = {}
     for shift in ("none", "em"):
@@ -167,3 +169,13 @@ def test_prior_shift_em_through_the_predict_command(trained: dict, tmp_path: Pat
     torch.testing.assert_close(torch.tensor(tables["em"], dtype=torch.float64), expected,
                                atol=2e-6, rtol=0)  # fmt: skip
     assert not torch.allclose(expected, plain)
+
+
+def test_prior_shift_em_on_a_few_images_is_refused_before_any_work(
+    trained: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt = load_checkpoint(trained["ckpt"])
+    monkeypatch.setattr(type(ckpt.preprocessing), "load", lambda *a: pytest.fail("scored"))
+    files = sorted((trained["root"] / "test").rglob("*.jpeg"))[:3]
+    with pytest.raises(ValueError, match=r"at least 30.*there are 3"):
+        predict_files(ckpt, files, device=CPU, precision="32-true", prior_shift="em")

@@ -50,7 +50,7 @@ def test_latest_run_is_the_newest_finished_one(tmp_path: Path) -> None:
         latest_run(tmp_path / "empty")
 
 
-def test_an_unwritable_run_folder_is_named_before_hydra_sets_up_logging() -> None:
+def test_an_unwritable_run_folder_stops_the_command_with_its_message_alone() -> None:
     # /proc refuses new folders even to root, as a read-only share refuses a user.
     out = subprocess.run(
         [
@@ -66,10 +66,40 @@ def test_an_unwritable_run_folder_is_named_before_hydra_sets_up_logging() -> Non
         cwd=Path(__file__).resolve().parents[1],
         timeout=120,
     )
-    assert out.returncode != 0
-    assert "The run folder /proc/pneumonia_run cannot be written" in out.stderr
+    assert out.returncode == 1
+    assert "Error: The output folder /proc/pneumonia_run cannot be written" in out.stderr
     assert "hydra.run.dir=" in out.stderr
-    assert "Unable to configure handler" not in out.stderr
+    for noise in ("Unable to configure handler", "Traceback", "raised RunFolderError"):
+        assert noise not in out.stderr
+
+
+def test_the_commands_check_their_output_folder_before_any_work(
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pneumonia.config import compose
+    from pneumonia.export import export
+    from pneumonia.predict import predict
+    from pneumonia.runs import RunFolderError
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    for command in ("predict", "export"):  # no checkpoint is loaded, no image scored
+        monkeypatch.setattr(f"pneumonia.{command}.load_checkpoint", lambda _: pytest.fail("work"))
+    common = [f"ckpt_path={trained['ckpt']}", f"output_dir={blocked}"]
+    with pytest.raises(RunFolderError, match=r"a_file cannot be written.*output_dir="):
+        predict(compose("predict", [*common, f"input={trained['root']}"], output_dir=tmp_path))
+    with pytest.raises(RunFolderError, match=r"a_file cannot be written.*output_dir="):
+        export(compose("export", common, output_dir=tmp_path))
+    assert blocked.read_text() == "not a folder"
+
+
+def test_the_default_run_folder_is_unique_to_the_microsecond() -> None:
+    import re
+
+    from pneumonia.config import compose
+
+    run_dir = compose("train").hydra.run.dir
+    assert re.search(r"/train/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{6}$", run_dir), run_dir
 
 
 def test_a_notebook_below_the_launch_folder_finds_its_runs(

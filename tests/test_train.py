@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,11 +128,13 @@ class KeepsItself(model_module.PneumoniaClassifier):
         KeepsItself.last = self
 
 
-def test_fast_dev_run_of_each_experiment(train_cfg) -> None:
+def test_fast_dev_run_of_each_experiment(tmp_path: Path, tiny_root: Path) -> None:
     from pneumonia.decision import choose_threshold
 
     for experiment in sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml")):
-        cfg = train_cfg(
+        cfg = compose_train_cfg(  # each run its own folder
+            tmp_path / experiment,
+            tiny_root,
             f"experiment={experiment}",
             "debug=fdr",
             "model.weights=null",
@@ -317,6 +321,120 @@ def test_resume_from_a_foreign_checkpoint_says_so(train_cfg, tmp_path: Path) -> 
         train(train_cfg(f"ckpt_path={foreign}"))
 
 
+# ----------------------------------------------------------------------------- stop, resume
+class SigtermAtEpoch2(model_module.PneumoniaClassifier):
+    """What a scheduler's preemption does to a run: SIGTERM to the process."""
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_exits_non_zero_with_the_command_that_resumes(
+    tmp_path: Path, tiny_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = compose_train_cfg(
+        tmp_path, tiny_root, "trainer.max_epochs=4", "trainer.limit_train_batches=2", "test=false"
+    )
+    cfg.model._target_ = f"{__name__}.SigtermAtEpoch2"
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as info:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert info.value.code == 128 + signal.SIGTERM  # train && evaluate does not carry on
+    run = Path(cfg.paths.output_dir).resolve()
+    assert not (run / "metrics.json").exists()
+    (hint,) = [r.getMessage() for r in caplog.records if "Continue it" in r.getMessage()]
+    assert "was stopped (SIGTERM)" in hint
+    assert f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}" in hint
+
+
+class DeletesATrainingImage(model_module.PneumoniaClassifier):
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 1:
+            self.trainer.datamodule.files("train")[0].unlink()
+
+
+def test_a_file_gone_during_training_is_named_and_the_resume_command_printed(
+    tmp_path: Path, tiny_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from pneumonia.data.images import BadImageError
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    cfg = compose_train_cfg(tmp_path, root, "data.cache=false", "trainer.max_epochs=3")
+    cfg.model._target_ = f"{__name__}.DeletesATrainingImage"
+    with pytest.raises(BadImageError, match=r"(?s)cannot stat file.*was it changed or removed"):
+        train(cfg)
+    message = next(r for r in caplog.records if "Continue it" in r.getMessage()).getMessage()
+    assert "Training failed" in message
+    assert "last.ckpt" in message
+
+
+def test_resuming_with_another_backbone_names_both_before_any_work(
+    train_cfg, trained: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_module, "build_backbone", lambda *a: pytest.fail("built a model"))
+    cfg = train_cfg(f"ckpt_path={trained['ckpt']}", "model=resnet50", "model.weights=null")
+    with pytest.raises(ValueError, match=r"holds a resnet18 model.*model\.backbone=resnet50"):
+        train(cfg)
+
+
+def test_a_run_never_writes_into_another_runs_folder(
+    tmp_path: Path, tiny_root: Path, trained: dict
+) -> None:
+    from pneumonia.runs import LOCK, RunFolderError
+
+    first = trained["run"]  # a finished run's folder
+    cfg = compose_train_cfg(tmp_path, tiny_root, "debug=fdr")
+    cfg.paths.output_dir = str(first)
+    before = (first / "metrics.json").read_text()
+    with pytest.raises(RunFolderError, match=r"holds another training run's metrics\.json"):
+        train(cfg)
+    assert (first / "metrics.json").read_text() == before
+    # A folder a live process holds (this test's parent process stands in for another run).
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / LOCK).write_text(f"{os.getppid()}@{socket.gethostname()}")
+    cfg.paths.output_dir = str(held)
+    with pytest.raises(
+        RunFolderError, match=rf"held by another training run \(process {os.getppid()}"
+    ):
+        train(cfg)
+    # A lock left by a run that died: the folder is free again, and freed after the run.
+    (held / LOCK).write_text(f"{2**22 + 12345}@{socket.gethostname()}")
+    train(cfg)
+    assert not (held / LOCK).exists()
+
+
+def test_lower_case_class_folders_train_with_the_positive_class_the_error_names(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    for split in ("train", "val", "test"):
+        for name in ("NORMAL", "PNEUMONIA"):
+            (root / split / name).rename(root / split / name.lower())
+    with pytest.raises(ValueError, match=r"model\.positive_class=pneumonia\."):
+        train(compose_train_cfg(tmp_path / "a", root, "debug=fdr"))
+    metrics = train(
+        compose_train_cfg(tmp_path / "b", root, "debug=fdr", "model.positive_class=pneumonia")
+    )
+    assert metrics["test/num_samples"] == 8
+
+
+def test_precision_16_mixed_on_a_cpu_records_what_lightning_ran(train_cfg) -> None:
+    metrics = train(train_cfg("debug=fdr", "trainer.precision=16-mixed"))
+    assert metrics["precision"]["used"] == "bf16-mixed"  # Lightning has no fp16 AMP on a CPU
+    assert "16-mixed" in metrics["precision"]["reason"]
+
+
 # ----------------------------------------------------------------------------- bad configs
 def test_unknown_config_key_is_refused(tmp_path: Path, tiny_root: Path) -> None:
     with pytest.raises(ConfigCompositionException, match="lrr"):
@@ -448,6 +566,8 @@ def test_ddp_on_two_cpu_processes_counts_every_validation_image(
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = compose_train_cfg(tmp_path / "probe", tiny_root)
     assert metrics["val/num_samples"] == val_split_size(cfg)
+    # The checks after training run on rank 0 alone, over every validation image, not its shard.
+    assert metrics["checks"]["val"]["num_images"] == val_split_size(cfg)
     n_test = len(list((tiny_root / "test").rglob("*.jpeg")))
     assert n_test % 2 == 1  # uneven shards: a padding sampler would have counted n_test + 1
     assert metrics["test/num_samples"] == n_test

@@ -23,7 +23,7 @@ def _break_two(root: Path) -> list[Path]:
 def test_verify_names_each_unusable_file_with_its_reason(tiny_copy: Path) -> None:
     broken = _break_two(tiny_copy)
     index = DataIndex.scan(tiny_copy)
-    bad = verify_images(index.all_files(), max_pixels=10**8)
+    bad = verify_images(index.all_files(), PRE.decode)
     assert set(bad) == {str(p.resolve()) for p in broken}
     assert "empty file" in bad[str(broken[0].resolve())]
 
@@ -79,3 +79,23 @@ def test_skip_policy_drops_warns_and_leaves_its_argument_alone(
 def test_an_unknown_policy_is_refused(tiny_root: Path) -> None:
     with pytest.raises(ValueError, match="on_bad_image='ignore'"):
         usable_images({}, PRE, cache_dir=None, policy="ignore", warn=print, where=tiny_root)
+
+
+def test_an_image_smaller_than_the_crop_is_a_bad_image(tiny_copy: Path, tmp_path: Path) -> None:
+    """A 1 x 1 file, upscaled, would be trained on as a flat grey field."""
+    import numpy as np
+    from PIL import Image
+
+    tiny = tiny_copy / "train" / "NORMAL" / "IM-9998-0001.png"
+    Image.fromarray(np.full((1, 1), 128, np.uint8)).save(tiny)
+    narrow = tiny_copy / "train" / "NORMAL" / "IM-9997-0001.png"
+    Image.fromarray(np.full((31, 200), 128, np.uint8)).save(narrow)  # one side under 32
+    index = DataIndex.scan(tiny_copy)
+    for cache_dir in (None, tmp_path / "cache"):
+        with pytest.raises(BadImagesError) as info:
+            usable_images(index.splits, PRE, cache_dir=cache_dir, policy="error",
+                          warn=print, where=tiny_copy)  # fmt: skip
+        message = str(info.value)
+        assert "1x1 pixels is smaller than the model's 32 x 32 crop" in message
+        assert "200x31 pixels" in message
+        assert message.count("smaller than") == 2

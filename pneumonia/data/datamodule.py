@@ -32,6 +32,7 @@ from pneumonia.data.splits import training_splits
 from pneumonia.data.synthetic import SYNTHETIC_WARNING, ensure_synthetic_dataset, is_synthetic
 from pneumonia.data.transforms import train_transforms
 from pneumonia.data.usable import BAD_IMAGE_POLICIES, BadImagePolicy, usable_images
+from pneumonia.errors import InputValueError
 from pneumonia.runtime import loader_workers
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
             ("on_leak", on_leak, LEAK_POLICIES),
         ):
             if value not in valid:
-                raise ValueError(f"data.{key}={value!r}; valid: {', '.join(valid)}")
+                raise InputValueError(f"data.{key}={value!r}; valid: {', '.join(valid)}")
         # The preprocessing is saved once, as its own record (the model stores it); the
         # machine's settings (cache folder, workers) are no property of the run.
         self.save_hyperparameters(

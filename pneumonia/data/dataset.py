@@ -15,6 +15,7 @@ import torch.distributed as dist
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from pneumonia.data.images import BadImageError
 from pneumonia.data.index import labelled_folder
 from pneumonia.data.preprocessing import Preprocessing, as_image
 from pneumonia.data.usable import BadImagePolicy, usable_images
@@ -44,7 +45,16 @@ class ChestXRayDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(as_image(self.decode(self.files[i]))), self.labels[i]
+        path = self.files[i]
+        try:
+            pixels = self.decode(path)
+        except BadImageError as e:  # it was readable when the run started
+            raise BadImageError(
+                f"{path}: {e}. The file was readable when the run started: was it changed or "
+                "removed since? Restore it (or rerun with data.on_bad_image=skip to go on "
+                "without it)."
+            ) from e
+        return self.transform(as_image(pixels)), self.labels[i]
 
 
 def image_loader(

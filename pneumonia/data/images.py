@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from pneumonia.errors import InputValueError
+
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000; the largest Kermany originals are ~7 MP
 # Pillow filters for the decode-time resize; Pillow antialiases whenever it downscales.
@@ -24,7 +26,7 @@ RESAMPLING = {
 }
 
 
-class BadImageError(ValueError):
+class BadImageError(InputValueError):
     """A file that is not a readable image within the pixel limit."""
 
 
@@ -150,12 +152,29 @@ def resize(gray: np.ndarray, size: int, interpolation: str, mode: str) -> np.nda
 RESIZE_MODES = ("shorter", "square")
 
 
+def check_size(width: int, height: int, min_side: int) -> None:
+    """An image with a side shorter than ``min_side`` (the model's crop) is no X-ray the model
+    can read: upscaled, a 1 x 1 file would be trained on as a flat grey field.
+
+    Raises:
+        BadImageError: with the size and the limit.
+    """
+    if min(width, height) < min_side:
+        raise BadImageError(
+            f"{width}x{height} pixels is smaller than the model's {min_side} x {min_side} crop "
+            "(a thumbnail or an icon?)"
+        )
+
+
 def load_resized(
-    path: Path, size: int, *, max_pixels: int, interpolation: str, mode: str
+    path: Path, size: int, *, max_pixels: int, interpolation: str, mode: str, min_side: int = 1
 ) -> np.ndarray:
-    """Decode ``path`` and :func:`resize` it: (H, W) uint8.
+    """Decode ``path``, check it is at least ``min_side`` pixels a side, and :func:`resize`
+    it: (H, W) uint8.
 
     Pillow's draft mode would let JPEG decode at 1/2..1/8 scale, but would make cached and
     uncached pixels depend on the decoder's scaling: files are decoded at full size.
     """
-    return resize(load_gray(path, max_pixels), size, interpolation, mode)
+    gray = load_gray(path, max_pixels)
+    check_size(gray.shape[1], gray.shape[0], min_side)
+    return resize(gray, size, interpolation, mode)

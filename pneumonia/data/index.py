@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumonia.data.images import is_image_file
+from pneumonia.data.walk import walk_files
+from pneumonia.errors import InputNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,7 @@ SPLITS = ("train", "val", "test")
 EXPECTED_LAYOUT = "root/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg (val/ and test/ optional)"
 
 
-class DataLayoutError(FileNotFoundError):
+class DataLayoutError(InputNotFoundError):
     """The data root does not hold the expected folder layout."""
 
 
@@ -114,28 +116,6 @@ def class_names(train_dir: Path, chosen: Sequence[str] | None = None) -> list[st
     return found
 
 
-def walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Every file below ``folder``, following links to folders, sorted.
-
-    ``Path.rglob`` does not follow folder links before Python 3.13, which silently left out
-    the images of a linked sub-folder. A link to a folder already walked (a loop, or a second
-    link to the same folder) is not followed again; such links are returned as the second list.
-    """
-    files: list[Path] = []
-    repeated: list[Path] = []
-    walked: set[str] = set()
-    for current, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(current)
-        if real in walked:
-            repeated.append(Path(current))
-            dirs[:] = []
-            continue
-        walked.add(real)
-        dirs.sort()
-        files.extend(Path(current) / n for n in names)
-    return sorted(files), repeated
-
-
 def labelled_folder(folder: Path, classes: Sequence[str]) -> SplitListing:
     """The images of a folder holding one sub-folder per class, labelled in ``classes`` order.
 
@@ -172,23 +152,6 @@ def evaluation_folder(root: Path) -> Path:
     return root
 
 
-def list_images(path: Path) -> list[Path]:
-    """One image file, or every image file below a folder (links followed, sorted).
-
-    Raises:
-        FileNotFoundError: nothing there, or a folder without image files.
-    """
-    path = Path(path).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = [p for p in walk_files(path)[0] if is_image_file(p)]
-        if not files:
-            raise FileNotFoundError(f"input={path} holds no image files (.jpeg, .png, ...)")
-        return files
-    raise FileNotFoundError(f"input={path} does not exist: pass an image file or a folder")
-
-
 def list_split(
     split_dir: Path, classes: list[str], left_out: Sequence[str] | None = None
 ) -> SplitListing:
@@ -206,16 +169,24 @@ def list_split(
     listing = SplitListing(files=[], labels=[])
     for label, name in enumerate(classes):
         n_before = len(listing.files)
-        files, repeated = walk_files(split_dir / name)
-        for link in repeated:
+        walk = walk_files(split_dir / name, within=split_dir)
+        for link in walk.repeated:
             log.warning(
-                "Not following %s: it leads to %s, which is already listed (a link loop or a "
-                "second link to one folder); its images are counted once.",
+                "Not following %s: it leads to %s, which is already listed (a second link to "
+                "one folder); its images are counted once.",
                 link,
                 link.resolve(),
             )
-        listing.ignored.extend(repeated)
-        for path in files:
+        for link, target in walk.refused:
+            log.warning(
+                "Not following %s: it leads to %s, outside its class folder %s (a link loop, or "
+                "into another class): its images would carry the wrong label.",
+                link,
+                target,
+                split_dir / name,
+            )
+        listing.ignored.extend([*walk.repeated, *(link for link, _ in walk.refused)])
+        for path in walk.files:
             hidden = any(part.startswith(".") for part in path.relative_to(split_dir).parts)
             if is_image_file(path) and not hidden:
                 listing.files.append(path)
@@ -227,7 +198,30 @@ def list_split(
                 f"Class folder {split_dir / name} holds no images (extensions: .jpeg, .jpg, .png,"
                 " ...). Add images or remove the folder from every split."
             )
+    _one_label_each(listing, classes)
     return listing
+
+
+def _one_label_each(listing: SplitListing, classes: Sequence[str]) -> None:
+    """One image never carries two labels: a file linked into two class folders is refused.
+
+    Raises:
+        DataLayoutError: naming each such file, where it was found, and both labels.
+    """
+    seen: dict[str, tuple[Path, int]] = {}
+    clashes = []
+    for path, label in zip(listing.files, listing.labels, strict=True):
+        real = os.path.realpath(path)
+        first = seen.setdefault(real, (path, label))
+        if first[1] != label:
+            clashes.append(f"  {real}: as {classes[first[1]]} ({first[0]}) and as "
+                           f"{classes[label]} ({path})")  # fmt: skip
+    if clashes:
+        raise DataLayoutError(
+            f"{len(clashes)} image(s) would carry two labels, reached through links in two "
+            "class folders:\n" + "\n".join(clashes[:20]) + "\nRemove the links (or copies) "
+            "so that each image is in the folder of its one class."
+        )
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pneumonia.data.index import SplitListing
 from pneumonia.data.patients import patient_id
+from pneumonia.errors import InputValueError
 from pneumonia.runtime import decode_threads
 
 LeakPolicy = Literal["warn", "error", "drop"]
@@ -27,7 +28,7 @@ LEAK_POLICIES = ("warn", "error", "drop")
 EXAMPLES = 5
 
 
-class LeakageError(ValueError):
+class LeakageError(InputValueError):
     """Images or patients on both sides of a split, under ``data.on_leak=error``."""
 
 

@@ -23,15 +23,18 @@ from pneumonia.data.images import (
     DEFAULT_MAX_PIXELS,
     RESAMPLING,
     RESIZE_MODES,
+    BadImageError,
+    check_size,
     gray_from_image,
     load_resized,
     resize,
     resized_size,
 )
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
+from pneumonia.errors import InputValueError
 
 
-class PreprocessingError(ValueError):
+class PreprocessingError(InputValueError):
     """A preprocessing record that is missing, incomplete or not understood."""
 
 
@@ -63,21 +66,21 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(
+            raise InputValueError(
                 f"data.resize_mode={self.resize_mode!r}; valid: {', '.join(RESIZE_MODES)}"
             )
         if min(self.crop_size, self.resize_size) < 1:
-            raise ValueError(
+            raise InputValueError(
                 f"data.crop_size={self.crop_size} and data.resize_size={self.resize_size} must "
                 "be at least 1"
             )
         if self.crop_size > self.resize_size:
-            raise ValueError(
+            raise InputValueError(
                 f"data.crop_size={self.crop_size} must not exceed "
                 f"data.resize_size={self.resize_size}"
             )
         if self.interpolation not in RESAMPLING:
-            raise ValueError(
+            raise InputValueError(
                 f"data.interpolation={self.interpolation!r}; valid: {', '.join(RESAMPLING)}"
             )
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -105,12 +108,14 @@ class Preprocessing:
         return cls(**record)
 
     def decode_settings(self) -> dict[str, Any]:
-        """What decides the decoded pixels (and so keys the decoded-image cache)."""
+        """What decides the decoded pixels and which files are refused (and so keys the
+        decoded-image cache)."""
         return {
             "resize_size": self.resize_size,
             "resize_mode": self.resize_mode,
             "interpolation": self.interpolation,
             "max_pixels": self.max_pixels,
+            "min_side": self.crop_size,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -157,6 +162,7 @@ class Preprocessing:
             max_pixels=self.max_pixels,
             interpolation=self.interpolation,
             mode=self.resize_mode,
+            min_side=self.crop_size,
         )
 
     @cached_property
@@ -176,7 +182,8 @@ class Preprocessing:
         """An opened Pillow image -> uint8 (1, crop, crop), as :meth:`load` makes files."""
         w, h = im.size
         if w * h > self.max_pixels:
-            raise ValueError(f"{w}x{h} pixels is above the limit of {self.max_pixels:,}")
+            raise BadImageError(f"{w}x{h} pixels is above the limit of {self.max_pixels:,}")
+        check_size(w, h, self.crop_size)
         gray = resize(gray_from_image(im), self.resize_size, self.interpolation, self.resize_mode)
         return self.eval_transform(as_image(gray))
 

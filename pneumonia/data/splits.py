@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pneumonia.data.index import SplitListing
 from pneumonia.data.leakage import LeakPolicy, check_leaks
 from pneumonia.data.patients import patient_id, patients_of, without_patients
+from pneumonia.errors import InputValueError
 
 OFFICIAL_VAL_MIN = 100
 
@@ -38,7 +39,9 @@ def patient_split(
         Sorted index lists into ``files``.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {fraction}")
+        raise InputValueError(
+            f"data.val_fraction must be between 0 and 1 (exclusive), got {fraction}"
+        )
     if len(files) != len(labels):
         raise ValueError("files and labels differ in length")
     members: dict[str, list[int]] = defaultdict(list)
@@ -146,5 +149,5 @@ def training_splits(
     splits, leakage = check_leaks(splits, test.files if test else None, on_leak, warn)
     for name, n in zip(classes, splits["train"].counts(len(classes)), strict=True):
         if n == 0:
-            raise ValueError(f"The training split has no {name} images after the split.")
+            raise InputValueError(f"The training split has no {name} images after the split.")
     return splits, leakage

@@ -17,6 +17,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from pneumonia.errors import InputValueError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -87,7 +89,7 @@ def train_transforms(
         "random_resized": lambda: v2.RandomResizedCrop(crop_size, scale=(crop_scale, 1.0)),
     }
     if crop not in crops:
-        raise ValueError(f"data.crop must be one of {', '.join(crops)}, got {crop!r}")
+        raise InputValueError(f"data.crop must be one of {', '.join(crops)}, got {crop!r}")
     parts: list[v2.Transform] = [crops[crop]()]
     if hflip_prob > 0:
         parts.append(v2.RandomHorizontalFlip(p=hflip_prob))

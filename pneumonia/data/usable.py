@@ -17,16 +17,17 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumonia.data.cache import DecodedImageCache
-from pneumonia.data.images import BadImageError, load_gray
+from pneumonia.data.images import BadImageError
 from pneumonia.data.index import SplitListing
 from pneumonia.data.preprocessing import Preprocessing
+from pneumonia.errors import InputValueError
 from pneumonia.runtime import decode_threads
 
 BadImagePolicy = Literal["error", "skip"]
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 
-class BadImagesError(ValueError):
+class BadImagesError(InputValueError):
     """One or more image files cannot be used; lists every one of them."""
 
 
@@ -59,7 +60,9 @@ def usable_images(
         BadImagesError: under ``error``, naming every unusable file and the way out.
     """
     if policy not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"data.on_bad_image={policy!r}; valid: {', '.join(BAD_IMAGE_POLICIES)}")
+        raise InputValueError(
+            f"data.on_bad_image={policy!r}; valid: {', '.join(BAD_IMAGE_POLICIES)}"
+        )
     files = [f for listing in listings.values() for f in listing.files]
     if cache_dir is not None:
         cache = DecodedImageCache.open_or_build(
@@ -70,7 +73,7 @@ def usable_images(
         )
         bad, decode = dict(cache.bad), cache.get
     else:
-        bad, decode = verify_images(files, preprocessing.max_pixels), preprocessing.decode
+        bad, decode = verify_images(files, preprocessing.decode), preprocessing.decode
     if not bad:
         return UsableImages(dict(listings), decode, {})
     lines = "\n".join(f"  {path}: {reason}" for path, reason in sorted(bad.items()))
@@ -93,12 +96,13 @@ def _without(listing: SplitListing, bad: Mapping[str, str]) -> SplitListing:
     )
 
 
-def verify_images(files: list[Path], max_pixels: int) -> dict[str, str]:
-    """Fully decode every file (when there is no cache): resolved path -> reason, for failures."""
+def verify_images(files: list[Path], decode: Callable[[Path], np.ndarray]) -> dict[str, str]:
+    """Decode every file as it will be read (when there is no cache, which would do it):
+    resolved path -> reason, for the files that fail."""
 
     def check(path: Path) -> str | None:
         try:
-            load_gray(path, max_pixels)
+            decode(path)
         except BadImageError as e:
             return str(e)
         return None
