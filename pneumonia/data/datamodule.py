@@ -130,7 +130,6 @@ class ChestXRayDataModule(pl.LightningDataModule):
         )
         self.eval_transform = self.preprocessing.eval_transform
         self.collate = self.preprocessing.collate
-
         self._index: DataIndex | None = None
         self._splits: dict[str, SplitListing] = {}
         # path -> pixels: "root" for every split of the data root, "holdout" for that folder
