@@ -115,3 +115,17 @@ def test_the_default_cache_folder_follows_the_environment(
     assert default_cache_dir() == tmp_path / "xdg" / "pneumonia"
     monkeypatch.setenv("PNEUMONIA_CACHE_DIR", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"  # wins over both
+
+
+@pytest.mark.parametrize("damage", ["meta.json", "pixels.u8"])
+def test_a_damaged_cache_is_rebuilt_not_read(tiny_root: Path, tmp_path: Path, damage: str):
+    """A cache cut short after it was built (a full disk, a copy that stopped) is rebuilt."""
+    make_dm(tiny_root, tmp_path).setup("fit")
+    (folder,) = (tmp_path / "cache").iterdir()
+    target = folder / damage
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    dm = make_dm(tiny_root, tmp_path)
+    dm.setup("fit")
+    fresh = make_dm(tiny_root, tmp_path, cache=False)
+    fresh.setup("fit")
+    assert torch.equal(_all_eval_tensors(dm), _all_eval_tensors(fresh))

@@ -110,8 +110,17 @@ class DecodedImageCache:
         name = f"{settings.get('resize_size', 'x')}px-{cache_key(files, settings)}"
         directory = Path(cache_dir) / name
         if (directory / _META).is_file():
-            log.info("Reading decoded images from cache %s", directory)
-            return cls(directory)
+            try:
+                cache = cls(directory)
+                if (directory / _PIXELS).stat().st_size == int(cache._index[:, 1:].prod(1).sum()):
+                    log.info("Reading decoded images from cache %s", directory)
+                    return cache
+            except (OSError, ValueError, KeyError) as e:  # damaged since it was built
+                log.warning("Rebuilding the damaged decoded-image cache %s (%s)", directory, e)
+            else:
+                log.warning("Rebuilding the decoded-image cache %s: its pixels are cut short",
+                            directory)  # fmt: skip
+            shutil.rmtree(directory, ignore_errors=True)
         cls._build(files, directory, decode, settings, num_threads or decode_threads())
         return cls(directory)
 
