@@ -26,7 +26,7 @@ from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.config import compose
-from pneumonia.decision import Decision, adapt_to_prevalence
+from pneumonia.decision import Decision
 from pneumonia.evaluation import EVALUATE_BATCH_SIZE, evaluate_checkpoint
 from pneumonia.inference import (
     PREDICT_BATCH_SIZE,
@@ -34,19 +34,24 @@ from pneumonia.inference import (
     inference_precision,
     predict_files,
     probabilities,
+    score_images,
+    warn_if_unlike_training,
 )
 from pneumonia.metrics import BOOTSTRAP_RESAMPLES
 from pneumonia.predictions import PREDICTION_COLUMNS, prediction_rows
+from pneumonia.prior_shift import adapt_to_prevalence
 from pneumonia.runtime import resolve_device
+from pneumonia.shift import ShiftReference
 
 __all__ = ["Classifier", "compose", "load"]
 ImageInput = str | Path | Image.Image
 
 
 def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows of ``predictions.csv`` as a DataFrame; a missing probability is NaN."""
+    """Rows of ``predictions.csv`` as a DataFrame; a missing probability or score is NaN."""
     table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
-    table["probability"] = table["probability"].astype(float)
+    for column in ("probability", "shift_score"):
+        table[column] = table[column].astype(float)
     return table
 
 
@@ -68,6 +73,12 @@ class Classifier:
     @property
     def class_names(self) -> list[str]:
         return self.ckpt.class_names
+
+    @property
+    def shift(self) -> ShiftReference | None:
+        """What the training images looked like (``pneumonia.shift``); None for a checkpoint
+        written before shift references existed."""
+        return self.ckpt.shift
 
     @property
     def decision(self) -> Decision:
@@ -118,7 +129,7 @@ class Classifier:
     ) -> pd.DataFrame:
         """One row per image, the columns of ``predictions.csv``: file (the path, or
         ``image[i]`` / ``tensor[i]``), label (empty), probability, prediction at the threshold,
-        threshold, error.
+        threshold, shift_score and in_distribution (empty without a shift reference), error.
 
         Unreadable files get their error instead of stopping the call; ``prior_shift="em"``
         re-bases the probabilities on the prevalence of these images (see ``evaluate``).
@@ -135,8 +146,25 @@ class Classifier:
                 prior_shift=prior_shift,
             )
             return _table(rows)
-        probs = self.probabilities(images, tta=tta)
-        probs, _ = adapt_to_prevalence(probs, self.decision, prior_shift)
+        reference = self.ckpt.shift
+        with autocast(self.device, self.precision):
+            probs, shift = score_images(
+                self.model,
+                self.batch(images).to(self.device),
+                tta=tta,
+                fill=self.ckpt.preprocessing.normalized(0.0),
+                shift=reference,
+            )
+        flagged = None
+        if shift is not None:
+            flagged = int((~reference.in_distribution(shift)).sum())
+            warn_if_unlike_training(flagged, len(shift), reference)
+        probs, _ = adapt_to_prevalence(
+            probs.float().cpu(),
+            self.decision,
+            prior_shift,
+            flagged_share=None if flagged is None else flagged / len(shift),
+        )
         return _table(
             prediction_rows(
                 [f"tensor[{i}]" for i in range(len(probs))],
@@ -144,6 +172,8 @@ class Classifier:
                 threshold=self.threshold,
                 class_names=self.class_names,
                 positive_index=self.ckpt.positive_index,
+                shift_scores=None if shift is None else shift.tolist(),
+                shift_threshold=reference.threshold if reference else None,
             )
         )
 

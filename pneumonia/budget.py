@@ -185,6 +185,8 @@ class TimeBudget(pl.Callback):
         self.margin = margin
         self.epoch_overhead_s = epoch_overhead_s
         self.check_passes = check_passes
+        # pneumonia.shift's reference: one pass over the training and the validation images
+        self.reference_pass = False
         self.started = time.monotonic()
         self.plan: BudgetPlan | None = None
 
@@ -228,6 +230,8 @@ class TimeBudget(pl.Callback):
         val_images = _validation_images(trainer)
         test_images = datamodule.num_test_images() if hasattr(datamodule, "num_test_images") else 0
         check_images = self.check_passes * val_images
+        if self.reference_pass and hasattr(datamodule, "files"):
+            check_images += len(datamodule.files("train")) + val_images
         if self.check_passes and getattr(datamodule, "has_split", lambda _: False)("holdout"):
             check_images += len(datamodule.files("holdout"))
         accumulate = trainer.accumulate_grad_batches

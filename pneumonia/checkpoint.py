@@ -14,7 +14,9 @@ import torch
 from pneumonia.data.preprocessing import Preprocessing, PreprocessingError
 from pneumonia.decision import Decision
 from pneumonia.errors import InputNotFoundError, InputValueError
+from pneumonia.files import atomic_path
 from pneumonia.model import PneumoniaClassifier
+from pneumonia.shift import ShiftReference
 
 
 class CheckpointError(InputValueError):
@@ -33,6 +35,7 @@ class LoadedCheckpoint:
     preprocessing: Preprocessing  # the eval preprocessing the model was trained with
     data_args: dict[str, Any]  # the training run's other DataModule arguments (root, split...)
     config: dict[str, Any] | None  # the training run's whole Hydra config, as a record
+    shift: ShiftReference | None = None  # what its training images looked like (None: older)
 
     @property
     def threshold(self) -> float:
@@ -187,4 +190,15 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         preprocessing=preprocessing,
         data_args=data_args,
         config=meta.get("config"),
+        shift=ShiftReference.from_record(meta.get("shift")),
     )
+
+
+def add_to_checkpoint(path: str | Path, key: str, record: dict[str, Any]) -> None:
+    """Store ``record`` as ``key`` of the checkpoint's "pneumonia" section, atomically (the
+    file is whole before or after, never half-written)."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    ckpt["pneumonia"][key] = record
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)

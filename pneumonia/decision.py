@@ -7,8 +7,8 @@
 - :func:`fit_on_validation`: what each validation epoch fits (the temperature, the threshold)
   and the proper scores it reports.
 - :class:`Decision`: the record of rule, threshold and calibration that reports and exports
-  carry, and :func:`adapt_to_prevalence`, which re-bases probabilities on the prevalence of
-  the images at hand.
+  carry (``pneumonia.prior_shift`` re-bases probabilities on the prevalence of the images at
+  hand).
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from torchmetrics.functional.classification import binary_roc
 from pneumonia.calibration import (
     brier,
     calibrate,
-    em_prevalence,
     fit_temperature,
     logit,
     nll,
-    shift_prevalence,
 )
 from pneumonia.errors import InputValueError
 
@@ -102,6 +100,23 @@ def choose_threshold(
     return float(cut[int(reaching[0])])
 
 
+def check_decision(
+    rule: ThresholdRule | float, target_sensitivity: float, cost_ratio: float, prevalence: float
+) -> None:
+    """The decision's settings can work, or an error names the one that cannot."""
+    choose_threshold(
+        torch.zeros(0),
+        torch.zeros(0),
+        rule,
+        target_sensitivity=target_sensitivity,
+        cost_ratio=cost_ratio,
+    )
+    if not 0.0 < prevalence < 1.0:
+        raise InputValueError(
+            f"model.prevalence={prevalence} must lie strictly between 0 and 1 (a prevalence)"
+        )
+
+
 @dataclass(frozen=True)
 class Decision:
     """How a score becomes a class: the calibration, the rule and the threshold it gave.
@@ -131,7 +146,7 @@ class Decision:
         """One sentence for a report: the threshold, its rule, and the calibration behind it.
 
         Args:
-            shift: the record of :func:`adapt_to_prevalence`, when the probabilities were
+            shift: the record of ``prior_shift.adapt_to_prevalence``, when the probabilities were
                 re-based on the prevalence of the images scored.
         """
         line = f"Threshold {self.threshold:.3f} from rule `{self.threshold_rule}`"
@@ -192,78 +207,3 @@ def fit_on_validation(
     )
     fitted = replace(decision, temperature=temperature, threshold=threshold)
     return ValidationFit(fitted, probs, nll(raw, targets), brier(raw, targets))
-
-
-PRIOR_SHIFTS = ("none", "em")
-# Fewer images than this say too little about their population's prevalence: EM on 3 images
-# estimated 0.994 and turned a NORMAL image's 0.504 into 0.994 PNEUMONIA.
-EM_MIN_IMAGES = 30
-
-
-def check_prior_shift(method: str, decision: Decision, num_images: int) -> None:
-    """Refuse a prior shift that cannot work, before any image is scored.
-
-    Raises:
-        ValueError: an unknown method, a threshold not from the Bayes rule, or too few images.
-    """
-    if method not in PRIOR_SHIFTS:
-        raise InputValueError(f"prior_shift={method!r}: use one of {', '.join(PRIOR_SHIFTS)}")
-    if method == "none":
-        return
-    if not decision.bayes:
-        raise InputValueError(
-            f"prior_shift={method} re-bases calibrated probabilities for a Bayes decision; this "
-            f"checkpoint's threshold comes from threshold_rule={decision.threshold_rule!r}, "
-            "which a prevalence shift would not move consistently. Use prior_shift=none."
-        )
-    if num_images < EM_MIN_IMAGES:
-        raise InputValueError(
-            f"prior_shift={method} estimates the PNEUMONIA prevalence of the images scored "
-            f"together, and needs at least {EM_MIN_IMAGES} of one population; there are "
-            f"{num_images}. Score more images at once, or use prior_shift=none."
-        )
-
-
-def adapt_to_prevalence(
-    probs: torch.Tensor, decision: Decision, method: str = "none"
-) -> tuple[torch.Tensor, dict[str, Any] | None]:
-    """Probabilities re-based on the prevalence of these (unlabelled) images.
-
-    ``em`` estimates the prevalence of the images with ``calibration.em_prevalence`` and
-    shifts every probability to it; with a Bayes threshold the stored threshold then makes the
-    cost-minimising decision for this population. Assumes label shift: the images of each
-    class look as they did in training, only their proportions differ. Needs at least
-    :data:`EM_MIN_IMAGES` images from one population (:func:`check_prior_shift`).
-
-    Returns:
-        The probabilities, and a record of the estimate (None for ``none``); an estimate that
-        did not converge is recorded (``converged``), logged, and named in the report.
-    """
-    check_prior_shift(method, decision, len(probs))
-    if method == "none":
-        return probs, None
-    estimate, iterations, converged = em_prevalence(probs, decision.prevalence)
-    log.info(
-        "Prevalence of these %d images estimated at %.3f (EM, %d iterations); the model's "
-        "probabilities were for %.3f",
-        len(probs),
-        estimate,
-        iterations,
-        decision.prevalence,
-    )
-    if not converged:
-        log.warning(
-            "The EM estimate of the prevalence did not converge in %d iterations: the images "
-            "may not come from one population, or be too few; treat the re-based "
-            "probabilities with care (or use prior_shift=none).",
-            iterations,
-        )
-    record = {
-        "method": method,
-        "estimated_prevalence": estimate,
-        "iterations": iterations,
-        "converged": converged,
-        "model_prevalence": decision.prevalence,
-        "num_images": len(probs),
-    }
-    return shift_prevalence(probs, decision.prevalence, estimate), record

@@ -19,20 +19,23 @@ from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.errors import InputValueError
 from pneumonia.files import atomic_path, write_text
 from pneumonia.model import PneumoniaClassifier
+from pneumonia.shift import ShiftReference, energy_score, knn_score, mahalanobis_score
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 class ExportedClassifier(nn.Module):
-    """Normalised float (B, 3, H, W) -> calibrated class probabilities (B, 2).
+    """Normalised float (B, 3, H, W) -> calibrated class probabilities (B, 2), and, for a
+    checkpoint with a shift reference, the (B,) shift scores too.
 
     The positive column is what the model's ``probabilities`` gives, through the same
     functions (``calibration.logit_difference`` and ``calibrate``) and its temperature and
-    prevalence, so the stored threshold means the same thing here as in ``predict``. (The
-    LightningModule itself cannot be traced: TorchScript reads its ``trainer``.)
+    prevalence, so the stored threshold means the same thing here as in ``predict``; the shift
+    score is ``ShiftReference.score``'s (``pneumonia.shift``). (The LightningModule itself
+    cannot be traced: TorchScript reads its ``trainer``.)
     """
 
-    def __init__(self, model: PneumoniaClassifier) -> None:
+    def __init__(self, model: PneumoniaClassifier, shift: ShiftReference | None) -> None:
         super().__init__()
         self.backbone = model.backbone
         self.head = model.head
@@ -40,17 +43,31 @@ class ExportedClassifier(nn.Module):
         self.prevalence = float(model.hparams.prevalence)
         self.register_buffer("temperature", model.temperature.detach().clone())
         self.register_buffer("reference_logit", model.reference_logit.detach().clone())
+        self.shift_method = shift.method if shift else None
+        self.k = shift.k if shift else 0
+        for name, tensor in (shift.tensors if shift else {}).items():
+            self.register_buffer(f"shift_{name}", tensor.detach().clone())
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        scores = logit_difference(self.head(self.backbone(images)), self.positive_index)
+    def forward(self, images: torch.Tensor):
+        features = self.backbone(images)
+        logits = self.head(features)
         p = calibrate(
-            scores,
+            logit_difference(logits, self.positive_index),
             temperature=self.temperature,
             reference_logit=self.reference_logit,
             prevalence=self.prevalence,
         )
         columns = [1 - p, p] if self.positive_index == 1 else [p, 1 - p]
-        return torch.stack(columns, dim=1)
+        probabilities = torch.stack(columns, dim=1)
+        if self.shift_method is None:
+            return probabilities
+        if self.shift_method == "mahalanobis":
+            scores = mahalanobis_score(features, self.shift_means, self.shift_precision)
+        elif self.shift_method == "knn":
+            scores = knn_score(features, self.shift_bank, self.k)
+        else:
+            scores = energy_score(logits)
+        return probabilities, scores
 
 
 @contextlib.contextmanager
@@ -76,7 +93,10 @@ def export_model(
     if fmt not in FORMATS:
         raise InputValueError(f"format={fmt!r}: use {' or '.join(FORMATS)}")
     pre = ckpt.preprocessing
-    net = ExportedClassifier(ckpt.model).eval().to(memory_format=torch.contiguous_format)
+    net = (
+        ExportedClassifier(ckpt.model, ckpt.shift).eval().to(memory_format=torch.contiguous_format)
+    )
+    outputs = ["probabilities", "shift_score"] if ckpt.shift else ["probabilities"]
     example = torch.randn(2, 3, pre.crop_size, pre.crop_size)
     path = output_dir / f"model{FORMATS[fmt]}"
     with torch.no_grad(), atomic_path(path) as tmp:
@@ -87,7 +107,7 @@ def export_model(
                     (example,),
                     str(tmp),
                     input_names=["image"],
-                    output_names=["probabilities"],
+                    output_names=outputs,
                     dynamic_shapes=({0: torch.export.Dim("batch")},),
                     opset_version=opset,
                     dynamo=True,
@@ -112,6 +132,17 @@ def metadata(ckpt: LoadedCheckpoint, path: Path) -> dict[str, Any]:
         "backbone": ckpt.model.hparams.backbone,
         "input": {"name": "image", "shape": ["batch", 3, pre.crop_size, pre.crop_size]},
         "output": {"name": "probabilities", "shape": ["batch", len(ckpt.class_names)]},
+        **(
+            {
+                "shift": {
+                    **ckpt.shift.describe(),
+                    "output": {"name": "shift_score", "shape": ["batch"]},
+                    "in_distribution": "shift_score <= threshold",
+                }
+            }
+            if ckpt.shift
+            else {}
+        ),
         "class_names": ckpt.class_names,
         "positive_class": positive,
         "positive_index": ckpt.positive_index,

@@ -3,8 +3,9 @@
 The library under ``pneumonia-evaluate``, the API's ``Classifier.evaluate`` and the notebook:
 scoring any labelled folder or one of the training run's splits (:func:`score`), the report
 with percentile-bootstrap intervals (:func:`report`; on Kermany's 624 test images accuracy
-alone moves by about +-3 points between resamples, which a single number hides), its markdown,
-and the most confident mistakes.
+alone moves by about +-3 points between resamples, which a single number hides), the share of
+images unlike the training images, and the markdown (the most confident mistakes are
+``Predictions.confident_mistakes``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import torch
 
 from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.data.cache import default_cache_dir
+from pneumonia.data.cache import cache_folder
 from pneumonia.data.dataset import labelled_folder_loader
 from pneumonia.data.index import evaluation_folder
-from pneumonia.decision import Decision, adapt_to_prevalence
+from pneumonia.decision import Decision
 from pneumonia.errors import InputValueError
-from pneumonia.inference import predict_batches
+from pneumonia.inference import WARN_SHARE, predict_batches, warn_if_unlike_training
 from pneumonia.metrics import (
     BOOTSTRAP_RESAMPLES,
     CONFIDENCE,
@@ -34,6 +35,8 @@ from pneumonia.metrics import (
     thresholded_metrics,
 )
 from pneumonia.predictions import Predictions
+from pneumonia.prior_shift import adapt_to_prevalence
+from pneumonia.shift import ShiftReference
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def score(
             folder,
             ckpt.class_names,
             ckpt.preprocessing,
-            cache_dir=_cache_dir(args),
+            cache_dir=cache_folder(args.get("cache", True), args.get("cache_dir")),
             on_bad_image=args.get("on_bad_image") or "error",
             batch_size=batch_size,
             num_workers=args.get("num_workers") or 0,
@@ -107,15 +110,16 @@ def score(
         datamodule.setup("fit")
         files, labels = datamodule.files(split), datamodule.labels(split)
         loader = datamodule.eval_dataloader(split)
-    probs = predict_batches(ckpt, loader, device=device, precision=precision, tta=tta)
+    probs, shift = predict_batches(ckpt, loader, device=device, precision=precision, tta=tta)
     targets = (torch.tensor(labels) == ckpt.positive_index).long()
-    return Predictions(probs, targets, ckpt.threshold, files=files)
-
-
-def _cache_dir(args: Mapping[str, Any]) -> Path | None:
-    if not args.get("cache", True):
-        return None
-    return Path(args["cache_dir"]).expanduser() if args.get("cache_dir") else default_cache_dir()
+    return Predictions(
+        probs,
+        targets,
+        ckpt.threshold,
+        files=files,
+        shift=shift,
+        shift_threshold=ckpt.shift.threshold if ckpt.shift else None,
+    )
 
 
 def evaluate_checkpoint(
@@ -140,10 +144,21 @@ def evaluate_checkpoint(
     preds = score(
         ckpt, split, device=device, precision=precision, tta=tta, batch_size=batch_size, data=data
     )
-    preds.probs, shift = adapt_to_prevalence(preds.probs, ckpt.decision, prior_shift)
-    result = report(preds, resamples=resamples, confidence=confidence, seed=seed)
+    bootstrap = {"resamples": resamples, "confidence": confidence, "seed": seed}
+    unlike = None
+    if ckpt.shift is not None:
+        unlike = shift_report(preds, ckpt.shift, **bootstrap)
+        warn_if_unlike_training(unlike["num_flagged"], len(preds.probs), ckpt.shift)
+    preds.probs, shift = adapt_to_prevalence(
+        preds.probs,
+        ckpt.decision,
+        prior_shift,
+        flagged_share=unlike["share_flagged"] if unlike else None,
+    )
+    result = report(preds, **bootstrap)
     root = (data or {}).get("root") or ckpt.data_args.get("root")
     result |= {
+        "shift": unlike,
         "decision": ckpt.decision.to_dict(),
         "prior_shift": shift,
         "checkpoint": str(ckpt.path),
@@ -152,6 +167,23 @@ def evaluate_checkpoint(
         "tta": bool(tta),
     }
     return result, preds
+
+
+def shift_report(preds: Predictions, reference: ShiftReference, **bootstrap: Any) -> dict:
+    """How many images are unlike the training images, and the metrics of each group, with
+    intervals (a group with one class only has no AUROC; an empty one, no metrics)."""
+    inside = preds.in_distribution
+    flagged = int((~inside).sum())
+    groups = {"in_distribution": preds.subset(inside), "flagged": preds.subset(~inside)}
+    return {
+        **reference.describe(),
+        "num_flagged": flagged,
+        "share_flagged": flagged / len(inside) if len(inside) else 0.0,
+        **{
+            name: report(group, **bootstrap)["metrics"] if len(group.probs) else None
+            for name, group in groups.items()
+        },
+    }
 
 
 def report(
@@ -227,19 +259,37 @@ def markdown(result: dict[str, Any]) -> str:
                 row += " (threshold-free) | |"
         lines.append(row)
     (tn, fp), (fn, tp) = result["confusion_matrix"]
-    lines += [
-        "",
-        f"Confusion matrix at {t:.3f}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.",
-        "",
-        "Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `predictions.csv`.",
-        "",
-    ]
+    lines += ["", f"Confusion matrix at {t:.3f}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.", ""]
+    lines += _shift_lines(result.get("shift"), conf)
+    lines += ["Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `predictions.csv`.", ""]
     return "\n".join(lines)
 
 
-def confident_mistakes(preds: Predictions, k: int = 8) -> list[int]:
-    """Indices of the ``k`` wrong predictions farthest from the threshold, worst first."""
-    predicted = (preds.probs > preds.threshold).long()
-    wrong = torch.nonzero(predicted != preds.targets).flatten()
-    margin = (preds.probs[wrong] - preds.threshold).abs()
-    return wrong[torch.argsort(margin, descending=True)][:k].tolist()
+def _shift_lines(shift: dict[str, Any] | None, conf: str) -> list[str]:
+    """report.md's section on the images unlike the training images."""
+    if shift is None:
+        return ["No shift reference in this checkpoint: nothing says whether these images look "
+                "like the training images.", ""]  # fmt: skip
+    share = shift["share_flagged"]
+    lines = [
+        "## Images unlike the training images",
+        "",
+        f"{shift['num_flagged']} images ({share:.0%}) are flagged: their shift score "
+        f"({shift['method']}) is above {shift['threshold']:.4g}, which flags "
+        f"{shift['flag_rate']:.0%} of the validation images.",
+    ]
+    if share > WARN_SHARE:
+        lines.append(
+            f"**{share:.0%} of these images do not look like the images this model was trained "
+            "on: the figures above may not hold for them.**"
+        )
+    lines += ["", f"| metric | in distribution | {conf} CI | flagged | {conf} CI |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for name, label in METRIC_LABELS.items():
+        cells = []
+        for group in ("in_distribution", "flagged"):
+            m = (shift[group] or {}).get(name)
+            cells.append(f"{m['value']:.3f} | {m['ci_low']:.3f} - {m['ci_high']:.3f}" if m
+                         else "- | -")  # fmt: skip
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return [*lines, ""]

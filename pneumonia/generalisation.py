@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 from pneumonia.calibration import brier, nll, shift_prevalence
 from pneumonia.inference import autocast
 from pneumonia.metrics import BOOTSTRAP_RESAMPLES, bootstrap_interval, metrics_at
+from pneumonia.shift import ShiftReference, fit_reference
 
 Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -92,23 +94,62 @@ def degrade(
     return (out - m) / s
 
 
+@dataclass
+class Outputs:
+    """What the model makes of every image of one view of a split."""
+
+    scores: list[torch.Tensor] = field(default_factory=list)  # logit differences
+    features: list[torch.Tensor] = field(default_factory=list)  # penultimate features
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, model, features: torch.Tensor) -> None:
+        logits = model.head(features)
+        self.scores.append(model.score(logits).float().cpu())
+        self.features.append(features.float().cpu())
+        self.logits.append(logits.float().cpu())
+
+    def cat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.cat(self.scores), torch.cat(self.features), torch.cat(self.logits)
+
+
 @torch.inference_mode()
-def _scores(
+def outputs(
     model, loader, *, device, precision, degradations: dict[str, Degradation], mean, std, seed
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Per view (``clean`` and each degradation): scores, features and logits of every image,
+    and the images' targets (1 = PNEUMONIA)."""
     model.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
-    scores: dict[str, list[torch.Tensor]] = {"clean": [], **{k: [] for k in degradations}}
+    views_out = {"clean": Outputs(), **{k: Outputs() for k in degradations}}
     labels = []
     for images, targets in loader:
         views = {"clean": images}
         views |= {k: degrade(images, d, mean, std, generator) for k, d in degradations.items()}
         for name, view in views.items():
             with autocast(device, precision):
-                logits = model(view.to(device))
-            scores[name].append(model.score(logits).float().cpu())
+                views_out[name].add(model, model.features(view.to(device)))
         labels.append((targets == model.positive_index).long())
-    return {k: torch.cat(v) for k, v in scores.items()}, torch.cat(labels)
+    return {k: v.cat() for k, v in views_out.items()}, torch.cat(labels)
+
+
+def fit_shift_reference(
+    model, datamodule, *, device: torch.device, precision: str, method: str, flag_rate: float
+) -> ShiftReference:
+    """The shift reference of a trained model: fitted on its training images' features (with
+    the evaluation preprocessing), its threshold set on the validation images."""
+    pre = datamodule.preprocessing
+    common = {"device": device, "precision": precision, "degradations": {}, "mean": pre.mean,
+              "std": pre.std, "seed": 0}  # fmt: skip
+    train, train_targets = outputs(model, datamodule.eval_dataloader("train"), **common)
+    val, _ = outputs(model, datamodule.eval_dataloader("val"), **common)
+    return fit_reference(
+        method,
+        train["clean"][1],
+        train_targets,
+        val["clean"][1],
+        val["clean"][2],
+        flag_rate=flag_rate,
+    )
 
 
 def summarise(
@@ -165,11 +206,14 @@ def run_checks(
     degraded: bool = True,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    shift: ShiftReference | None = None,
 ) -> dict[str, Any]:
     """The checks of this module for a trained model and its (set-up) DataModule.
 
     Args:
         precision: the resolved precision the model trained at (not ``auto``).
+        shift: with a shift reference, each check also reports the share of its images
+            flagged as unlike the training images (``share_flagged``).
     """
     pre = datamodule.preprocessing
     threshold = float(model.threshold)
@@ -179,7 +223,7 @@ def run_checks(
     if datamodule.has_split("holdout"):
         splits["holdout"] = {}
     for split, degradations in splits.items():
-        scores, targets = _scores(
+        views, targets = outputs(
             model,
             datamodule.eval_dataloader(split),
             device=device,
@@ -189,17 +233,19 @@ def run_checks(
             std=pre.std,
             seed=seed,
         )
-        for name, s in scores.items():
+        for name, (scores, features, logits) in views.items():
             key = split if name == "clean" else f"{split}_{name}"
             results[key] = summarise(
-                model.calibrate(s), targets, threshold, prevalence, resamples=resamples
+                model.calibrate(scores), targets, threshold, prevalence, resamples=resamples
             )
+            if shift is not None:
+                flagged = ~shift.in_distribution(shift.score(features, logits))
+                results[key]["share_flagged"] = float(flagged.float().mean())
     shifted = [results[f"val_{k}"] for k in DEGRADATIONS if f"val_{k}" in results]
     if shifted and all("auroc" in r for r in shifted):
-        results["val_degraded_mean"] = {
-            k: sum(r[k] for r in shifted) / len(shifted)
-            for k in ("auroc", "nll", "brier", "accuracy", "sensitivity", "specificity")
-        }
+        keys = ["auroc", "nll", "brier", "accuracy", "sensitivity", "specificity"]
+        keys += ["share_flagged"] if all("share_flagged" in r for r in shifted) else []
+        results["val_degraded_mean"] = {k: sum(r[k] for r in shifted) / len(shifted) for k in keys}
     return results
 
 
@@ -208,8 +254,9 @@ def log_checks(checks: dict[str, Any], log: logging.Logger) -> None:
     for name, r in checks.items():
         if "auroc" in r and "auroc_ci" in r:
             low, high = r["auroc_ci"]
+            flagged = f"  flagged {r['share_flagged']:.1%}" if "share_flagged" in r else ""
             log.info(
-                "Check %-26s AUROC %.3f (%.3f-%.3f)  NLL %.3f  acc %.3f  sens %.3f  spec %.3f",
+                "Check %-26s AUROC %.3f (%.3f-%.3f)  NLL %.3f  acc %.3f  sens %.3f  spec %.3f%s",
                 name, r["auroc"], low, high, r["nll"], r["accuracy"], r["sensitivity"],
-                r["specificity"],
+                r["specificity"], flagged,
             )  # fmt: skip

@@ -20,9 +20,10 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.data.images import BadImageError
-from pneumonia.decision import adapt_to_prevalence, check_prior_shift
 from pneumonia.predictions import prediction_rows
+from pneumonia.prior_shift import adapt_to_prevalence, check_prior_shift
 from pneumonia.runtime import decode_threads, resolve_precision
+from pneumonia.shift import ShiftReference
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,29 @@ def probabilities(
     return torch.stack([model.probabilities(v).float() for v in views]).mean(dim=0)
 
 
+@torch.inference_mode()
+def score_images(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    *,
+    tta: bool = False,
+    fill: Sequence[float] | None = None,
+    shift: ShiftReference | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, 3, H, W) normalised images -> (B,) calibrated probabilities (see
+    :func:`probabilities`) and (B,) shift scores of the plain images (None without a
+    reference), from one forward pass."""
+    if shift is None:
+        return probabilities(model, images, tta=tta, fill=fill), None
+    features = model.features(images)
+    logits = model.head(features)
+    if tta:
+        probs = probabilities(model, images, tta=True, fill=fill)
+    else:
+        probs = model.calibrate(model.score(logits)).float()
+    return probs, shift.score(features, logits)
+
+
 def predict_batches(
     ckpt: LoadedCheckpoint,
     batches: Iterable[tuple[torch.Tensor, Any]],
@@ -101,20 +125,26 @@ def predict_batches(
     device: torch.device,
     precision: str,
     tta: bool = False,
-) -> torch.Tensor:
-    """(N,) probabilities of every batch of ``(images, labels)``, in order, on the CPU.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N,) probabilities and (N,) shift scores (None for a checkpoint without a shift
+    reference) of every batch of ``(images, labels)``, in order, on the CPU.
 
     Args:
         precision: a resolved precision (see :func:`inference_precision`).
     """
     model = ckpt.model.to(device).eval()
     fill = ckpt.preprocessing.normalized(0.0)  # the corners TTA's rotations uncover: black
-    probs = []
+    probs, shifts = [], []
     for images, _ in batches:
         with autocast(device, precision):
-            p = probabilities(model, images.to(device, non_blocking=True), tta=tta, fill=fill)
+            p, s = score_images(
+                model, images.to(device, non_blocking=True), tta=tta, fill=fill, shift=ckpt.shift
+            )
         probs.append(p.cpu())
-    return torch.cat(probs) if probs else torch.zeros(0)
+        shifts.append(s)
+    if not probs:
+        return torch.zeros(0), (torch.zeros(0) if ckpt.shift else None)
+    return torch.cat(probs), (torch.cat(shifts) if ckpt.shift else None)
 
 
 def predict_files(
@@ -136,7 +166,7 @@ def predict_files(
     Args:
         precision: a resolved precision (see :func:`inference_precision`).
         prior_shift: ``em`` re-bases the probabilities on the prevalence of these inputs
-            (``pneumonia.decision.adapt_to_prevalence``).
+            (``pneumonia.prior_shift``).
         gradcam_dir: also write a Grad-CAM overlay per image there, named after its path
             below ``root``.
     """
@@ -152,6 +182,7 @@ def predict_files(
             return None, str(e)
 
     probs: dict[int, float] = {}
+    shifts: dict[int, float] = {}
     errors: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
         for start in range(0, len(inputs), batch_size):
@@ -163,15 +194,29 @@ def predict_files(
                 continue
             images, _ = pre.collate([(image, 0) for _, image in good])
             with autocast(device, precision):
-                p = probabilities(model, images.to(device), tta=tta, fill=pre.normalized(0.0))
+                p, s = score_images(
+                    model, images.to(device), tta=tta, fill=pre.normalized(0.0), shift=ckpt.shift
+                )
             probs |= dict(zip([i for i, _ in good], p.cpu().tolist(), strict=True))
+            if s is not None:
+                shifts |= dict(zip([i for i, _ in good], s.tolist(), strict=True))
             if gradcam_dir is not None:
                 from pneumonia.explain import write_gradcams
 
                 named = {i: inputs[i] for i, _ in good}
                 write_gradcams(ckpt, named, images, gradcam_dir, root)
+    flagged = None
+    if ckpt.shift is not None and shifts:
+        inside = ckpt.shift.in_distribution(torch.tensor(list(shifts.values())))
+        flagged = int((~inside).sum())
+        warn_if_unlike_training(flagged, len(shifts), ckpt.shift)
     # The prevalence is a property of the whole set of images, so it is re-based at the end.
-    adapted, _ = adapt_to_prevalence(torch.tensor(list(probs.values())), ckpt.decision, prior_shift)
+    adapted, _ = adapt_to_prevalence(
+        torch.tensor(list(probs.values())),
+        ckpt.decision,
+        prior_shift,
+        flagged_share=None if flagged is None else flagged / len(shifts),
+    )
     probs = dict(zip(probs, adapted.tolist(), strict=True))
     return prediction_rows(
         [f"image[{i}]" if isinstance(x, Image.Image) else str(x) for i, x in enumerate(inputs)],
@@ -180,4 +225,28 @@ def predict_files(
         class_names=ckpt.class_names,
         positive_index=ckpt.positive_index,
         errors=errors,
+        shift_scores=[shifts.get(i) for i in range(len(inputs))] if ckpt.shift else None,
+        shift_threshold=ckpt.shift.threshold if ckpt.shift else None,
     )
+
+
+# Above this share of flagged images, a run warns that its figures may not hold.
+WARN_SHARE = 0.20
+
+
+def warn_if_unlike_training(flagged: int, total: int, shift: ShiftReference) -> None:
+    """Log how many images were flagged, and warn, in words a clinician reads, when more than
+    :data:`WARN_SHARE` of them were."""
+    share = flagged / total if total else 0.0
+    log.info(
+        "%d of %d images (%.0f%%) flagged as unlike the training images (shift score above "
+        "%.4g, %s; it flags %.0f%% of the validation images)",
+        flagged, total, 100 * share, shift.threshold, shift.method, 100 * shift.flag_rate,
+    )  # fmt: skip
+    if share > WARN_SHARE:
+        log.warning(
+            "%.0f%% of these images do not look like the images this model was trained on. "
+            "Its probabilities, and any figure computed from them, may not hold for these "
+            "images: do not rely on them without checking them by other means.",
+            100 * share,
+        )

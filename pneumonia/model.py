@@ -15,7 +15,7 @@ from torch import nn
 from pneumonia.backbones import build_backbone, keep_frozen_statistics, normalisation_mismatch
 from pneumonia.calibration import calibrate, logit, logit_difference, loss_prevalence
 from pneumonia.callbacks import UnfreezeBackbone
-from pneumonia.decision import Decision, choose_threshold, fit_on_validation
+from pneumonia.decision import Decision, check_decision, fit_on_validation
 from pneumonia.errors import InputValueError
 from pneumonia.metrics import (
     gathered_predictions,
@@ -74,14 +74,7 @@ class PneumoniaClassifier(pl.LightningModule):
         if num_classes != 2:
             raise InputValueError(f"Binary classifier: expects 2 classes, got {num_classes}")
         check_names(optimizer, scheduler)
-        choose_threshold(  # validates the rule and its parameters
-            torch.zeros(0),
-            torch.zeros(0),
-            threshold_rule,
-            target_sensitivity=target_sensitivity,
-            cost_ratio=cost_ratio,
-        )
-        logit(prevalence)  # validates the prevalence
+        check_decision(threshold_rule, target_sensitivity, cost_ratio, prevalence)
         self.save_hyperparameters(logger=False)
         # Provisional until setup() reads the data's class folders (where positive_class is
         # checked) or a checkpoint restores the names.
@@ -130,10 +123,14 @@ class PneumoniaClassifier(pl.LightningModule):
         return classes.index(positive)
 
     # ------------------------------------------------------------------ model
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, H, W) images -> (B, D) penultimate features (``pneumonia.shift``)."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(images))
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, 2) logits -> (B,) logit differences PNEUMONIA - NORMAL, in float32."""

@@ -17,8 +17,11 @@ import torch
 from pneumonia.files import atomic_open
 
 # The one layout of predictions.csv and of the API's tables. label: the true class where it is
-# known (evaluate), else empty; error: why an input has no probability.
-PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "error")
+# known (evaluate), else empty; shift_score and in_distribution: how unlike the training images
+# an image is (pneumonia.shift; empty for a checkpoint without a shift reference); error: why an
+# input has no probability.
+PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "shift_score",
+                      "in_distribution", "error")  # fmt: skip
 
 
 @dataclass
@@ -33,6 +36,37 @@ class Predictions:
     threshold: float  # PNEUMONIA above it
     files: list[Path] = field(default_factory=list)
     scores: torch.Tensor | None = None  # (N,) logit differences, before calibration
+    shift: torch.Tensor | None = None  # (N,) shift scores (pneumonia.shift)
+    shift_threshold: float | None = None  # in distribution: shift <= shift_threshold
+
+    @property
+    def in_distribution(self) -> torch.Tensor | None:
+        """(N,) whether each image looks like the training images (None: no shift scores)."""
+        return None if self.shift is None else self.shift <= self.shift_threshold
+
+    def subset(self, keep: torch.Tensor) -> Predictions:
+        """The images where the boolean ``keep`` is true."""
+        pick = torch.nonzero(keep).flatten().tolist()
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[pick]
+
+        return Predictions(
+            self.probs[pick],
+            self.targets[pick],
+            self.threshold,
+            files=[self.files[i] for i in pick] if self.files else [],
+            scores=take(self.scores),
+            shift=take(self.shift),
+            shift_threshold=self.shift_threshold,
+        )
+
+    def confident_mistakes(self, k: int = 8) -> list[int]:
+        """Indices of the ``k`` wrong predictions farthest from the threshold, worst first."""
+        predicted = (self.probs > self.threshold).long()
+        wrong = torch.nonzero(predicted != self.targets).flatten()
+        margin = (self.probs[wrong] - self.threshold).abs()
+        return wrong[torch.argsort(margin, descending=True)][:k].tolist()
 
     def rows(self, class_names: Sequence[str], positive_index: int) -> list[dict[str, Any]]:
         """One row of ``predictions.csv`` per image, its true class in ``label``."""
@@ -43,6 +77,8 @@ class Predictions:
             class_names=class_names,
             positive_index=positive_index,
             targets=self.targets.tolist(),
+            shift_scores=None if self.shift is None else self.shift.tolist(),
+            shift_threshold=self.shift_threshold,
         )
 
 
@@ -55,6 +91,8 @@ def prediction_rows(
     positive_index: int,
     targets: Sequence[int] | None = None,
     errors: Mapping[int, str] | None = None,
+    shift_scores: Sequence[float | None] | None = None,
+    shift_threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """Rows with the keys of :data:`PREDICTION_COLUMNS`: the class at ``threshold`` (positive
     when the probability is above it), or, where the probability is None, the input's error.
@@ -62,12 +100,19 @@ def prediction_rows(
     Args:
         targets: 1 where the true class is the positive one (evaluate), None when unknown.
         errors: input index -> why it has no probability.
+        shift_scores: each input's shift score, in distribution at most ``shift_threshold``;
+            None where the checkpoint has no shift reference.
     """
     positive, negative = class_names[positive_index], class_names[1 - positive_index]
     rows = []
     for i, (name, prob) in enumerate(zip(names, probs, strict=True)):
         label = "" if targets is None else (positive if targets[i] else negative)
         row = {"file": name, "label": label, "probability": prob, "threshold": threshold}
+        shift = None if shift_scores is None else shift_scores[i]
+        row |= {
+            "shift_score": shift,
+            "in_distribution": "" if shift is None else bool(shift <= shift_threshold),
+        }
         if prob is None:
             row |= {"prediction": "", "error": (errors or {}).get(i) or "no probability"}
         else:

@@ -19,7 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pneumonia.budget import TimeBudget
-from pneumonia.checkpoint import read_checkpoint
+from pneumonia.checkpoint import add_to_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
 from pneumonia.data.index import find_split_dirs
 from pneumonia.files import write_text
@@ -88,12 +88,13 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     choice = resolve_precision(cfg.trainer.precision, resolve_device(cfg.trainer.accelerator))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     checks = cfg.get("checks") or {}
-    if checks.get("enabled"):
-        from pneumonia.generalisation import validation_passes
+    for cb in callbacks:
+        if isinstance(cb, TimeBudget):  # the passes after training count against the budget
+            if checks.get("enabled"):
+                from pneumonia.generalisation import validation_passes
 
-        for cb in callbacks:
-            if isinstance(cb, TimeBudget):  # the checks' passes count against the budget
                 cb.check_passes = validation_passes(checks.degraded)
+            cb.reference_pass = bool((cfg.get("shift") or {}).get("enabled"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, precision=choice.precision, callbacks=callbacks, logger=loggers
@@ -136,17 +137,23 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
             ).tolist()
         else:
             log.warning("No test split under %s: skipping the test.", datamodule.root)
+    device = resolve_device(cfg.trainer.accelerator)
+    reference = None
+    if (cfg.get("shift") or {}).get("enabled") and trainer.is_global_zero:
+        reference = _fit_shift_reference(cfg, model, datamodule, device, choice.precision, best)
+        metrics["shift"] = reference.describe()
     if checks.get("enabled") and trainer.is_global_zero:
         from pneumonia.generalisation import log_checks, run_checks
 
         metrics["checks"] = run_checks(
             model,
             datamodule,
-            device=resolve_device(cfg.trainer.accelerator),
+            device=device,
             precision=choice.precision,
             degraded=checks.degraded,
             resamples=checks.resamples,
             seed=cfg.seed,
+            shift=reference,
         )
         log_checks(metrics["checks"], log)
     metrics["decision"] = model.decision().to_dict()
@@ -162,6 +169,32 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
         }
     _write_outputs(cfg, model, trainer, metrics, output_dir)
     return metrics
+
+
+def _fit_shift_reference(cfg, model, datamodule, device, precision: str, best: str):
+    """Fit the shift reference of the trained weights and store it in their checkpoint (the
+    best one, else last.ckpt), where evaluate, predict, export and the API find it."""
+    from pneumonia.generalisation import fit_shift_reference
+
+    reference = fit_shift_reference(
+        model,
+        datamodule,
+        device=device,
+        precision=precision,
+        method=cfg.shift.method,
+        flag_rate=cfg.shift.flag_rate,
+    )
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    target = best or (str(last) if last.is_file() else "")
+    if target:
+        add_to_checkpoint(target, "shift", reference.to_record())
+    log.info(
+        "Shift reference (%s) stored in %s: a shift score above %.4g flags an image as unlike "
+        "the training images (%.0f%% of the validation images)",
+        reference.method, target or "no checkpoint", reference.threshold,
+        100 * reference.flag_rate,
+    )  # fmt: skip
+    return reference
 
 
 @rank_zero_only

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_f1_score
 
-from pneumonia.decision import Decision, adapt_to_prevalence, bayes_threshold, choose_threshold
+from pneumonia.decision import Decision, bayes_threshold, choose_threshold
 from pneumonia.metrics import metrics_at
 
 from .test_calibration import exact_posterior, gaussian_sample
@@ -90,28 +90,6 @@ def bayes_decision(prevalence: float = 0.5, **changes) -> Decision:
     return Decision(**{**fields, **changes})
 
 
-def test_em_prior_shift_rebases_probabilities_on_the_images_prevalence() -> None:
-    x, targets = gaussian_sample(5000, 0.8, seed=6)
-    probs = exact_posterior(x, 0.5).float()
-    adapted, record = adapt_to_prevalence(probs, bayes_decision(), "em")
-    assert record["estimated_prevalence"] == pytest.approx(targets.float().mean().item(), abs=0.03)
-    torch.testing.assert_close(adapted.double(), exact_posterior(x, record["estimated_prevalence"]))
-    # The Bayes decision at 0.5 on re-based probabilities makes fewer errors on this population.
-    errors_before = ((probs > 0.5).long() != targets).sum()
-    errors_after = ((adapted > 0.5).long() != targets).sum()
-    assert errors_after < errors_before
-    same, none = adapt_to_prevalence(probs, bayes_decision(), "none")
-    assert none is None
-    assert same is probs
-
-
-def test_em_prior_shift_refuses_a_threshold_tuned_on_validation() -> None:
-    with pytest.raises(ValueError, match="prior_shift=none"):
-        adapt_to_prevalence(torch.rand(10), bayes_decision(threshold_rule="f1"), "em")
-    with pytest.raises(ValueError, match="none, em"):
-        adapt_to_prevalence(torch.rand(10), bayes_decision(), "bbse")
-
-
 def test_the_report_names_the_rule_behind_the_threshold() -> None:
     decision = bayes_decision(cost_ratio=2.0, temperature=1.3, threshold=1 / 3)
     line = decision.describe({"estimated_prevalence": 0.71})
@@ -120,19 +98,6 @@ def test_the_report_names_the_rule_behind_the_threshold() -> None:
     assert "cost ratio 2" in line
     assert "0.710" in line
     assert "re-based" not in decision.describe()
-
-
-def test_em_prior_shift_refuses_too_few_images_and_names_the_way_out() -> None:
-    from pneumonia.decision import EM_MIN_IMAGES
-
-    with pytest.raises(
-        ValueError, match=rf"at least {EM_MIN_IMAGES}.*there are 3.*prior_shift=none"
-    ):
-        adapt_to_prevalence(torch.tensor([0.2, 0.5, 0.504]), bayes_decision(), "em")
-    probs = torch.rand(EM_MIN_IMAGES, generator=torch.Generator().manual_seed(0))
-    _, record = adapt_to_prevalence(probs, bayes_decision(), "em")
-    assert record["num_images"] == EM_MIN_IMAGES
-    assert record["converged"] is True
 
 
 def test_a_report_says_when_em_did_not_converge() -> None:

@@ -14,7 +14,7 @@ import torch
 
 from pneumonia.config import compose
 from pneumonia.evaluate import evaluate
-from pneumonia.evaluation import confident_mistakes, report, score
+from pneumonia.evaluation import report, score
 from pneumonia.predictions import Predictions
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -153,13 +153,6 @@ def test_evaluate_cli_runs_and_reports_a_missing_checkpoint(trained: dict, tmp_p
     assert missing.returncode != 0
     assert "gone.ckpt does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr  # the message alone (HYDRA_FULL_ERROR=1: all of it)
-
-
-def test_confident_mistakes_are_wrong_and_sorted() -> None:
-    probs = torch.tensor([0.9, 0.2, 0.6, 0.05, 0.99])
-    targets = torch.tensor([0, 1, 0, 0, 1])
-    preds = Predictions(probs, targets, 0.5, files=[Path(str(i)) for i in range(5)])
-    assert confident_mistakes(preds) == [0, 1, 2]
 
 
 # ----------------------------------------------------------------------------- any labelled folder

@@ -44,14 +44,21 @@ def test_export_matches_pytorch(trained: dict, tmp_path: Path, fmt: str) -> None
         positive = ckpt.model.probabilities(x)
         expected = torch.stack([1 - positive, positive], dim=1).numpy()
         assert not np.allclose(expected, torch.softmax(ckpt.model(x), dim=1).numpy(), atol=1e-3)
+        features = ckpt.model.features(x)
+        expected_shift = ckpt.shift.score(features, ckpt.model.head(features)).numpy()
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(["probabilities"], {"image": x.numpy()})[0]
+        got, shift = session.run(["probabilities", "shift_score"], {"image": x.numpy()})
     else:
-        got = torch.jit.load(str(path))(x).detach().numpy()
+        got, shift = (t.detach().numpy() for t in torch.jit.load(str(path))(x))
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # The shift score travels with the export: the same numbers as predict's, and the sidecar
+    # holds the threshold that reads them.
+    np.testing.assert_allclose(shift, expected_shift, rtol=1e-4, atol=1e-3)
+    assert meta["shift"]["threshold"] == pytest.approx(ckpt.shift.threshold)
+    assert meta["shift"]["output"]["name"] == "shift_score"
 
 
 def test_the_export_command_writes_the_pair_into_its_folder(
@@ -72,7 +79,9 @@ def test_the_export_command_writes_the_pair_into_its_folder(
     meta = json.loads((out / "model.json").read_text())
     assert meta["model_file"] == "model.pt"
     assert meta["source_checkpoint"] == str(trained["ckpt"])
-    assert torch.jit.load(str(path))(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+    probabilities, shift = torch.jit.load(str(path))(torch.zeros(1, 3, 32, 32))
+    assert probabilities.shape == (1, 2)
+    assert shift.shape == (1,)
 
 
 def test_a_failed_export_leaves_the_previous_pair_whole(

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pneumonia"
 
 # Each module may import only modules of its own layer or a lower one.
 LAYERS = [
-    {"errors", "runtime", "calibration", "decision", "metrics", "predictions", "backbones",
-     "optim", "files"},  # leaves
+    {"errors", "runtime", "calibration", "decision", "prior_shift", "shift", "metrics",
+     "predictions", "backbones", "optim", "files"},  # leaves
     {"data"},  # the data package, all of it
     {"config", "plots"},
     {"callbacks", "budget"},

@@ -150,8 +150,8 @@ def test_prior_shift_em_through_the_predict_command(
 
     from pneumonia.calibration import shift_prevalence
     from pneumonia.config import compose
-    from pneumonia.decision import adapt_to_prevalence
     from pneumonia.predict import predict
+    from pneumonia.prior_shift import adapt_to_prevalence
 
     common = [f"ckpt_path={trained['ckpt']}", f"input={forty_test_images}",
               "accelerator=cpu", "precision=32-true"]  # fmt: skip

@@ -43,6 +43,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "pneumonia"
 
 
+def cache_folder(enabled: bool, folder: str | Path | None) -> Path | None:
+    """Where to cache: ``folder``, else :func:`default_cache_dir`; None when not ``enabled``."""
+    if not enabled:
+        return None
+    return Path(folder).expanduser() if folder else default_cache_dir()
+
+
 def cache_key(files: Sequence[Path], settings: dict[str, Any]) -> str:
     """Hash of what decides the cached pixels: files, their sizes/mtimes, decode settings."""
     h = hashlib.sha256(json.dumps([CACHE_VERSION, settings], sort_keys=True).encode())
