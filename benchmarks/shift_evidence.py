@@ -82,9 +82,10 @@ def shifted_sets(files: list[Path], pre, work: Path) -> dict[str, list[torch.Ten
     def inputs(arrays) -> list[torch.Tensor]:
         return [pre.load_image(Image.fromarray(np.ascontiguousarray(a))) for a in arrays]
 
-    def crop(a: np.ndarray) -> np.ndarray:
+    def crop(a: np.ndarray) -> np.ndarray:  # the middle 40%, blown up to the image's size
         h, w = a.shape
-        return a[int(0.3 * h) : int(0.7 * h), int(0.3 * w) : int(0.7 * w)]
+        middle = Image.fromarray(a[int(0.3 * h) : int(0.7 * h), int(0.3 * w) : int(0.7 * w)])
+        return np.asarray(middle.resize((w, h), Image.Resampling.BICUBIC))
 
     sets = {
         "inverted": inputs(255 - g for g in grays),

@@ -28,8 +28,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 from pneumonia.calibration import calibrate, em_prevalence
 from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.data.preprocessing import as_image
-from pneumonia.inference import TTA_DEGREES, tta_views
+from pneumonia.data.preprocessing import TTA_DEGREES, as_image
 from pneumonia.metrics import metrics_at
 from pneumonia.shift import separation_auroc
 
@@ -37,6 +36,17 @@ from pneumonia.shift import separation_auroc
 @torch.inference_mode()
 def scores_of(model, batch: torch.Tensor) -> torch.Tensor:
     return model.score(model(batch))
+
+
+def crop_turned(images: torch.Tensor, fill: list[float]) -> list[torch.Tensor]:
+    """TTA as it was before this investigation: the normalised crop turned, its corners black."""
+    fill_ = torch.tensor(fill).view(1, -1, 1, 1)
+    return [
+        images
+        if d == 0
+        else TF.rotate(images - fill_, d, interpolation=InterpolationMode.BILINEAR) + fill_
+        for d in TTA_DEGREES
+    ]
 
 
 def views(files: list[Path], pre, model) -> dict[str, torch.Tensor]:
@@ -51,7 +61,7 @@ def views(files: list[Path], pre, model) -> dict[str, torch.Tensor]:
         resized = [as_image(pre.decode(f)) for f in chunk]  # (1, S, S) uint8, before the crop
         batch, _ = pre.collate([(pre.eval_transform(r), 0) for r in resized])
         out["crop rotated (black corners)"].append(
-            torch.stack([scores_of(model, v) for v in tta_views(batch, fill)], dim=1)
+            torch.stack([scores_of(model, v) for v in crop_turned(batch, fill)], dim=1)
         )
         turned = []
         for degrees in TTA_DEGREES:

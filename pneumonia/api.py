@@ -27,6 +27,7 @@ from PIL import Image
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.config import compose
 from pneumonia.decision import Decision
+from pneumonia.errors import InputValueError
 from pneumonia.evaluation import EVALUATE_BATCH_SIZE, evaluate_checkpoint
 from pneumonia.inference import (
     PREDICT_BATCH_SIZE,
@@ -86,37 +87,46 @@ class Classifier:
         return self.ckpt.decision
 
     # ------------------------------------------------------------------ inputs
-    def batch(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
-        """Files or Pillow images -> the normalised (B, 3, crop, crop) batch the model sees.
+    def batch(
+        self, images: Sequence[ImageInput] | torch.Tensor, *, tta: bool = False
+    ) -> torch.Tensor:
+        """Files or Pillow images -> the normalised (B, 3, crop, crop) batch the model sees (with
+        ``tta``, the (B, V, 3, crop, crop) views of each).
 
         A tensor is taken as such a batch already (as ``Preprocessing.collate`` makes them).
         """
         if torch.is_tensor(images):
             if images.ndim != 4 or images.shape[1] != 3:
-                raise ValueError(
+                raise InputValueError(
                     f"a tensor input must be a normalised (B, 3, H, W) batch, got "
                     f"{tuple(images.shape)}: pass file paths or PIL images to have them "
                     "preprocessed"
                 )
+            if tta:
+                raise InputValueError(
+                    "tta turns each image before its crop: pass file paths or PIL images, not "
+                    "a batch that is cropped already"
+                )
             return images.float()
         pre = self.ckpt.preprocessing
-        loaded = [self._load(image) for image in images]
+        loaded = [self._load(image, tta=tta) for image in images]
         return pre.collate([(t, 0) for t in loaded])[0]
 
-    def _load(self, image: ImageInput) -> torch.Tensor:
+    def _load(self, image: ImageInput, *, tta: bool = False) -> torch.Tensor:
         pre = self.ckpt.preprocessing
-        return pre.load_image(image) if isinstance(image, Image.Image) else pre.load(Path(image))
+        if isinstance(image, Image.Image):
+            return pre.load_image(image, tta=tta)
+        return pre.load(Path(image), tta=tta)
 
     # ------------------------------------------------------------------ outputs
     def probabilities(
         self, images: Sequence[ImageInput] | torch.Tensor, *, tta: bool = False
     ) -> torch.Tensor:
-        """Calibrated PNEUMONIA probability per image (CPU float tensor)."""
-        batch = self.batch(images).to(self.device)
+        """Calibrated PNEUMONIA probability per image (CPU float tensor); ``tta`` averages the
+        image turned by -5, 0 and +5 degrees."""
+        batch = self.batch(images, tta=tta).to(self.device)
         with autocast(self.device, self.precision):
-            probs = probabilities(
-                self.model, batch, tta=tta, fill=self.ckpt.preprocessing.normalized(0.0)
-            )
+            probs = probabilities(self.model, batch)
         return probs.float().cpu()
 
     def predict(
@@ -148,13 +158,8 @@ class Classifier:
             return _table(rows)
         reference = self.ckpt.shift
         with autocast(self.device, self.precision):
-            probs, shift = score_images(
-                self.model,
-                self.batch(images).to(self.device),
-                tta=tta,
-                fill=self.ckpt.preprocessing.normalized(0.0),
-                shift=reference,
-            )
+            batch = self.batch(images, tta=tta).to(self.device)
+            probs, shift = score_images(self.model, batch, shift=reference)
         flagged = None
         if shift is not None:
             flagged = int((~reference.in_distribution(shift)).sum())

@@ -1,4 +1,5 @@
-"""Running a trained classifier: devices, precision, test-time augmentation, files in, rows out.
+"""Running a trained classifier: devices, precision, views (test-time augmentation), files in,
+rows out.
 
 Shared by evaluation, ``predict``, the API and the notebooks. The preprocessing that turns
 files into the batches used here is the checkpoint's :class:`pneumonia.data.Preprocessing`.
@@ -15,11 +16,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.data.images import BadImageError
+from pneumonia.data.preprocessing import TTA_DEGREES
 from pneumonia.predictions import prediction_rows
 from pneumonia.prior_shift import adapt_to_prevalence, check_prior_shift
 from pneumonia.runtime import decode_threads, resolve_precision
@@ -27,10 +27,6 @@ from pneumonia.shift import ShiftReference
 
 log = logging.getLogger(__name__)
 
-# Test-time augmentation: small rotations, inside the +-10 degrees that training augments with.
-# Never a horizontal mirror: a chest is not mirror-symmetric, and a model trained without flips
-# has never seen a heart on the right.
-TTA_DEGREES = (-5.0, 0.0, 5.0)
 # Images per batch when predicting files (predict.yaml's batch_size mirrors it; a test holds
 # them equal). Grad-CAM keeps every activation of a batch, so it is smaller than evaluation's.
 PREDICT_BATCH_SIZE = 32
@@ -55,64 +51,31 @@ def inference_precision(precision: str | int, device: torch.device) -> str:
     return choice.precision
 
 
-def tta_views(images: torch.Tensor, fill: Sequence[float]) -> list[torch.Tensor]:
-    """The deterministic views that ``tta`` averages: the image rotated by ``TTA_DEGREES``.
-
-    Args:
-        fill: per-channel value of the corners a rotation uncovers, in the normalised space
-            (black, as training's RandomAffine fills them: ``Preprocessing.normalized(0)``).
-    """
-    # Rotating (image - fill) with zero padding and adding fill back is linear: exactly the
-    # black-cornered rotation of the unnormalised image, normalised.
-    fill_ = torch.tensor(list(fill), dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return [
-        images
-        if degrees == 0
-        else TF.rotate(images - fill_, degrees, interpolation=InterpolationMode.BILINEAR) + fill_
-        for degrees in TTA_DEGREES
-    ]
-
-
 @torch.inference_mode()
-def probabilities(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    *,
-    tta: bool = False,
-    fill: Sequence[float] | None = None,
-) -> torch.Tensor:
+def probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) normalised images -> (B,) calibrated PNEUMONIA probabilities (the model's
-    ``probabilities``).
-
-    ``tta`` averages the probabilities of the views of :func:`tta_views` (which need ``fill``):
-    deterministic, never random, and never mirrored.
-    """
-    if not tta:
-        return model.probabilities(images).float()
-    if fill is None:
-        raise ValueError("tta needs the fill of uncovered corners: Preprocessing.normalized(0)")
-    views = tta_views(images, fill)
-    return torch.stack([model.probabilities(v).float() for v in views]).mean(dim=0)
+    ``probabilities``); their (B, V, 3, H, W) views (``tta``: ``Preprocessing.tta_transform``)
+    -> the mean over each image's views."""
+    if images.ndim == 5:
+        b, v = images.shape[:2]
+        return model.probabilities(images.flatten(0, 1)).float().view(b, v).mean(dim=1)
+    return model.probabilities(images).float()
 
 
 @torch.inference_mode()
 def score_images(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    *,
-    tta: bool = False,
-    fill: Sequence[float] | None = None,
-    shift: ShiftReference | None = None,
+    model: torch.nn.Module, images: torch.Tensor, *, shift: ShiftReference | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, 3, H, W) normalised images -> (B,) calibrated probabilities (see
-    :func:`probabilities`) and (B,) shift scores of the plain images (None without a
-    reference), from one forward pass."""
+    """Normalised images (or their views) -> (B,) calibrated probabilities (see
+    :func:`probabilities`) and (B,) shift scores of the unturned images (None without a
+    reference)."""
     if shift is None:
-        return probabilities(model, images, tta=tta, fill=fill), None
-    features = model.features(images)
+        return probabilities(model, images), None
+    plain = images[:, TTA_DEGREES.index(0.0)] if images.ndim == 5 else images
+    features = model.features(plain)
     logits = model.head(features)
-    if tta:
-        probs = probabilities(model, images, tta=True, fill=fill)
+    if images.ndim == 5:
+        probs = probabilities(model, images)
     else:
         probs = model.calibrate(model.score(logits)).float()
     return probs, shift.score(features, logits)
@@ -124,22 +87,19 @@ def predict_batches(
     *,
     device: torch.device,
     precision: str,
-    tta: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N,) probabilities and (N,) shift scores (None for a checkpoint without a shift
-    reference) of every batch of ``(images, labels)``, in order, on the CPU.
+    reference) of every batch of ``(images, labels)``, in order, on the CPU; a batch of views
+    (``tta``) is averaged over each image's views.
 
     Args:
         precision: a resolved precision (see :func:`inference_precision`).
     """
     model = ckpt.model.to(device).eval()
-    fill = ckpt.preprocessing.normalized(0.0)  # the corners TTA's rotations uncover: black
     probs, shifts = [], []
     for images, _ in batches:
         with autocast(device, precision):
-            p, s = score_images(
-                model, images.to(device, non_blocking=True), tta=tta, fill=fill, shift=ckpt.shift
-            )
+            p, s = score_images(model, images.to(device, non_blocking=True), shift=ckpt.shift)
         probs.append(p.cpu())
         shifts.append(s)
     if not probs:
@@ -176,8 +136,9 @@ def predict_files(
 
     def load(item: Path | Image.Image) -> tuple[torch.Tensor | None, str | None]:
         try:
-            image = pre.load_image(item) if isinstance(item, Image.Image) else pre.load(item)
-            return image, None
+            if isinstance(item, Image.Image):
+                return pre.load_image(item, tta=tta), None
+            return pre.load(item, tta=tta), None
         except (BadImageError, ValueError) as e:
             return None, str(e)
 
@@ -194,9 +155,7 @@ def predict_files(
                 continue
             images, _ = pre.collate([(image, 0) for _, image in good])
             with autocast(device, precision):
-                p, s = score_images(
-                    model, images.to(device), tta=tta, fill=pre.normalized(0.0), shift=ckpt.shift
-                )
+                p, s = score_images(model, images.to(device), shift=ckpt.shift)
             probs |= dict(zip([i for i, _ in good], p.cpu().tolist(), strict=True))
             if s is not None:
                 shifts |= dict(zip([i for i, _ in good], s.tolist(), strict=True))
@@ -204,7 +163,8 @@ def predict_files(
                 from pneumonia.explain import write_gradcams
 
                 named = {i: inputs[i] for i, _ in good}
-                write_gradcams(ckpt, named, images, gradcam_dir, root)
+                plain = images[:, TTA_DEGREES.index(0.0)] if tta else images
+                write_gradcams(ckpt, named, plain, gradcam_dir, root)
     flagged = None
     if ckpt.shift is not None and shifts:
         inside = ckpt.shift.in_distribution(torch.tensor(list(shifts.values())))

@@ -1,7 +1,9 @@
-"""Running a model: test-time augmentation that is deterministic and never mirrors a chest."""
+"""Running a model: test-time augmentation that is deterministic, never mirrors a chest, and
+turns the image before its crop."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -9,8 +11,10 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.checkpoint import load_checkpoint
+from pneumonia.data import Preprocessing
+from pneumonia.data.preprocessing import TTA_DEGREES
 from pneumonia.evaluation import score
-from pneumonia.inference import TTA_DEGREES, probabilities
+from pneumonia.inference import probabilities
 
 CPU = {"device": torch.device("cpu"), "precision": "32-true"}
 
@@ -28,40 +32,52 @@ class LeftVersusRight(nn.Module):
 
 
 def test_tta_keeps_the_left_right_asymmetry_a_mirror_would_cancel() -> None:
-    images = torch.zeros(1, 3, 64, 64)
-    images[..., :32] = 1.0  # a bright left half: the heart side of a chest X-ray
+    from PIL import Image
+
+    pre = Preprocessing(resize_size=72, crop_size=64)
+    pixels = np.zeros((72, 72), np.uint8)
+    pixels[:, :36] = 255  # a bright left half: the heart side of a chest X-ray
+    views = pre.load_image(Image.fromarray(pixels), tta=True)
+    assert views.shape == (len(TTA_DEGREES), 1, 64, 64)
+    batch, _ = pre.collate([(views, 0)])  # (1, V, 3, 64, 64)
     model = LeftVersusRight()
-    plain = probabilities(model, images)
-    tta = probabilities(model, images, tta=True, fill=[0.0, 0.0, 0.0])
-    mirror_average = (plain + model.probabilities(torch.flip(images, dims=[3]))) / 2
-    assert mirror_average.item() == pytest.approx(0.5)  # what the old mirrored TTA gave
+    plain = model.probabilities(batch[:, TTA_DEGREES.index(0.0)])
+    tta = probabilities(model, batch)
+    mirror = model.probabilities(torch.flip(batch[:, TTA_DEGREES.index(0.0)], dims=[3]))
+    assert ((plain + mirror) / 2).item() == pytest.approx(0.5)  # what the old mirrored TTA gave
     assert plain.item() > 0.8
     assert tta.item() == pytest.approx(plain.item(), abs=0.05)
 
 
-def test_tta_needs_the_fill_of_the_checkpoint() -> None:
-    with pytest.raises(ValueError, match="normalized"):
-        probabilities(LeftVersusRight(), torch.zeros(1, 3, 8, 8), tta=True)
+def test_tta_turns_the_image_before_its_crop_so_no_black_corner_enters_the_view() -> None:
+    from PIL import Image
+
+    pre = Preprocessing(resize_size=144, crop_size=128, resize_mode="square")
+    flat = Image.fromarray(np.full((300, 200), 200, np.uint8))  # bright everywhere
+    views = pre.load_image(flat, tta=True)
+    # Turned by 5 degrees, a 144 px square's corners move about 7 px: the 128 px crop keeps 8.
+    assert views.min() >= 190
+    # Turning the crop itself (as TTA did before) blackens its corners.
+    crop = pre.load_image(flat)
+    turned = TF.rotate(crop, 5.0, interpolation=InterpolationMode.BILINEAR)
+    assert turned.min() < 50
 
 
-def test_tta_averages_small_rotations_of_the_unnormalised_image(trained: dict) -> None:
+def test_tta_averages_the_views_of_the_files(trained: dict) -> None:
     ckpt = load_checkpoint(trained["ckpt"])
     plain = score(ckpt, "test", **CPU)
     tta = score(ckpt, "test", tta=True, **CPU)
     assert torch.equal(tta.probs, score(ckpt, "test", tta=True, **CPU).probs)
     assert not torch.equal(tta.probs, plain.probs)
-    # Independently: rotate the [0, 1] image with black (zero) corners, then normalise;
-    # average over the angles.
+    torch.testing.assert_close(tta.shift, plain.shift)  # the shift score: of the plain image
+    # Independently: each file's views, one at a time, averaged.
     pre = ckpt.preprocessing
-    gray = torch.stack([pre.load(f) for f in plain.files]).float() / 255  # (B, 1, H, W)
-    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std).view(1, 3, 1, 1)
-    probs = []
-    for degrees in TTA_DEGREES:
-        view = TF.rotate(gray, degrees, interpolation=InterpolationMode.BILINEAR)
+    expected = []
+    for f in plain.files:
+        views, _ = pre.collate([(v, 0) for v in pre.load(f, tta=True)])  # (V, 3, H, W)
         with torch.no_grad():
-            probs.append(ckpt.model.probabilities((view.expand(-1, 3, -1, -1) - mean) / std))
-    torch.testing.assert_close(tta.probs, torch.stack(probs).mean(dim=0), atol=1e-5, rtol=0)
+            expected.append(ckpt.model.probabilities(views).mean())
+    torch.testing.assert_close(tta.probs, torch.stack(expected), atol=1e-5, rtol=0)
 
 
 def test_autocast_follows_the_resolved_precision() -> None:

@@ -118,7 +118,8 @@ def test_evaluate_and_predict_share_one_vocabulary_and_one_csv_layout(
 
     common = [f"ckpt_path={trained['ckpt']}", "batch_size=4", "accelerator=cpu",
               "precision=32-true"]  # fmt: skip
-    evaluate(compose("evaluate", [*common, f"output_dir={tmp_path / 'e'}"], output_dir=tmp_path))
+    evaluate(compose("evaluate", [*common, f"output_dir={tmp_path / 'e'}",
+                                  "bootstrap.resamples=50"], output_dir=tmp_path))  # fmt: skip
     test_folder = trained["root"] / "test"
     predict(
         compose(

@@ -284,10 +284,10 @@ class ChestXRayDataModule(pl.LightningDataModule):
             shard=shard,
         )
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """Every image of any split with the deterministic eval transforms, in file order, on
-        whichever process asks (the checks after training run on rank 0 alone)."""
-        return self._loader(split, self.eval_transform, shuffle=False, shard=False)
+    def eval_dataloader(self, split: str, *, tta: bool = False) -> DataLoader:
+        """Every image of a split (or its ``tta`` views), in order, unsharded (rank 0 alone)."""
+        transform = self.preprocessing.tta_transform if tta else self.eval_transform
+        return self._loader(split, transform, shuffle=False, shard=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.train_transform, shuffle=True, shard=True)

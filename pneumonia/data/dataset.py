@@ -104,9 +104,11 @@ def labelled_folder_loader(
     batch_size: int,
     num_workers: int,
     warn: Callable[[str], None],
+    tta: bool = False,
 ) -> tuple[list[Path], list[int], DataLoader]:
     """The images of ``folder/<CLASS>/`` (class folders exactly ``classes``), checked under the
     bad-image policy, decoded (and, with a ``cache_dir``, cached) alone: no training split.
+    With ``tta``, each sample is the image's views (``Preprocessing.tta_transform``).
 
     Returns:
         The files, their labels (indices into ``classes``) and the evaluation loader.
@@ -120,9 +122,8 @@ def labelled_folder_loader(
         where=folder,
     )
     listing = usable.listings["folder"]
-    dataset = ChestXRayDataset(
-        listing.files, listing.labels, preprocessing.eval_transform, usable.decode
-    )
+    transform = preprocessing.tta_transform if tta else preprocessing.eval_transform
+    dataset = ChestXRayDataset(listing.files, listing.labels, transform, usable.decode)
     loader = image_loader(
         dataset, collate=preprocessing.collate, batch_size=batch_size, num_workers=num_workers
     )

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -32,6 +34,11 @@ from pneumonia.data.images import (
 )
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
 from pneumonia.errors import InputValueError
+
+# Test-time augmentation (tta=true): small rotations, inside the +-10 degrees that training
+# augments with. Never a horizontal mirror: a chest is not mirror-symmetric, and a model trained
+# without flips has never seen a heart on the right.
+TTA_DEGREES = (-5.0, 0.0, 5.0)
 
 
 class PreprocessingError(InputValueError):
@@ -174,18 +181,43 @@ class Preprocessing:
         """Stacks uint8 samples into the normalised float (B, 3, crop, crop) batch."""
         return NormalizeCollate(self.mean, self.std)
 
-    def load(self, path: Path) -> torch.Tensor:
-        """One file -> uint8 (1, crop, crop), exactly as the evaluation DataLoader gives it."""
-        return self.eval_transform(as_image(self.decode(path)))
+    @cached_property
+    def tta_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A resized (1, H, W) uint8 image -> its (V, 1, crop, crop) views for ``tta``: the
+        image turned by each of :data:`TTA_DEGREES`, then center-cropped.
 
-    def load_image(self, im: Image.Image) -> torch.Tensor:
+        Turned before the crop, so that the corners a rotation uncovers stay outside the
+        model's view where the resize leaves a margin (a 5 degree turn of a 144 px square moves
+        its corners by about 7 px; the 128 px crop leaves 8). Turning the crop instead put
+        black corners into every view: on a validation split, NORMAL images' probabilities
+        rose by 40% in those views (benchmarks/RESULTS.md).
+        """
+        crop = self.eval_transform
+
+        def views(image: torch.Tensor) -> torch.Tensor:
+            turned = [
+                image if d == 0 else TF.rotate(image, d, interpolation=InterpolationMode.BILINEAR)
+                for d in TTA_DEGREES
+            ]
+            return torch.stack([crop(t).as_subclass(torch.Tensor) for t in turned])
+
+        return views
+
+    def load(self, path: Path, *, tta: bool = False) -> torch.Tensor:
+        """One file -> uint8 (1, crop, crop), exactly as the evaluation DataLoader gives it
+        (with ``tta``, its (V, 1, crop, crop) views)."""
+        image = as_image(self.decode(path))
+        return self.tta_transform(image) if tta else self.eval_transform(image)
+
+    def load_image(self, im: Image.Image, *, tta: bool = False) -> torch.Tensor:
         """An opened Pillow image -> uint8 (1, crop, crop), as :meth:`load` makes files."""
         w, h = im.size
         if w * h > self.max_pixels:
             raise BadImageError(f"{w}x{h} pixels is above the limit of {self.max_pixels:,}")
         check_size(w, h, self.crop_size)
         gray = resize(gray_from_image(im), self.resize_size, self.interpolation, self.resize_mode)
-        return self.eval_transform(as_image(gray))
+        image = as_image(gray)
+        return self.tta_transform(image) if tta else self.eval_transform(image)
 
 
 def as_image(pixels: np.ndarray) -> tv_tensors.Image:

@@ -118,19 +118,18 @@ def eval_transforms(*, crop_size: int) -> v2.Compose:
 
 
 class NormalizeCollate:
-    """Stack uint8 (1 or 3, H, W) samples into a normalised float (B, 3, H, W) batch."""
+    """Stack uint8 (1 or 3, H, W) samples into a normalised float (B, 3, H, W) batch; samples
+    of several views (V, 1, H, W) (test-time augmentation) into (B, V, 3, H, W)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack(
-            [img.as_subclass(torch.Tensor) for img, _ in batch]
-        )  # (B, C, H, W) uint8
+        images = torch.stack([img.as_subclass(torch.Tensor) for img, _ in batch])  # uint8
         labels = torch.tensor([label for _, label in batch], dtype=torch.long)
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)  # (B, 1, H, W) -> (B, 3, H, W), a view
+        if images.shape[-3] == 1:  # (..., 1, H, W) -> (..., 3, H, W), a view
+            images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
         images = images.float().div_(255.0)
         images = (images - self.mean) / self.std
         return images, labels

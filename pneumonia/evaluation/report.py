@@ -1,0 +1,95 @@
+"""The report of an evaluation: every metric with a percentile-bootstrap interval, and the
+metrics of the images like and unlike the training images."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from pneumonia.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    bootstrap_interval,
+    confusion_matrix,
+    ranking_metrics,
+    thresholded_metrics,
+)
+from pneumonia.predictions import Predictions
+from pneumonia.shift import ShiftReference
+
+
+def shift_report(preds: Predictions, reference: ShiftReference, **bootstrap: Any) -> dict:
+    """How many images are unlike the training images, and the metrics of each group, with
+    intervals (a group with one class only has no AUROC; an empty one, no metrics)."""
+    inside = preds.in_distribution
+    flagged = int((~inside).sum())
+    groups = {"in_distribution": preds.subset(inside), "flagged": preds.subset(~inside)}
+    return {
+        **reference.describe(),
+        "num_flagged": flagged,
+        "share_flagged": flagged / len(inside) if len(inside) else 0.0,
+        **{
+            name: _metrics(group.probs, group.targets, group.threshold, ranking=True, **bootstrap)
+            if len(group.probs)
+            else None
+            for name, group in groups.items()
+        },
+    }
+
+
+def report(
+    preds: Predictions,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics at the predictions' threshold and at 0.5, each with a percentile bootstrap
+    interval.
+
+    Every interval is drawn from the same resamples of the images (each metric's bootstrap
+    starts from ``seed``), so the report is the same for the same predictions, and a metric
+    at a threshold of 0.5 gets one interval in both sections.
+    """
+    probs, targets = preds.probs.float(), preds.targets.long()
+    bootstrap = {"resamples": resamples, "confidence": confidence, "seed": seed}
+    return {
+        "metrics": _metrics(probs, targets, preds.threshold, ranking=True, **bootstrap),
+        "metrics_at_0.5": _metrics(probs, targets, 0.5, ranking=False, **bootstrap),
+        "confusion_matrix": confusion_matrix(probs, targets, preds.threshold).tolist(),
+        "confusion_matrix_at_0.5": confusion_matrix(probs, targets, 0.5).tolist(),
+        "num_images": len(targets),
+        "num_pneumonia": int(targets.sum()),
+        "threshold": preds.threshold,
+        "bootstrap": bootstrap,
+    }
+
+
+def _metrics(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    threshold: float,
+    *,
+    ranking: bool,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """Each metric at ``threshold`` (and, with ``ranking``, AUROC and AP), with its interval."""
+    collection = thresholded_metrics(threshold)
+    if ranking:
+        collection.add_metrics(dict(ranking_metrics().items()))
+    section = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resamples without a class warn per metric
+        for name, metric in collection.items():
+            value = metric.clone()(probs, targets).item()
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                low, high = bootstrap_interval(
+                    metric.clone(), probs, targets, resamples, confidence
+                )
+            section[name] = {"value": value, "ci_low": low, "ci_high": high}
+    return section

@@ -1,0 +1,144 @@
+"""Scoring labelled images: any labelled folder, or one of the training run's splits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pneumonia.checkpoint import LoadedCheckpoint
+from pneumonia.data import ChestXRayDataModule
+from pneumonia.data.cache import cache_folder
+from pneumonia.data.dataset import labelled_folder_loader
+from pneumonia.data.index import evaluation_folder
+from pneumonia.errors import InputValueError
+from pneumonia.evaluation.report import report, shift_report
+from pneumonia.inference import predict_batches, warn_if_unlike_training
+from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from pneumonia.predictions import Predictions
+from pneumonia.prior_shift import adapt_to_prevalence
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val", "train", "holdout")
+# Images per batch when evaluating (evaluate.yaml's batch_size mirrors it; a test holds them
+# equal).
+EVALUATE_BATCH_SIZE = 64
+
+
+def score(
+    ckpt: LoadedCheckpoint,
+    split: str = "test",
+    *,
+    device: torch.device,
+    precision: str,
+    tta: bool = False,
+    batch_size: int = EVALUATE_BATCH_SIZE,
+    data: Mapping[str, Any] | None = None,
+) -> Predictions:
+    """The checkpoint's probabilities on labelled images (eval transforms only).
+
+    ``test`` is any labelled folder: ``data.root/test/<CLASS>/`` when there is one (the Kaggle
+    layout), else ``data.root/<CLASS>/`` itself; no training folder is needed, and only these
+    images are decoded and cached. ``val``, ``train`` and ``holdout`` are the training run's
+    splits, rebuilt from its data folder.
+
+    Args:
+        precision: a resolved precision (``inference.inference_precision``).
+        data: DataModule arguments over the training run's own (``root``, ``cache``,
+            ``cache_dir``, ``on_bad_image``, ``num_workers``, ``holdout_root`` ...); None values
+            keep the run's. The preprocessing is always the checkpoint's.
+    """
+    if split not in SPLITS:
+        raise InputValueError(f"split={split!r}: use {', '.join(SPLITS)}")
+    args = {**ckpt.data_args, **{k: v for k, v in (data or {}).items() if v is not None}}
+    if not args.get("root"):
+        raise InputValueError(
+            f"{ckpt.path} does not record the data folder it was trained on: pass the folder "
+            "to evaluate with data.root=..."
+        )
+    if split == "test":
+        folder = evaluation_folder(Path(args["root"]).expanduser())
+        files, labels, loader = labelled_folder_loader(
+            folder,
+            ckpt.class_names,
+            ckpt.preprocessing,
+            cache_dir=cache_folder(args.get("cache", True), args.get("cache_dir")),
+            on_bad_image=args.get("on_bad_image") or "error",
+            batch_size=batch_size,
+            num_workers=args.get("num_workers") or 0,
+            warn=lambda m: log.warning("%s", m),
+            tta=tta,
+        )
+    else:
+        if split == "holdout" and not args.get("holdout_root"):
+            raise InputValueError(
+                "split=holdout needs a holdout folder: the checkpoint's run had none, so pass "
+                "data.holdout_root=..."
+            )
+        datamodule = ChestXRayDataModule(
+            **{**args, "eval_batch_size": batch_size}, **ckpt.preprocessing.to_dict()
+        )
+        datamodule.setup("fit")
+        files, labels = datamodule.files(split), datamodule.labels(split)
+        loader = datamodule.eval_dataloader(split, tta=tta)
+    probs, shift = predict_batches(ckpt, loader, device=device, precision=precision)
+    targets = (torch.tensor(labels) == ckpt.positive_index).long()
+    return Predictions(
+        probs,
+        targets,
+        ckpt.threshold,
+        files=files,
+        shift=shift,
+        shift_threshold=ckpt.shift.threshold if ckpt.shift else None,
+    )
+
+
+def evaluate_checkpoint(
+    ckpt: LoadedCheckpoint,
+    split: str = "test",
+    *,
+    device: torch.device,
+    precision: str,
+    tta: bool = False,
+    prior_shift: str = "none",
+    batch_size: int = EVALUATE_BATCH_SIZE,
+    data: Mapping[str, Any] | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> tuple[dict[str, Any], Predictions]:
+    """:func:`score`, the prior shift, and the :func:`report` with what it was made from.
+
+    Returns:
+        The report (``report.json``) and the predictions behind it (``predictions.csv``).
+    """
+    preds = score(
+        ckpt, split, device=device, precision=precision, tta=tta, batch_size=batch_size, data=data
+    )
+    bootstrap = {"resamples": resamples, "confidence": confidence, "seed": seed}
+    unlike = None
+    if ckpt.shift is not None:
+        unlike = shift_report(preds, ckpt.shift, **bootstrap)
+        warn_if_unlike_training(unlike["num_flagged"], len(preds.probs), ckpt.shift)
+    preds.probs, shift = adapt_to_prevalence(
+        preds.probs,
+        ckpt.decision,
+        prior_shift,
+        flagged_share=unlike["share_flagged"] if unlike else None,
+    )
+    result = report(preds, **bootstrap)
+    root = (data or {}).get("root") or ckpt.data_args.get("root")
+    result |= {
+        "shift": unlike,
+        "decision": ckpt.decision.to_dict(),
+        "prior_shift": shift,
+        "checkpoint": str(ckpt.path),
+        "split": split,
+        "data_root": str(root),
+        "tta": bool(tta),
+    }
+    return result, preds
