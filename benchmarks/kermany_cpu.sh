@@ -4,7 +4,8 @@
 # original files (NORMAL/, PNEUMONIA/) held out of training and checked afterwards; then
 # evaluate the best checkpoint on the validation split and on the holdout folder, with
 # bootstrap intervals. Not part of the test suite: 30 minutes by design.
-#   bash benchmarks/kermany_cpu.sh /path/to/chest_xray [RUN_DIR]
+#   bash benchmarks/kermany_cpu.sh /path/to/chest_xray [RUN_DIR] [overrides ...]
+#   bash benchmarks/kermany_cpu.sh /path/to/chest_xray outputs/k_seed7 seed=7
 #   HOLDOUT=/path/to/originals bash benchmarks/kermany_cpu.sh /path/to/chest_xray
 #   HOLDOUT= bash benchmarks/kermany_cpu.sh ...   # train on every image, no holdout check
 # The defaults are the project developers' copies beside the checkout (../shared/data/...).
@@ -18,7 +19,7 @@ if [ -n "$HOLDOUT" ]; then EXTRA+=("data.holdout_root=$HOLDOUT"); fi
 mkdir -p "$RUN"
 SECONDS=0
 python -m pneumonia.train experiment=kermany_cpu data.root="$ROOT" hydra.run.dir="$RUN" \
-  "${EXTRA[@]}" 2>&1 | tee "$RUN/console.log"
+  "${EXTRA[@]}" "${@:3}" 2>&1 | tee "$RUN/console.log"
 echo "training wall time: ${SECONDS}s" | tee -a "$RUN/console.log"
 CKPT=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['best_model_path'])" "$RUN/metrics.json")
 python -m pneumonia.evaluate ckpt_path="$CKPT" split=val hydra.run.dir="$RUN/evaluate_val"
