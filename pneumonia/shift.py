@@ -88,13 +88,17 @@ class ShiftReference:
     k: int = KNN_K
 
     def score(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """(B, D) penultimate features and (B, C) logits -> (B,) shift scores, on the CPU."""
+        """(B, D) penultimate features and (B, C) logits -> (B,) shift scores, on the CPU, in
+        float32 whatever the model ran at (under bf16 autocast, a Mahalanobis distance of 500
+        would be rounded to a multiple of 4)."""
         features, logits = features.detach().float().cpu(), logits.detach().float().cpu()
-        if self.method == "mahalanobis":
-            return mahalanobis_score(features, self.tensors["means"], self.tensors["precision"])
-        if self.method == "knn":
-            return knn_score(features, self.tensors["bank"], self.k)
-        return energy_score(logits)
+        with torch.autocast("cpu", enabled=False):
+            if self.method == "mahalanobis":
+                tensors = self.tensors
+                return mahalanobis_score(features, tensors["means"], tensors["precision"])
+            if self.method == "knn":
+                return knn_score(features, self.tensors["bank"], self.k)
+            return energy_score(logits)
 
     def in_distribution(self, scores: torch.Tensor) -> torch.Tensor:
         return scores <= self.threshold

@@ -257,3 +257,25 @@ def test_bad_images_in_an_evaluated_folder_are_named_or_skipped(
     assert result["num_images"] == len(list(folder.rglob("*.jpeg"))) - 1
     (said,) = [r.getMessage() for r in caplog.records if "Skipping 1 unusable" in r.getMessage()]
     assert "person999_bacteria_1.jpeg" in said  # named in the log, not dropped silently
+
+
+def test_a_metric_the_images_do_not_define_is_none_not_zero() -> None:
+    """A folder of PNEUMONIA images only has no specificity and no AUROC (torchmetrics would
+    say 0 and warn)."""
+    from pneumonia.evaluation import markdown
+
+    preds = Predictions(torch.tensor([0.9, 0.8, 0.3]), torch.tensor([1, 1, 1]), 0.5)
+    result = report(preds, resamples=20)
+    metrics = result["metrics"]
+    assert metrics["specificity"] is None
+    assert metrics["auroc"] is None
+    assert metrics["recall"]["value"] == pytest.approx(2 / 3)
+    assert metrics["accuracy"]["value"] == pytest.approx(2 / 3)
+    result |= {"checkpoint": "x.ckpt", "split": "test", "data_root": "d", "tta": False,
+               "prior_shift": None, "shift": None,
+               "decision": {"threshold_rule": "bayes", "threshold": 0.5, "cost_ratio": 1.0,
+                            "prevalence": 0.5, "temperature": 1.0, "reference_prevalence": 0.5,
+                            "target_sensitivity": 0.95}}  # fmt: skip
+    text = markdown(result)
+    assert "| Specificity | - | - |" in text
+    assert "| AUROC | - | - |" in text

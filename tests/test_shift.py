@@ -146,3 +146,14 @@ def test_em_is_refused_on_a_folder_of_mostly_flagged_images(trained: dict, tmp_p
         predict_files(ckpt, photos, prior_shift="em", **cpu)
     rows = predict_files(ckpt, photos, **cpu)  # without EM: scored, and every one flagged
     assert not any(r["in_distribution"] for r in rows)
+
+
+def test_the_score_is_computed_in_float32_under_bf16_autocast() -> None:
+    train, targets = two_gaussians(300, 0.0, seed=0)
+    reference = fit_reference("mahalanobis", train, targets, train, logits_of(train))
+    x = train[:20] * 7  # far out: large scores, where bf16 would round them coarsely
+    expected = reference.score(x, logits_of(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = reference.score(x, logits_of(x))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)

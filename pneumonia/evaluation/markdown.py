@@ -40,14 +40,9 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|" + ("---|---|" if at_half else ""),
     ]
     for name, label in METRIC_LABELS.items():
-        m = result["metrics"][name]
-        row = f"| {label} | {m['value']:.3f} | {m['ci_low']:.3f} - {m['ci_high']:.3f} |"
+        row = f"| {label} | {_cells(result['metrics'][name])} |"
         if at_half is not None:
-            h = at_half.get(name)
-            if h:
-                row += f" {h['value']:.3f} | {h['ci_low']:.3f} - {h['ci_high']:.3f} |"
-            else:
-                row += " (threshold-free) | |"
+            row += f" {_cells(at_half[name])} |" if name in at_half else " (threshold-free) | |"
         lines.append(row)
     (tn, fp), (fn, tp) = result["confusion_matrix"]
     lines += ["", f"Confusion matrix at {t:.3f}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.", ""]
@@ -77,10 +72,13 @@ def _shift_lines(shift: dict[str, Any] | None, conf: str) -> list[str]:
     lines += ["", f"| metric | in distribution | {conf} CI | flagged | {conf} CI |",
               "|---|---|---|---|---|"]  # fmt: skip
     for name, label in METRIC_LABELS.items():
-        cells = []
-        for group in ("in_distribution", "flagged"):
-            m = (shift[group] or {}).get(name)
-            cells.append(f"{m['value']:.3f} | {m['ci_low']:.3f} - {m['ci_high']:.3f}" if m
-                         else "- | -")  # fmt: skip
+        cells = [_cells((shift[group] or {}).get(name)) for group in ("in_distribution", "flagged")]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     return [*lines, ""]
+
+
+def _cells(m: dict[str, float] | None) -> str:
+    """A metric's value and interval, or a dash where the images do not define it."""
+    if m is None:
+        return "- | -"
+    return f"{m['value']:.3f} | {m['ci_low']:.3f} - {m['ci_high']:.3f}"

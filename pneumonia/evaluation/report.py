@@ -92,4 +92,16 @@ def _metrics(
                     metric.clone(), probs, targets, resamples, confidence
                 )
             section[name] = {"value": value, "ci_low": low, "ci_high": high}
-    return section
+    # Where the images do not define a metric (no NORMAL image: no specificity), None, not the
+    # 0 torchmetrics returns with a warning.
+    positives, predicted = int(targets.sum()), int((probs > threshold).sum())
+    negatives = len(targets) - positives
+    undefined = {
+        "recall": positives == 0,
+        "specificity": negatives == 0,
+        "precision": predicted == 0,
+        "f1": positives == 0 and predicted == 0,
+        "auroc": positives == 0 or negatives == 0,
+        "average_precision": positives == 0,
+    }
+    return {name: None if undefined.get(name) else m for name, m in section.items()}
