@@ -42,17 +42,28 @@ def test_evaluate_writes_a_report_that_agrees_with_training(trained: dict, tmp_p
     saved = json.loads((out / "report.json").read_text())
     assert saved["metrics"]["f1"] == pytest.approx(result["metrics"]["f1"])
     # the same checkpoint through Trainer.test (training) and through evaluate's own loop
-    for name in ("accuracy", "precision", "recall", "specificity", "f1", "auroc"):
-        assert saved["metrics"][name]["value"] == pytest.approx(
-            trained["metrics"][f"test/{name}"], abs=1e-5
-        ), name
-        if name != "auroc":
-            assert saved["metrics_at_0.5"][name]["value"] == pytest.approx(
-                trained["metrics"][f"test/{name}@0.5"], abs=1e-5
-            ), name
+    for section, suffix in (("metrics", ""), ("metrics_at_0.5", "@0.5")):
+        (tn, fp), (fn, tp) = saved[f"confusion_matrix{suffix.replace('@', '_at_')}"]
+        # 0/0 is reported as undefined (None) where torchmetrics logs 0 in training
+        undefined = {
+            "precision": tp + fp == 0,
+            "recall": tp + fn == 0,
+            "specificity": tn + fp == 0,
+            "f1": tp + fp == 0 and tp + fn == 0,
+            "auroc": tp + fn == 0 or tn + fp == 0,
+        }
+        for name in ("accuracy", "precision", "recall", "specificity", "f1", "auroc"):
+            if name == "auroc" and suffix:
+                continue
+            got, logged = saved[section][name], trained["metrics"][f"test/{name}{suffix}"]
+            if undefined.get(name):
+                assert got is None, (section, name)
+                assert logged == 0, (section, name)
+            else:
+                assert got["value"] == pytest.approx(logged, abs=1e-5), (section, name)
     assert saved["confusion_matrix"] == trained["metrics"]["test/confusion_matrix"]
     assert saved["threshold"] == pytest.approx(trained["metrics"]["threshold"])
-    for m in saved["metrics"].values():
+    for m in filter(None, saved["metrics"].values()):
         assert m["ci_low"] <= m["value"] + 1e-9
         assert m["value"] <= m["ci_high"] + 1e-9
     assert "95% CI" in (out / "report.md").read_text()
