@@ -26,7 +26,6 @@ from pneumonia.data.index import (
     summary_table,
 )
 from pneumonia.data.leakage import LEAK_POLICIES, LeakPolicy
-from pneumonia.data.patients import patients_of
 from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.data.splits import training_splits
 from pneumonia.data.synthetic import SYNTHETIC_WARNING, ensure_synthetic_dataset, is_synthetic
@@ -243,7 +242,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         return list(self._split(split).labels)
 
     def patients(self, split: str) -> set[str]:
-        return patients_of(self._split(split))
+        return self._split(split).patients()
 
     def split_counts(self, split: str) -> list[int]:
         """Images per class, in class-index order."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumonia.data.images import is_image_file
+from pneumonia.data.table import SplitListing
 from pneumonia.data.walk import walk_files
 from pneumonia.errors import InputNotFoundError
 
@@ -23,19 +24,6 @@ EXPECTED_LAYOUT = "root/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg (val/ and tes
 
 class DataLayoutError(InputNotFoundError):
     """The data root does not hold the expected folder layout."""
-
-
-@dataclass
-class SplitListing:
-    """Files of one split folder, labelled by their class folder."""
-
-    files: list[Path]
-    labels: list[int]
-    ignored: list[Path] = field(default_factory=list)  # non-image files such as .DS_Store
-
-    def counts(self, num_classes: int) -> list[int]:
-        """Images per class, in class-index order."""
-        return [self.labels.count(label) for label in range(num_classes)]
 
 
 def _describe(root: Path, limit: int = 8) -> str:

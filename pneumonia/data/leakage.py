@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pneumonia.data.index import SplitListing
-from pneumonia.data.patients import patient_id
+from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
 from pneumonia.runtime import decode_threads
 
@@ -82,10 +81,17 @@ class Leak:
         }
 
 
-def find_leaks(splits: dict[str, Sequence[Path]], pairs: Sequence[tuple[str, str]]) -> list[Leak]:
-    """The duplicates and shared patients of each ``(first, second)`` pair of ``splits``."""
+def find_leaks(
+    splits: Mapping[str, SplitListing | Sequence[Path]], pairs: Sequence[tuple[str, str]]
+) -> list[Leak]:
+    """The duplicates and shared patients of each ``(first, second)`` pair of ``splits``
+    (listings, whose patient ids are their table's or their file names'; or plain files)."""
+    splits = {
+        name: s if isinstance(s, SplitListing) else SplitListing(list(s), [0] * len(s))
+        for name, s in splits.items()
+    }
     names = {n for pair in pairs for n in pair if n in splits}
-    files = sorted({f for n in names for f in splits[n]})
+    files = sorted({f for n in names for f in splits[n].files})
     with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
         hashes = dict(zip(files, pool.map(content_hash, files), strict=True))
     leaks = []
@@ -94,16 +100,12 @@ def find_leaks(splits: dict[str, Sequence[Path]], pairs: Sequence[tuple[str, str
             continue
         leak = Leak(first, second)
         by_hash = defaultdict(list)
-        for f in splits[second]:
+        for f in splits[second].files:
             by_hash[hashes[f]].append(f)
         leak.duplicates = [
-            (f, by_hash[hashes[f]][0]) for f in splits[first] if hashes[f] in by_hash
+            (f, by_hash[hashes[f]][0]) for f in splits[first].files if hashes[f] in by_hash
         ]
-        ours, theirs = defaultdict(list), defaultdict(list)
-        for f in splits[first]:
-            ours[patient_id(f)].append(f)
-        for f in splits[second]:
-            theirs[patient_id(f)].append(f)
+        ours, theirs = _by_patient(splits[first]), _by_patient(splits[second])
         leak.patients = {
             pid: (ours[pid], theirs[pid])
             for pid in sorted(set(ours) & set(theirs))
@@ -113,6 +115,13 @@ def find_leaks(splits: dict[str, Sequence[Path]], pairs: Sequence[tuple[str, str
     return leaks
 
 
+def _by_patient(listing: SplitListing) -> dict[str, list[Path]]:
+    members = defaultdict(list)
+    for f, pid in zip(listing.files, listing.patient_ids, strict=True):
+        members[pid].append(f)
+    return members
+
+
 # Training and validation against everything scored after training.
 PAIRS = (("train", "val"), ("train", "test"), ("val", "test"), ("train", "holdout"),
          ("val", "holdout"))  # fmt: skip
@@ -120,7 +129,7 @@ PAIRS = (("train", "val"), ("train", "test"), ("val", "test"), ("train", "holdou
 
 def check_leaks(
     splits: dict[str, SplitListing],
-    test: Sequence[Path] | None,
+    test: SplitListing | None,
     policy: LeakPolicy,
     warn: Callable[[str], None],
 ) -> tuple[dict[str, SplitListing], list[dict[str, Any]]]:
@@ -133,10 +142,8 @@ def check_leaks(
     Raises:
         LeakageError: under ``error``, with counts and examples and the way out.
     """
-    files = {name: split.files for name, split in splits.items()}
-    if test is not None:
-        files["test"] = list(test)
-    leaks = [leak for leak in find_leaks(files, PAIRS) if leak]
+    compared = dict(splits) | ({"test": test} if test is not None else {})
+    leaks = [leak for leak in find_leaks(compared, PAIRS) if leak]
     report = [leak.to_dict() for leak in leaks]
     if not leaks:
         return splits, report
@@ -153,10 +160,7 @@ def check_leaks(
         splits = dict(splits)
         for name in ("train", "val"):
             split = splits[name]
-            keep = [i for i, f in enumerate(split.files) if f not in drop]
-            splits[name] = SplitListing(
-                [split.files[i] for i in keep], [split.labels[i] for i in keep]
-            )
+            splits[name] = split.take([i for i, f in enumerate(split.files) if f not in drop])
         message += f" dropped {len(drop)} image(s) from training and validation."
         for entry in report:
             entry["dropped"] = True

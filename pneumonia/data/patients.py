@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pneumonia.data.index import SplitListing
-
 # personN_bacteria_M.jpeg / personN_virus_M.jpeg (also personN_virus_M_K.jpeg) -> personN
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 # IM-NNNN-MMMM.jpeg, IM-NNNN-MMMM-KKKK.jpeg, NORMAL2-IM-NNNN-MMMM.jpeg -> IM-NNNN / NORMAL2-IM-NNNN
@@ -25,17 +23,3 @@ def patient_id(path: str | Path) -> str:
         if m:
             return m.group(1)
     return f"file:{Path(path).name}"
-
-
-def patients_of(listing: SplitListing) -> set[str]:
-    return {patient_id(f) for f in listing.files}
-
-
-def without_patients(listing: SplitListing, patients: set[str]) -> SplitListing:
-    """``listing`` less every image of ``patients`` (by the ids in the file names)."""
-    keep = [i for i, f in enumerate(listing.files) if patient_id(f) not in patients]
-    return SplitListing(
-        files=[listing.files[i] for i in keep],
-        labels=[listing.labels[i] for i in keep],
-        ignored=listing.ignored,
-    )

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pneumonia.data.index import SplitListing
 from pneumonia.data.leakage import LeakPolicy, check_leaks
-from pneumonia.data.patients import patient_id, patients_of, without_patients
+from pneumonia.data.patients import patient_id
+from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
 
 OFFICIAL_VAL_MIN = 100
@@ -28,9 +28,17 @@ def _rank(seed: int, group: str) -> str:
 
 
 def patient_split(
-    files: Sequence[Path], labels: Sequence[int], *, fraction: float, seed: int
+    files: Sequence[Path],
+    labels: Sequence[int],
+    *,
+    fraction: float,
+    seed: int,
+    patients: Sequence[str] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Split indices into (train, val) so that no patient is on both sides.
+
+    ``patients`` gives each file's patient (a table's ``patient_id``); by default the ids in
+    Kermany file names.
 
     Stratified: per class, patients (assigned to their majority class) are taken in hashed order
     until the class's validation image count reaches ``round(fraction * n_class)``.
@@ -44,9 +52,11 @@ def patient_split(
         )
     if len(files) != len(labels):
         raise ValueError("files and labels differ in length")
+    if patients is None:
+        patients = [patient_id(f) for f in files]
     members: dict[str, list[int]] = defaultdict(list)
-    for i, f in enumerate(files):
-        members[patient_id(f)].append(i)
+    for i, group in enumerate(patients):
+        members[group].append(i)
     by_class: dict[int, list[str]] = defaultdict(list)
     for group, idx in members.items():
         majority = Counter(labels[i] for i in idx).most_common(1)[0][0]
@@ -94,15 +104,11 @@ def fit_splits(
             f"data.val_split=official but there is no val/ folder: carving a "
             f"patient-grouped {fraction:.0%} of train instead."
         )
-    files, labels = list(train.files), list(train.labels)
-    if val is not None:
-        files += val.files
-        labels += val.labels
-    train_idx, val_idx = patient_split(files, labels, fraction=fraction, seed=seed)
-    return {
-        "train": SplitListing([files[i] for i in train_idx], [labels[i] for i in train_idx]),
-        "val": SplitListing([files[i] for i in val_idx], [labels[i] for i in val_idx]),
-    }
+    pool = train + val if val is not None else train
+    train_idx, val_idx = patient_split(
+        pool.files, pool.labels, fraction=fraction, seed=seed, patients=pool.patient_ids
+    )
+    return {"train": pool.take(train_idx), "val": pool.take(val_idx)}
 
 
 def training_splits(
@@ -129,10 +135,10 @@ def training_splits(
     Raises:
         ValueError: a class with no training image left.
     """
-    held = patients_of(holdout) if holdout is not None else set()
+    held = holdout.patients() if holdout is not None else set()
     pool = {name: listings.get(name) for name in ("train", "val")}
     if held:
-        kept = {k: without_patients(v, held) if v else v for k, v in pool.items()}
+        kept = {k: v.without_patients(held) if v else v for k, v in pool.items()}
         removed = sum(len(v.files) - len(kept[k].files) for k, v in pool.items() if v)
         if removed:
             info(
@@ -146,7 +152,7 @@ def training_splits(
     if holdout is not None:
         splits["holdout"] = holdout
     test = listings.get("test")
-    splits, leakage = check_leaks(splits, test.files if test else None, on_leak, warn)
+    splits, leakage = check_leaks(splits, test, on_leak, warn)
     for name, n in zip(classes, splits["train"].counts(len(classes)), strict=True):
         if n == 0:
             raise InputValueError(f"The training split has no {name} images after the split.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from pneumonia.data.cache import DecodedImageCache
 from pneumonia.data.images import BadImageError
-from pneumonia.data.index import SplitListing
 from pneumonia.data.preprocessing import Preprocessing
+from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
 from pneumonia.runtime import decode_threads
 
@@ -88,12 +88,7 @@ def usable_images(
 
 
 def _without(listing: SplitListing, bad: Mapping[str, str]) -> SplitListing:
-    keep = [i for i, f in enumerate(listing.files) if str(f.resolve()) not in bad]
-    return replace(
-        listing,
-        files=[listing.files[i] for i in keep],
-        labels=[listing.labels[i] for i in keep],
-    )
+    return listing.take([i for i, f in enumerate(listing.files) if str(f.resolve()) not in bad])
 
 
 def verify_images(files: list[Path], decode: Callable[[Path], np.ndarray]) -> dict[str, str]:
