@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from pneumonia.data.dicom import DicomError, is_dicom, read_dicom_gray
 from pneumonia.errors import InputValueError
 
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -31,8 +32,11 @@ class BadImageError(InputValueError):
 
 
 def is_image_file(path: Path) -> bool:
-    """Image extension and not a hidden/metadata file (``.DS_Store``, ``._x.jpeg``)."""
-    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    """An image extension, or DICOM (``.dcm``, or no extension and the DICOM prefix), and
+    not a hidden/metadata file (``.DS_Store``, ``._x.jpeg``)."""
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(path)
 
 
 def allow_pixels(max_pixels: int) -> None:
@@ -108,9 +112,20 @@ def gray_from_image(im: Image.Image) -> np.ndarray:
 def load_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Fully decode one file to an (H, W) uint8 grayscale array, honouring EXIF orientation.
 
+    DICOM files are read through pydicom (:mod:`pneumonia.data.dicom`): windowed, bone bright.
+
     Raises:
-        BadImageError: truncated, corrupt, empty or oversized files.
+        BadImageError: truncated, corrupt, empty or oversized files; DICOM without pixels.
     """
+    if is_dicom(path):
+        try:
+            if path.stat().st_size == 0:
+                raise BadImageError("empty file (0 bytes)")
+            return read_dicom_gray(path, max_pixels)
+        except DicomError as e:
+            raise BadImageError(str(e)) from e
+        except OSError as e:
+            raise BadImageError(f"cannot read file ({e.strerror})") from e
     check_header(path, max_pixels)
     try:
         with warnings.catch_warnings():

@@ -1,0 +1,199 @@
+"""DICOM files, read through pydicom: pixels as a radiologist's viewer shows them, and the
+header's patient, study and acquisition attributes.
+
+Pixels: the modality LUT (rescale slope and intercept), then the VOI LUT or the window centre
+and width when the file has them, else the full range of the stored bit depth; MONOCHROME1
+(bone dark) is inverted so that bone is bright, as in MONOCHROME2 and in every JPEG of the
+collections. Compressed transfer syntaxes decode through pydicom's plugins: RLE with NumPy
+alone, JPEG and JPEG 2000 with the ``dicom`` extra (``pip install "pneumonia[dicom]"``,
+pylibjpeg and its codecs).
+
+No project module is imported here: :mod:`pneumonia.data.images` turns :class:`DicomError`
+into its bad-image error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+PREAMBLE = 128  # bytes before the "DICM" prefix of a DICOM Part 10 file
+CODECS_EXTRA = 'pip install "pneumonia[dicom]" (pylibjpeg with its JPEG, JPEG 2000 and RLE codecs)'
+
+
+class DicomError(ValueError):
+    """A DICOM file without usable pixels; the message says why."""
+
+
+def has_dicom_prefix(path: Path) -> bool:
+    """Whether ``path`` starts with the 128-byte preamble and ``DICM`` (a Part 10 file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(PREAMBLE + 4)
+    except OSError:
+        return False
+    return len(head) == PREAMBLE + 4 and head[PREAMBLE:] == b"DICM"
+
+
+def is_dicom(path: Path) -> bool:
+    """A ``.dcm``/``.dicom`` file, or a file without an extension that carries the DICOM
+    prefix (as many PACS exports and the RSNA collection's ancestors are)."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_EXTENSIONS:
+        return True
+    return (suffix == "" or suffix[1:].isdigit()) and has_dicom_prefix(path)
+
+
+def _read(path: Path, *, pixels: bool) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels, force=not pixels)
+    except InvalidDicomError as e:
+        raise DicomError(f"not a DICOM file ({e})") from e
+    except Exception as e:  # truncated files raise many types
+        raise DicomError(f"cannot read the DICOM file ({type(e).__name__}: {e})") from e
+
+
+def _window(values: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The first window of the file as [0, 1] (DICOM PS3.3 C.11.2.1.2), or None without one."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+
+    def first(v: Any) -> float:
+        return float(v[0] if isinstance(v, (list, tuple)) or hasattr(v, "__len__") else v)
+
+    center, width = first(ds.WindowCenter), first(ds.WindowWidth)
+    function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / max(width, 1e-6) + 0.5, 0.0, 1.0)
+    width = max(width, 1.0)  # LINEAR: width >= 1 by the standard
+    return np.clip((values - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5, 0.0, 1.0)
+
+
+def _voi_lut(stored: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The file's VOI LUT applied, as [0, 1], or None without one."""
+    if "VOILUTSequence" not in ds or not len(ds.VOILUTSequence):
+        return None
+    from pydicom.pixels import apply_voi
+
+    item = ds.VOILUTSequence[0]
+    bits = int(item.LUTDescriptor[2])
+    return np.clip(apply_voi(stored, ds).astype(np.float64) / (2**bits - 1), 0.0, 1.0)
+
+
+def _stored_range(ds: Any) -> tuple[float, float]:
+    """The values the stored bit depth allows, after the rescale (the min-max fallback)."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+    ends = sorted((low * slope + intercept, high * slope + intercept))
+    return ends[0], ends[1]
+
+
+def _pixels(ds: Any, max_pixels: int) -> np.ndarray:
+    sop = str(ds.get("SOPClassUID", ""))
+    if "PixelData" not in ds:
+        kind = getattr(ds.get("SOPClassUID"), "name", sop) or "unknown SOP class"
+        raise DicomError(f"a DICOM file with no pixel data ({kind}): not an image")
+    rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows * columns > max_pixels:
+        raise DicomError(
+            f"{columns}x{rows} = {rows * columns:,} pixels is above the limit of {max_pixels:,} "
+            "(raise data.max_pixels if it is real)"
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DicomError(f"a multi-frame DICOM ({frames} frames): a chest radiograph has one")
+    try:
+        return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as e:
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        name = getattr(syntax, "name", str(syntax))
+        if "missing dependencies" in str(e) or isinstance(e, NotImplementedError):
+            raise DicomError(
+                f"compressed as {name}, and no installed decoder reads it: {CODECS_EXTRA}"
+            ) from e
+        raise DicomError(f"cannot decode its pixels ({name}: {e})") from e
+    except Exception as e:
+        raise DicomError(f"cannot decode its pixels ({type(e).__name__}: {e})") from e
+
+
+def read_dicom_gray(path: Path, max_pixels: int) -> np.ndarray:
+    """Decode one DICOM file to (H, W) uint8 gray, bone bright.
+
+    Raises:
+        DicomError: not DICOM, no pixel data (a report, a presentation state), several frames,
+            over the pixel limit, or compressed with no decoder installed (naming the extra).
+    """
+    ds = _read(path, pixels=True)
+    stored = _pixels(ds, max_pixels)
+    interpretation = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if stored.ndim == 3:  # colour (RGB, or YBR converted to RGB by pydicom): luminance
+        stored = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        span = 2 ** int(ds.get("BitsStored", 8)) - 1
+        return np.clip(np.floor(stored * 255.0 / span + 0.5), 0, 255).astype(np.uint8)
+    from pydicom.pixels import apply_modality_lut
+
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    scaled = _voi_lut(stored, ds)
+    if scaled is None:
+        scaled = _window(values, ds)
+    if scaled is None:
+        low, high = _stored_range(ds)
+        scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+    if interpretation == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
+
+
+def _age_years(value: str) -> float | None:
+    """A DICOM age string (``045Y``, ``006M``, ``010W``, ``003D``) in years."""
+    value = value.strip().upper()
+    per_year = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}
+    if len(value) >= 2 and value[-1] in per_year and value[:-1].isdigit():
+        return round(int(value[:-1]) / per_year[value[-1]], 2)
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def dicom_attributes(path: Path) -> dict[str, Any]:
+    """The header's ``patient_id`` (PatientID), ``study_id`` (StudyInstanceUID), ``sex``,
+    ``age`` (years) and ``view`` (ViewPosition); a missing element is None. Pixels are not
+    read.
+
+    Raises:
+        DicomError: not a DICOM file.
+    """
+    ds = _read(path, pixels=False)
+
+    def text(keyword: str) -> str | None:
+        value = ds.get(keyword)
+        return str(value).strip() or None if value is not None else None
+
+    age = text("PatientAge")
+    return {
+        "patient_id": text("PatientID"),
+        "study_id": text("StudyInstanceUID"),
+        "sex": text("PatientSex"),
+        "age": _age_years(age) if age else None,
+        "view": text("ViewPosition"),
+    }
+
+
+__all__ = [
+    "CODECS_EXTRA",
+    "DicomError",
+    "dicom_attributes",
+    "is_dicom",
+    "read_dicom_gray",
+]
