@@ -15,7 +15,7 @@ and through the same library functions as ``pneumonia-predict`` and ``pneumonia-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from pneumonia.inference import (
     warn_if_unlike_training,
 )
 from pneumonia.metrics import BOOTSTRAP_RESAMPLES
-from pneumonia.predictions import PREDICTION_COLUMNS, prediction_rows
+from pneumonia.predictions import prediction_columns, prediction_rows
 from pneumonia.prior_shift import adapt_to_prevalence
 from pneumonia.runtime import resolve_device
 from pneumonia.shift import ShiftReference
@@ -50,7 +50,7 @@ ImageInput = str | Path | Image.Image
 
 def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows of ``predictions.csv`` as a DataFrame; a missing probability or score is NaN."""
-    table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    table = pd.DataFrame(rows, columns=prediction_columns(rows))
     for column in ("probability", "shift_score"):
         table[column] = table[column].astype(float)
     return table
@@ -202,6 +202,7 @@ class Classifier:
         prior_shift: str = "none",
         resamples: int = BOOTSTRAP_RESAMPLES,
         batch_size: int = EVALUATE_BATCH_SIZE,
+        table: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], pd.DataFrame]:
         """Metrics with bootstrap intervals and the per-image table of ``predictions.csv``.
 
@@ -210,6 +211,9 @@ class Classifier:
                 the training run's data folder.
             split: ``test`` (the folder's labelled images), or ``val``, ``train`` or
                 ``holdout``: the training run's splits, rebuilt from its data folder.
+            table: read ``folder`` as a table of images (``{"reader": "nih"}``, a label file
+                ``{"reader": "manifest", "file": ...}``; ``pneumonia.data.readers``); its
+                attributes become columns of the returned table.
         """
         result, preds = evaluate_checkpoint(
             self.ckpt,
@@ -219,7 +223,7 @@ class Classifier:
             tta=tta,
             prior_shift=prior_shift,
             batch_size=batch_size,
-            data={"root": str(folder)} if folder is not None else None,
+            data={"root": str(folder) if folder is not None else None, "table": table},
             resamples=resamples,
         )
         return result, _table(preds.rows(self.class_names, self.ckpt.positive_index))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.checkpoint import load_checkpoint
 from pneumonia.config import CONFIG_DIR, EVALUATE_RULES, check_values
 from pneumonia.evaluation import evaluate_checkpoint, markdown
+from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
 from pneumonia.files import write_text
 from pneumonia.inference import inference_precision
 from pneumonia.predictions import write_predictions
@@ -40,7 +41,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         tta=cfg.tta,
         prior_shift=cfg.prior_shift,
         batch_size=cfg.batch_size,
-        data=OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None,
+        data=evaluation_data(cfg),
         **cfg.bootstrap,
     )
     write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
@@ -54,6 +55,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     log.info("\n%s", markdown(result))
     log.info("Report, figures and predictions.csv: %s", out)
     return result
+
+
+def evaluation_data(cfg: DictConfig) -> dict[str, Any] | None:
+    """The keys of ``cfg.data`` evaluation takes (a whole data config, from ``data=nih``,
+    brings training keys too, which the checkpoint decides)."""
+    if not cfg.get("data"):
+        return None
+    data = {k: cfg.data[k] for k in EVALUATE_DATA_KEYS if k in cfg.data}
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in data.items()
+    }
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")

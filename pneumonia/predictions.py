@@ -19,7 +19,8 @@ from pneumonia.files import atomic_open
 # The one layout of predictions.csv and of the API's tables. label: the true class where it is
 # known (evaluate), else empty; shift_score and in_distribution: how unlike the training images
 # an image is (pneumonia.shift; empty for a checkpoint without a shift reference); error: why an
-# input has no probability.
+# input has no probability. Images from a table (pneumonia.data.table) add their attributes
+# (patient_id, study_id, source, sex, age, view ...) as further columns, after these.
 PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "shift_score",
                       "in_distribution", "error")  # fmt: skip
 
@@ -38,6 +39,7 @@ class Predictions:
     scores: torch.Tensor | None = None  # (N,) logit differences, before calibration
     shift: torch.Tensor | None = None  # (N,) shift scores (pneumonia.shift)
     shift_threshold: float | None = None  # in distribution: shift <= shift_threshold
+    attributes: list[dict[str, Any]] | None = None  # per image: a table's further columns
 
     @property
     def in_distribution(self) -> torch.Tensor | None:
@@ -59,6 +61,7 @@ class Predictions:
             scores=take(self.scores),
             shift=take(self.shift),
             shift_threshold=self.shift_threshold,
+            attributes=None if self.attributes is None else [self.attributes[i] for i in pick],
         )
 
     def confident_mistakes(self, k: int = 8) -> list[int]:
@@ -79,6 +82,7 @@ class Predictions:
             targets=self.targets.tolist(),
             shift_scores=None if self.shift is None else self.shift.tolist(),
             shift_threshold=self.shift_threshold,
+            attributes=self.attributes,
         )
 
 
@@ -93,6 +97,7 @@ def prediction_rows(
     errors: Mapping[int, str] | None = None,
     shift_scores: Sequence[float | None] | None = None,
     shift_threshold: float | None = None,
+    attributes: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows with the keys of :data:`PREDICTION_COLUMNS`: the class at ``threshold`` (positive
     when the probability is above it), or, where the probability is None, the input's error.
@@ -102,6 +107,7 @@ def prediction_rows(
         errors: input index -> why it has no probability.
         shift_scores: each input's shift score, in distribution at most ``shift_threshold``;
             None where the checkpoint has no shift reference.
+        attributes: each input's further columns (from a table), added after the others.
     """
     positive, negative = class_names[positive_index], class_names[1 - positive_index]
     rows = []
@@ -117,6 +123,8 @@ def prediction_rows(
             row |= {"prediction": "", "error": (errors or {}).get(i) or "no probability"}
         else:
             row |= {"prediction": positive if prob > threshold else negative, "error": ""}
+        if attributes is not None:
+            row |= {k: v for k, v in attributes[i].items() if k not in PREDICTION_COLUMNS}
         rows.append(row)
     return rows
 
@@ -130,7 +138,17 @@ def write_predictions(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> No
             return ""
         return f"{value:.6f}" if isinstance(value, float) else str(value)
 
+    rows = list(rows)
+    columns = prediction_columns(rows)
     with atomic_open(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, extrasaction="raise")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="raise")
         writer.writeheader()
-        writer.writerows({c: cell(row.get(c)) for c in PREDICTION_COLUMNS} for row in rows)
+        writer.writerows({c: cell(row.get(c)) for c in columns} for row in rows)
+
+
+def prediction_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """:data:`PREDICTION_COLUMNS`, then any attribute columns of ``rows`` in first-seen order."""
+    columns = dict.fromkeys(PREDICTION_COLUMNS)
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return list(columns)

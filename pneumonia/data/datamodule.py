@@ -1,4 +1,5 @@
-"""The chest X-ray LightningDataModule over the Kaggle/Kermany folder layout."""
+"""The chest X-ray LightningDataModule over the Kaggle/Kermany folder layout, or over any
+table of images a reader makes of a label file (``data.table``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -27,6 +29,7 @@ from pneumonia.data.index import (
 )
 from pneumonia.data.leakage import LEAK_POLICIES, LeakPolicy
 from pneumonia.data.preprocessing import Preprocessing
+from pneumonia.data.readers import FOLDERS, read_index, table_classes
 from pneumonia.data.splits import training_splits
 from pneumonia.data.synthetic import SYNTHETIC_WARNING, ensure_synthetic_dataset, is_synthetic
 from pneumonia.data.transforms import train_transforms
@@ -39,7 +42,8 @@ PREPROCESSING_FIELDS = tuple(f.name for f in fields(Preprocessing))
 
 
 class ChestXRayDataModule(pl.LightningDataModule):
-    """NORMAL vs PNEUMONIA images from ``root/{train,val,test}/{class}/*``.
+    """NORMAL vs PNEUMONIA images from ``root/{train,val,test}/{class}/*``, or from the table
+    of images that ``table`` reads under ``root`` (a label file, a public collection).
 
     Every argument is a key of ``conf/data/chest_xray.yaml``, whose comments say what it
     does; the defaults are the same (a test holds them equal), and those of the preprocessing
@@ -54,6 +58,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
     - ``holdout_root``: a labelled folder kept out of training: its patients leave the train
       and val pool, and its images form the ``holdout`` split, read from their own files.
     - ``classes``: the two class folders to use where ``train/`` holds more.
+    - ``table``: ``{reader: manifest | rsna | nih | chexpert | mimic, ...}``
+      (:mod:`pneumonia.data.readers`); None reads the folder layout.
     - ``on_bad_image`` (``error`` | ``skip``) and ``on_leak`` (``warn`` | ``error`` |
       ``drop``): what unusable images and images or patients shared between splits do.
     - ``cache``/``cache_dir``: decode each image once into a uint8 memmap
@@ -89,6 +95,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         holdout_root: str | Path | None = None,
         classes: Sequence[str] | None = None,
         on_leak: LeakPolicy = "warn",
+        table: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         for key, value, valid in (
@@ -113,6 +120,12 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.synthetic = synthetic
         self.chosen_classes = list(classes) if classes is not None else None
+        self.table = dict(table) if table and table.get("reader") != FOLDERS else None
+        if self.table is not None and classes is not None:
+            raise InputValueError(
+                "data.classes chooses class folders of the folder layout; with data.table the "
+                "classes are the reader's (data.table.labels for a manifest)."
+            )
         self.leakage: list[dict] = []  # what the leak check found, for the run's outputs
         self.holdout_root = Path(holdout_root).expanduser() if holdout_root else None
         if self.holdout_root is not None:
@@ -159,9 +172,12 @@ class ChestXRayDataModule(pl.LightningDataModule):
     def _scan(self) -> DataIndex:
         if self._index is not None:
             return self._index
-        if self.synthetic:
-            ensure_synthetic_dataset(self.root)
-        index = DataIndex.scan(self.root, self.chosen_classes)
+        if self.table is not None:
+            index = read_index(self.root, self.table)
+        else:
+            if self.synthetic:
+                ensure_synthetic_dataset(self.root)
+            index = DataIndex.scan(self.root, self.chosen_classes)
         if is_synthetic(self.root) and rank_zero_only.rank == 0:
             log.warning(SYNTHETIC_WARNING, self.root)
         usable = self._usable(index.splits, self.root, source="root", cache=self.use_cache)
@@ -201,6 +217,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
     def classes(self) -> list[str]:
         if self._index is not None:
             return self._index.classes
+        if self.table is not None:
+            return table_classes(self.table)
         return class_names(find_split_dirs(self.root)["train"], self.chosen_classes)
 
     @property
@@ -233,6 +251,10 @@ class ChestXRayDataModule(pl.LightningDataModule):
             raise RuntimeError(f"Split {split!r} is not set up: call setup({stage!r}) first.")
         return self._splits[split]
 
+    def listing(self, split: str) -> SplitListing:
+        """The rows of ``split``, whole: files, labels, attributes."""
+        return self._split(split)
+
     def files(self, split: str) -> list[Path]:
         """Image paths of ``split`` (``train``, ``val`` after ``setup("fit")``; ``test``;
         ``holdout`` with ``holdout_root``)."""
@@ -243,6 +265,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
 
     def patients(self, split: str) -> set[str]:
         return self._split(split).patients()
+
+    def frame(self, split: str) -> pd.DataFrame:
+        """The table of ``split``: ``path``, ``label``, ``patient_id``, ``split`` and every
+        attribute the data carries (``pneumonia.data.table``)."""
+        return self._split(split).frame(self.classes, split)
 
     def split_counts(self, split: str) -> list[int]:
         """Images per class, in class-index order."""

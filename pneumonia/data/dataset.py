@@ -16,8 +16,8 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from pneumonia.data.images import BadImageError
-from pneumonia.data.index import labelled_folder
 from pneumonia.data.preprocessing import Preprocessing, as_image
+from pneumonia.data.table import SplitListing
 from pneumonia.data.usable import BadImagePolicy, usable_images
 
 
@@ -94,32 +94,35 @@ def image_loader(
     )
 
 
-def labelled_folder_loader(
-    folder: Path,
-    classes: Sequence[str],
+def labelled_loader(
+    listing: SplitListing,
     preprocessing: Preprocessing,
     *,
+    where: Path,
     cache_dir: Path | None,
     on_bad_image: BadImagePolicy,
     batch_size: int,
     num_workers: int,
     warn: Callable[[str], None],
     tta: bool = False,
-) -> tuple[list[Path], list[int], DataLoader]:
-    """The images of ``folder/<CLASS>/`` (class folders exactly ``classes``), checked under the
-    bad-image policy, decoded (and, with a ``cache_dir``, cached) alone: no training split.
-    With ``tta``, each sample is the image's views (``Preprocessing.tta_transform``).
+) -> tuple[SplitListing, DataLoader]:
+    """Labelled images (a labelled folder, or a table's rows) checked under the bad-image
+    policy, decoded (and, with a ``cache_dir``, cached) alone: no training split. With
+    ``tta``, each sample is the image's views (``Preprocessing.tta_transform``).
+
+    Args:
+        where: the folder the images come from, for the messages.
 
     Returns:
-        The files, their labels (indices into ``classes``) and the evaluation loader.
+        The usable rows, whole (files, labels, attributes), and the evaluation loader.
     """
     usable = usable_images(
-        {"folder": labelled_folder(folder, classes)},
+        {"folder": listing},
         preprocessing,
         cache_dir=cache_dir,
         policy=on_bad_image,
         warn=warn,
-        where=folder,
+        where=where,
     )
     listing = usable.listings["folder"]
     transform = preprocessing.tta_transform if tta else preprocessing.eval_transform
@@ -127,4 +130,4 @@ def labelled_folder_loader(
     loader = image_loader(
         dataset, collate=preprocessing.collate, batch_size=batch_size, num_workers=num_workers
     )
-    return listing.files, listing.labels, loader
+    return listing, loader

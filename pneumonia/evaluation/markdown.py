@@ -47,6 +47,7 @@ def markdown(result: dict[str, Any]) -> str:
     (tn, fp), (fn, tp) = result["confusion_matrix"]
     lines += ["", f"Confusion matrix at {t:.3f}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.", ""]
     lines += _shift_lines(result.get("shift"), conf)
+    lines += _source_lines(result.get("by_source"), conf)
     lines += ["Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `predictions.csv`.", ""]
     return "\n".join(lines)
 
@@ -74,6 +75,20 @@ def _shift_lines(shift: dict[str, Any] | None, conf: str) -> list[str]:
     for name, label in METRIC_LABELS.items():
         cells = [_cells((shift[group] or {}).get(name)) for group in ("in_distribution", "flagged")]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return [*lines, ""]
+
+
+def _source_lines(sources: dict[str, Any] | None, conf: str) -> list[str]:
+    """report.md's section per source, where the images come from several."""
+    if not sources:
+        return []
+    lines = ["## By source", "", f"| source | images | PNEUMONIA | AUROC | {conf} CI | accuracy "
+             f"| {conf} CI | sensitivity | {conf} CI | specificity | {conf} CI |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, group in sources.items():
+        m = group["metrics"]
+        cells = " | ".join(_cells(m[k]) for k in ("auroc", "accuracy", "recall", "specificity"))
+        lines.append(f"| {name} | {group['num_images']} | {group['num_pneumonia']} | {cells} |")
     return [*lines, ""]
 
 

@@ -39,6 +39,27 @@ def shift_report(preds: Predictions, reference: ShiftReference, **bootstrap: Any
     }
 
 
+def by_source(preds: Predictions, **bootstrap: Any) -> dict[str, dict] | None:
+    """Per ``source`` (a table's dataset or site), its images, PNEUMONIA count and metrics with
+    intervals; None where the images come from one source or none names it."""
+    sources = [(a or {}).get("source") for a in preds.attributes or []]
+    names = sorted({str(s) for s in sources if s is not None})
+    if len(names) < 2:
+        return None
+    groups = {}
+    for name in names:
+        group = preds.subset(torch.tensor([str(s) == name for s in sources]))
+        groups[name] = {
+            "num_images": len(group.probs),
+            "num_pneumonia": int(group.targets.sum()),
+            "metrics": _metrics(
+                group.probs.float(), group.targets.long(), group.threshold, ranking=True,
+                **bootstrap,
+            ),
+        }  # fmt: skip
+    return groups
+
+
 def report(
     preds: Predictions,
     *,

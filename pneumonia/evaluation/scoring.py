@@ -12,10 +12,11 @@ import torch
 from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.data import ChestXRayDataModule
 from pneumonia.data.cache import cache_folder
-from pneumonia.data.dataset import labelled_folder_loader
-from pneumonia.data.index import evaluation_folder
+from pneumonia.data.dataset import labelled_loader
+from pneumonia.data.index import evaluation_folder, labelled_folder
+from pneumonia.data.readers import FOLDERS, evaluation_listing
 from pneumonia.errors import InputValueError
-from pneumonia.evaluation.report import report, shift_report
+from pneumonia.evaluation.report import by_source, report, shift_report
 from pneumonia.inference import predict_batches, warn_if_unlike_training
 from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.predictions import Predictions
@@ -27,6 +28,10 @@ SPLITS = ("test", "val", "train", "holdout")
 # Images per batch when evaluating (evaluate.yaml's batch_size mirrors it; a test holds them
 # equal).
 EVALUATE_BATCH_SIZE = 64
+# The DataModule arguments evaluation takes over the training run's (evaluate.yaml's data:);
+# data=nih and the like bring a whole data config, of which only these count.
+EVALUATE_DATA_KEYS = ("root", "cache_dir", "cache", "num_workers", "on_bad_image", "holdout_root",
+                      "table")  # fmt: skip
 
 
 def score(
@@ -42,9 +47,10 @@ def score(
     """The checkpoint's probabilities on labelled images (eval transforms only).
 
     ``test`` is any labelled folder: ``data.root/test/<CLASS>/`` when there is one (the Kaggle
-    layout), else ``data.root/<CLASS>/`` itself; no training folder is needed, and only these
-    images are decoded and cached. ``val``, ``train`` and ``holdout`` are the training run's
-    splits, rebuilt from its data folder.
+    layout), else ``data.root/<CLASS>/`` itself; or, with ``data.table``, a table's test rows
+    (every row where it has none: a collection used whole for external validation). No
+    training folder is needed, and only these images are decoded and cached. ``val``,
+    ``train`` and ``holdout`` are the training run's splits, rebuilt from its data.
 
     Args:
         precision: a resolved precision (``inference.inference_precision``).
@@ -55,17 +61,23 @@ def score(
     if split not in SPLITS:
         raise InputValueError(f"split={split!r}: use {', '.join(SPLITS)}")
     args = {**ckpt.data_args, **{k: v for k, v in (data or {}).items() if v is not None}}
+    if (args.get("table") or {}).get("reader") == FOLDERS:
+        args["table"] = None  # the folder layout, whatever the run read
     if not args.get("root"):
         raise InputValueError(
             f"{ckpt.path} does not record the data folder it was trained on: pass the folder "
             "to evaluate with data.root=..."
         )
     if split == "test":
-        folder = evaluation_folder(Path(args["root"]).expanduser())
-        files, labels, loader = labelled_folder_loader(
-            folder,
-            ckpt.class_names,
+        root = Path(args["root"]).expanduser()
+        if args.get("table"):
+            listing = evaluation_listing(root, args["table"], ckpt.class_names)
+        else:
+            listing = labelled_folder(evaluation_folder(root), ckpt.class_names)
+        listing, loader = labelled_loader(
+            listing,
             ckpt.preprocessing,
+            where=root,
             cache_dir=cache_folder(args.get("cache", True), args.get("cache_dir")),
             on_bad_image=args.get("on_bad_image") or "error",
             batch_size=batch_size,
@@ -83,15 +95,16 @@ def score(
             **{**args, "eval_batch_size": batch_size}, **ckpt.preprocessing.to_dict()
         )
         datamodule.setup("fit")
-        files, labels = datamodule.files(split), datamodule.labels(split)
+        listing = datamodule.listing(split)
         loader = datamodule.eval_dataloader(split, tta=tta)
     probs, shift = predict_batches(ckpt, loader, device=device, precision=precision)
-    targets = (torch.tensor(labels) == ckpt.positive_index).long()
+    targets = (torch.tensor(listing.labels) == ckpt.positive_index).long()
     return Predictions(
         probs,
         targets,
         ckpt.threshold,
-        files=files,
+        files=listing.files,
+        attributes=listing.attribute_rows(),
         shift=shift,
         shift_threshold=ckpt.shift.threshold if ckpt.shift else None,
     )
@@ -131,6 +144,7 @@ def evaluate_checkpoint(
         flagged_share=unlike["share_flagged"] if unlike else None,
     )
     result = report(preds, **bootstrap)
+    result["by_source"] = by_source(preds, **bootstrap)
     root = (data or {}).get("root") or ckpt.data_args.get("root")
     result |= {
         "shift": unlike,

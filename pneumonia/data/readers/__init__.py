@@ -1,0 +1,130 @@
+"""Readers that turn a collection's label files into the table of images
+(:mod:`pneumonia.data.table`), and that table into the splits of a :class:`DataIndex`.
+
+``data.table`` chooses one: ``{reader: manifest | rsna | nih | chexpert | mimic, ...its
+options}``; without it (``null``) the data is the Kaggle folder layout, as ever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pneumonia.data.index import DataIndex, DataLayoutError
+from pneumonia.data.readers import manifest, public
+from pneumonia.data.readers.common import CLASSES, LabelFileError
+from pneumonia.data.table import SplitListing
+from pneumonia.errors import InputValueError
+
+log = logging.getLogger(__name__)
+
+FOLDERS = "folders"  # data.table.reader=folders: the folder layout, as data.table=null
+READERS: dict[str, Callable[..., pd.DataFrame]] = {
+    "manifest": manifest.read,
+    "rsna": public.read_rsna,
+    "nih": public.read_nih,
+    "chexpert": public.read_chexpert,
+    "mimic": public.read_mimic,
+}
+
+
+def table_classes(spec: Mapping[str, Any]) -> list[str]:
+    """The two class names a reader's table uses, sorted as the folder layout sorts them."""
+    if spec.get("reader") == "manifest":
+        names = sorted((spec.get("labels") or manifest.DEFAULT_LABELS).keys())
+        if len(names) != 2:
+            raise InputValueError(
+                f"data.table.labels names the classes {names}; the model is binary: give two."
+            )
+        return names
+    return list(CLASSES)
+
+
+def read_table(root: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
+    """The table of images ``spec`` describes under ``root``.
+
+    Raises:
+        InputValueError: an unknown reader or option; LabelFileError: what the reader refuses.
+    """
+    options = {k: v for k, v in spec.items() if k != "reader"}
+    name = spec.get("reader")
+    if name not in READERS:
+        raise InputValueError(
+            f"data.table.reader={name!r}; valid: {', '.join(READERS)} (or data.table=null for "
+            "the folder layout)"
+        )
+    if not root.is_dir():
+        raise DataLayoutError(f"Data root {root} does not exist (data.root, for data.table={name})")
+    try:
+        return READERS[name](root, **options)
+    except TypeError as e:
+        if "unexpected keyword" not in str(e):
+            raise
+        raise InputValueError(f"data.table: {e} (reader {name})") from e
+
+
+def index_from_table(root: Path, table: pd.DataFrame, classes: Sequence[str]) -> DataIndex:
+    """The splits of a table: rows whose ``split`` says so go there, rows without one into
+    the training pool (``train``), from which validation is carved as for the folder layout.
+
+    Raises:
+        LabelFileError: no row to train on.
+    """
+    split = table["split"] if "split" in table else pd.Series([None] * len(table))
+    split = split.where(split.notna(), "train")
+    splits = {
+        name: SplitListing.from_frame(table[split == name], classes)
+        for name in ("train", "val", "test")
+        if (split == name).any()
+    }
+    if "train" not in splits:
+        raise LabelFileError(
+            f"The table of {root} has no training rows (its split column gives only "
+            f"{sorted(set(split))}). To train, give rows split=train or no split; to score "
+            "a checkpoint on it, use pneumonia-evaluate."
+        )
+    return DataIndex(root, list(classes), splits)
+
+
+def read_index(root: Path, spec: Mapping[str, Any]) -> DataIndex:
+    """``read_table`` and ``index_from_table`` in one, for training."""
+    return index_from_table(root, read_table(root, spec), table_classes(spec))
+
+
+def evaluation_listing(root: Path, spec: Mapping[str, Any], classes: Sequence[str]) -> SplitListing:
+    """The rows to score a checkpoint on: the table's ``test`` rows where it has a split
+    column with test rows, else every row (a collection used whole as an external test).
+    Class names map onto the checkpoint's ``classes`` (case aside).
+
+    Raises:
+        DataLayoutError: the table's classes and the checkpoint's do not match.
+    """
+    table = read_table(root, spec)
+    if "split" in table and table["split"].eq("test").any():
+        log.info("Scoring the %d test rows of the table", int(table["split"].eq("test").sum()))
+        table = table[table["split"].eq("test")]
+    ours = {c.lower(): c for c in classes}
+    theirs = table_classes(spec)
+    if sorted(ours) != sorted(c.lower() for c in theirs):
+        raise DataLayoutError(
+            f"The table's classes {theirs} are not the checkpoint's {list(classes)}: map them "
+            "with data.table.labels (manifest) or evaluate a checkpoint of these classes."
+        )
+    table = table.assign(label=[ours[str(v).lower()] for v in table["label"]])
+    return SplitListing.from_frame(table, list(classes))
+
+
+__all__ = [
+    "FOLDERS",
+    "READERS",
+    "LabelFileError",
+    "evaluation_listing",
+    "index_from_table",
+    "read_index",
+    "read_table",
+    "table_classes",
+]
