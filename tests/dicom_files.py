@@ -3,6 +3,7 @@ interpretations, rescale, window, VOI LUT, RLE compression, and no pixels at all
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,9 @@ def write_dicom(
     ds.Modality = "CR"
     for keyword, value in (("PatientSex", sex), ("PatientAge", age), ("ViewPosition", view)):
         if value is not None:
-            setattr(ds, keyword, value)
+            with warnings.catch_warnings():  # RSNA's ages ("51") lack the unit AS wants
+                warnings.simplefilter("ignore", UserWarning)
+                setattr(ds, keyword, value)
     if pixels is not None:
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel = 1

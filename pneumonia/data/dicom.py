@@ -14,6 +14,7 @@ into its bad-image error.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,9 @@ def dicom_attributes(path: Path) -> dict[str, Any]:
         value = ds.get(keyword)
         return str(value).strip() or None if value is not None else None
 
-    age = text("PatientAge")
+    with warnings.catch_warnings():  # RSNA's ages lack their unit ("51"): read as years
+        warnings.simplefilter("ignore", UserWarning)
+        age = text("PatientAge")
     return {
         "patient_id": text("PatientID"),
         "study_id": text("StudyInstanceUID"),

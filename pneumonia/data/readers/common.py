@@ -7,6 +7,7 @@ and hands it to :func:`finish`, which refuses what cannot be used, with the way 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,20 @@ def class_of(values: Mapping[str, Sequence[Any]]) -> dict[str, str]:
         for value in accepted if isinstance(accepted, (list, tuple)) else [accepted]:
             lookup[normal_text(value)] = name
     return lookup
+
+
+def typed(table: pd.DataFrame, ids: Iterable[str]) -> pd.DataFrame:
+    """Identifier columns as text (a patient ``007`` stays ``007``, and parquet's integers
+    become text), every other column that is all numbers as numbers (``age``)."""
+    table = table.copy()
+    for column in table.columns:
+        values = table[column]
+        if column in ids:
+            table[column] = [None if pd.isna(v) else normal_text(v) for v in values]
+        elif not pd.api.types.is_numeric_dtype(values):
+            with contextlib.suppress(ValueError, TypeError):
+                table[column] = pd.to_numeric(values)
+    return table
 
 
 def normal_text(value: Any) -> str:

@@ -21,6 +21,7 @@ from pneumonia.data.readers.common import (
     normal_text,
     read_label_file,
     require_columns,
+    typed,
 )
 
 FIELDS = ("path", "label", "patient_id", "study_id", "split", "source")
@@ -66,7 +67,7 @@ def read(
     require_columns(raw, given.values(), path, fix)
     table = raw.rename(columns={column: field for field, column in given.items()})
     others = [c for c in raw.columns if c not in given.values()]
-    table = table[[*given, *others]]
+    table = typed(table[[*given, *others]], ("patient_id", "study_id", "split", "source"))
     table = _labelled(table, labels or DEFAULT_LABELS, path)
     base = root / image_dir if image_dir else root
     table["path"] = [str(p if Path(p).is_absolute() else base / p) for p in table["path"]]
