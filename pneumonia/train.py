@@ -21,7 +21,6 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import add_to_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
-from pneumonia.data.index import find_split_dirs
 from pneumonia.files import write_text
 from pneumonia.metrics import confusion_matrix
 from pneumonia.resume import check_resumable, link_resumed_run, say_how_to_resume
@@ -83,8 +82,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    if not datamodule.synthetic:
-        find_split_dirs(datamodule.root)  # fail before building a model when there is no data
+    if not datamodule.synthetic:  # (demo data is generated once, by rank 0, in prepare_data)
+        datamodule.listed()  # fail before building a model when the data is not there
     choice = resolve_precision(cfg.trainer.precision, resolve_device(cfg.trainer.accelerator))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     checks = cfg.get("checks") or {}

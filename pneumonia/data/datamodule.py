@@ -142,6 +142,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         )
         self.eval_transform = self.preprocessing.eval_transform
         self.collate = self.preprocessing.collate
+        self._listed: DataIndex | None = None
         self._index: DataIndex | None = None
         self._splits: dict[str, SplitListing] = {}
         # path -> pixels: "root" for every split of the data root, "holdout" for that folder
@@ -169,15 +170,26 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self._decoders[source] = usable.decode
         return usable.listings
 
+    def listed(self) -> DataIndex:
+        """What the data holds, listed (nothing decoded yet): a wrong layout or label file
+        fails here, before any model is built.
+
+        Raises:
+            DataLayoutError: the folder layout or the label file is not what it should be.
+        """
+        if self._listed is None:
+            if self.table is not None:
+                self._listed = read_index(self.root, self.table)
+            else:
+                if self.synthetic:
+                    ensure_synthetic_dataset(self.root)
+                self._listed = DataIndex.scan(self.root, self.chosen_classes)
+        return self._listed
+
     def _scan(self) -> DataIndex:
         if self._index is not None:
             return self._index
-        if self.table is not None:
-            index = read_index(self.root, self.table)
-        else:
-            if self.synthetic:
-                ensure_synthetic_dataset(self.root)
-            index = DataIndex.scan(self.root, self.chosen_classes)
+        index = self.listed()
         if is_synthetic(self.root) and rank_zero_only.rank == 0:
             log.warning(SYNTHETIC_WARNING, self.root)
         usable = self._usable(index.splits, self.root, source="root", cache=self.use_cache)
