@@ -49,7 +49,7 @@ def test_changed_data_or_resolution_never_reads_a_stale_cache(
     tiny_copy: Path, tmp_path: Path
 ) -> None:
     make_dm(tiny_copy, tmp_path).setup("fit")
-    caches = lambda: {p.name for p in (tmp_path / "cache").iterdir()}  # noqa: E731
+    caches = lambda: {p.name for p in (tmp_path / "cache").glob("[!.]*")}  # noqa: E731
     assert len(caches()) == 1
     make_dm(tiny_copy, tmp_path, resize_size=48).setup("fit")
     assert len(caches()) == 2
@@ -98,7 +98,7 @@ def test_another_interpolation_gets_its_own_cache(tiny_root: Path, tmp_path: Pat
     bicubic.setup("fit")
     nearest = make_dm(tiny_root, tmp_path, interpolation="nearest")
     nearest.setup("fit")
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(list((tmp_path / "cache").glob("[!.]*"))) == 2  # .locks/ aside
     assert not torch.equal(_all_eval_tensors(bicubic), _all_eval_tensors(nearest))
 
 
@@ -121,7 +121,7 @@ def test_the_default_cache_folder_follows_the_environment(
 def test_a_damaged_cache_is_rebuilt_not_read(tiny_root: Path, tmp_path: Path, damage: str):
     """A cache cut short after it was built (a full disk, a copy that stopped) is rebuilt."""
     make_dm(tiny_root, tmp_path).setup("fit")
-    (folder,) = (tmp_path / "cache").iterdir()
+    (folder,) = (tmp_path / "cache").glob("[!.]*")
     target = folder / damage
     target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
     dm = make_dm(tiny_root, tmp_path)
@@ -129,3 +129,70 @@ def test_a_damaged_cache_is_rebuilt_not_read(tiny_root: Path, tmp_path: Path, da
     fresh = make_dm(tiny_root, tmp_path, cache=False)
     fresh.setup("fit")
     assert torch.equal(_all_eval_tensors(dm), _all_eval_tensors(fresh))
+
+
+def _cache_contents(directory: Path) -> tuple:
+    from pneumonia.data.cache import DecodedImageCache
+
+    cache = DecodedImageCache(directory)
+    pixels = (directory / "pixels.u8").read_bytes()
+    return cache.files, cache.bad, cache.hashes(), np.load(directory / "index.npy").tolist(), pixels
+
+
+def test_an_interrupted_build_resumes_without_decoding_finished_images(
+    tiny_copy: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import pneumonia.data.cache as cache_module
+    from pneumonia.data.cache import DecodedImageCache
+    from pneumonia.data.preprocessing import Preprocessing
+
+    monkeypatch.setattr(cache_module, "BUILD_CHUNK", 4)
+    _break_some(tiny_copy)  # bad images are part of what resumes
+    files = sorted(tiny_copy.rglob("*.jpeg"))
+    prep = Preprocessing(resize_size=40, crop_size=32)
+    calls: list[Path] = []
+
+    def stops_after_ten(path: Path) -> np.ndarray:  # a closure: decoded in threads
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        calls.append(path)
+        return prep.decode(path)
+
+    build = dict(settings=prep.decode_settings(), cache_dir=tmp_path / "a", num_threads=1)
+    with pytest.raises(KeyboardInterrupt):
+        DecodedImageCache.open_or_build(files, decode=stops_after_ten, **build)
+    assert not list((tmp_path / "a").glob("[!.]*"))  # no cache a reader could take as whole
+
+    calls.clear()
+    resumed = DecodedImageCache.open_or_build(files, decode=lambda p: calls.append(p) or
+                                              prep.decode(p), **build)  # fmt: skip
+    assert len(calls) == len(files) - 8  # two whole chunks of 4 were kept
+    whole = DecodedImageCache.open_or_build(
+        files, decode=prep.decode, settings=prep.decode_settings(), cache_dir=tmp_path / "b"
+    )
+    assert _cache_contents(resumed.directory) == _cache_contents(whole.directory)
+    assert len(resumed.bad) == 3
+
+
+def test_a_second_setup_takes_the_leak_checks_hashes_from_the_cache(
+    tiny_copy: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import shutil
+
+    import pneumonia.data.leakage as leakage_module
+
+    source = sorted((tiny_copy / "train" / "NORMAL").glob("*.jpeg"))[0]
+    shutil.copy(source, tiny_copy / "test" / "NORMAL" / "copy_of_a_training_image.jpeg")
+    first = make_dm(tiny_copy, tmp_path)
+    with pytest.warns(UserWarning, match="identical image"):
+        first.setup()
+
+    def no_hashing(path):
+        raise AssertionError(f"hashed {path} again although the cache knows it")
+
+    monkeypatch.setattr(leakage_module, "content_hash", no_hashing)
+    second = make_dm(tiny_copy, tmp_path)
+    with pytest.warns(UserWarning, match="identical image"):
+        second.setup()
+    assert second.leakage == first.leakage
+    assert any(leak["identical_images"] for leak in second.leakage)

@@ -148,6 +148,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         # path -> pixels: "root" for every split of the data root, "holdout" for that folder
         self._decoders: dict[str, Callable[[Path], np.ndarray]] = {}
         self._skipped: dict[str, str] = {}
+        self._hashes: dict[str, str] = {}  # resolved path -> content hash, from the cache
 
     # ----------------------------------------------------------------- scanning & validation
     def prepare_data(self) -> None:
@@ -167,6 +168,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
             where=where,
         )
         self._skipped |= usable.skipped
+        self._hashes |= usable.hashes
         self._decoders[source] = usable.decode
         return usable.listings
 
@@ -217,6 +219,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
                 on_leak=self.hparams.on_leak,
                 warn=rank_zero_warn,
                 info=rank_zero_info,
+                hashes=self._hashes,
             )
             self._splits |= splits
         if stage in (None, "test", "predict") and "test" in listings:

@@ -10,7 +10,6 @@ compared by patient).
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pneumonia.data.cache import content_hash
 from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
 from pneumonia.runtime import decode_threads
@@ -29,14 +29,6 @@ EXAMPLES = 5
 
 class LeakageError(InputValueError):
     """Images or patients on both sides of a split, under ``data.on_leak=error``."""
-
-
-def content_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -82,18 +74,29 @@ class Leak:
 
 
 def find_leaks(
-    splits: Mapping[str, SplitListing | Sequence[Path]], pairs: Sequence[tuple[str, str]]
+    splits: Mapping[str, SplitListing | Sequence[Path]],
+    pairs: Sequence[tuple[str, str]],
+    hashes: Mapping[str, str] | None = None,
 ) -> list[Leak]:
     """The duplicates and shared patients of each ``(first, second)`` pair of ``splits``
-    (listings, whose patient ids are their table's or their file names'; or plain files)."""
+    (listings, whose patient ids are their table's or their file names'; or plain files).
+
+    Args:
+        hashes: resolved path -> content hash, already known (the decoded-image cache's);
+            the other files are read and hashed here.
+    """
     splits = {
         name: s if isinstance(s, SplitListing) else SplitListing(list(s), [0] * len(s))
         for name, s in splits.items()
     }
     names = {n for pair in pairs for n in pair if n in splits}
     files = sorted({f for n in names for f in splits[n].files})
+    known = hashes or {}
+    resolved = {f: str(f.resolve()) for f in files}
+    missing = [f for f in files if resolved[f] not in known]
     with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
-        hashes = dict(zip(files, pool.map(content_hash, files), strict=True))
+        read = dict(zip(missing, pool.map(content_hash, missing), strict=True))
+    hashes = {f: read[f] if f in read else known[resolved[f]] for f in files}
     leaks = []
     for first, second in pairs:
         if first not in splits or second not in splits:
@@ -132,6 +135,7 @@ def check_leaks(
     test: SplitListing | None,
     policy: LeakPolicy,
     warn: Callable[[str], None],
+    hashes: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, SplitListing], list[dict[str, Any]]]:
     """Find the leaks of :data:`PAIRS` and apply ``data.on_leak`` to them.
 
@@ -143,7 +147,7 @@ def check_leaks(
         LeakageError: under ``error``, with counts and examples and the way out.
     """
     compared = dict(splits) | ({"test": test} if test is not None else {})
-    leaks = [leak for leak in find_leaks(compared, PAIRS) if leak]
+    leaks = [leak for leak in find_leaks(compared, PAIRS, hashes) if leak]
     report = [leak.to_dict() for leak in leaks]
     if not leaks:
         return splits, report

@@ -122,12 +122,13 @@ def training_splits(
     on_leak: LeakPolicy,
     warn: Callable[[str], None],
     info: Callable[[str], None],
+    hashes: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, SplitListing], list[dict[str, Any]]]:
     """The splits a training run fits on, from the data root's listings and a holdout folder.
 
     Every patient of the holdout folder leaves the pool first; then :func:`fit_splits` makes
     train and val, and ``check_leaks`` looks for images and patients shared with val, test or
-    the holdout (applying ``on_leak``).
+    the holdout (applying ``on_leak``), with the content ``hashes`` already known.
 
     Returns:
         ``train``, ``val`` (and ``holdout``), and the leak check's records.
@@ -152,7 +153,7 @@ def training_splits(
     if holdout is not None:
         splits["holdout"] = holdout
     test = listings.get("test")
-    splits, leakage = check_leaks(splits, test, on_leak, warn)
+    splits, leakage = check_leaks(splits, test, on_leak, warn, hashes)
     for name, n in zip(classes, splits["train"].counts(len(classes)), strict=True):
         if n == 0:
             raise InputValueError(f"The training split has no {name} images after the split.")

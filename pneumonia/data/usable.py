@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +38,7 @@ class UsableImages:
     listings: dict[str, SplitListing]
     decode: Callable[[Path], np.ndarray]  # path -> (H, W) uint8 at the preprocessing's size
     skipped: dict[str, str]  # resolved path -> why, under on_bad_image=skip
+    hashes: dict[str, str] = field(default_factory=dict)  # resolved path -> content hash
 
 
 def usable_images(
@@ -71,11 +72,12 @@ def usable_images(
             settings=preprocessing.decode_settings(),
             cache_dir=cache_dir,
         )
-        bad, decode = dict(cache.bad), cache.get
+        bad, decode, hashes = dict(cache.bad), cache.get, cache.hashes()
     else:
         bad, decode = verify_images(files, preprocessing.decode), preprocessing.decode
+        hashes = {}
     if not bad:
-        return UsableImages(dict(listings), decode, {})
+        return UsableImages(dict(listings), decode, {}, hashes)
     lines = "\n".join(f"  {path}: {reason}" for path, reason in sorted(bad.items()))
     if policy == "error":
         raise BadImagesError(
@@ -84,7 +86,7 @@ def usable_images(
         )
     warn(f"Skipping {len(bad)} unusable image files (data.on_bad_image=skip):\n{lines}")
     kept = {name: _without(listing, bad) for name, listing in listings.items()}
-    return UsableImages(kept, decode, bad)
+    return UsableImages(kept, decode, bad, hashes)
 
 
 def _without(listing: SplitListing, bad: Mapping[str, str]) -> SplitListing:
