@@ -117,3 +117,16 @@ def test_the_header_gives_patient_study_sex_age_and_view(tmp_path: Path) -> None
     months = write_dicom(tmp_path / "m.dcm", RAMP12, age="018M")
     assert dicom_attributes(months)["age"] == 1.5
     assert dicom_attributes(months)["view"] is None
+
+
+def test_jpeg2000_decodes_where_the_codec_is_installed(tmp_path: Path) -> None:
+    pytest.importorskip("openjpeg", reason='the dicom extra: pip install "pneumonia[dicom]"')
+    from pydicom.uid import JPEG2000Lossless
+
+    ramp = np.tile(RAMP12[:1], (64, 1))  # J2K's default levels need more than 8 rows
+    plain_path = write_dicom(tmp_path / "p.dcm", ramp)
+    ds = pydicom.dcmread(plain_path)
+    ds.compress(JPEG2000Lossless)
+    ds.save_as(tmp_path / "j2k.dcm")
+    assert pydicom.dcmread(tmp_path / "j2k.dcm").file_meta.TransferSyntaxUID == JPEG2000Lossless
+    np.testing.assert_array_equal(load_gray(tmp_path / "j2k.dcm"), load_gray(plain_path))

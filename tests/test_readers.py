@@ -212,3 +212,23 @@ def test_an_unknown_reader_or_option_names_the_valid_ones(tmp_path: Path) -> Non
         read_table(root, {"reader": "nih", "other_findings": "maybe"})
     with pytest.raises(InputValueError, match="unexpected keyword"):
         read_table(root, {"reader": "nih", "uncertain": "drop"})
+
+
+def test_a_label_file_with_three_classes_trains_on_the_two_chosen(tmp_path: Path, caplog):
+    from pneumonia.errors import InputValueError
+
+    root = hospital_copy(tmp_path / "hospital")
+    labels = pd.read_csv(root / "labels.csv")
+    labels.loc[labels["mrn"].isin(["H000", "H003"]), "finding"] = "covid"
+    labels.to_csv(root / "labels.csv", index=False)
+    three = {**HOSPITAL_TABLE, "labels": {"NORMAL": ["no"], "PNEUMONIA": ["yes"],
+                                          "COVID": ["covid"]}}  # fmt: skip
+    with pytest.raises(InputValueError, match=r"binary: choose two with data.classes"):
+        datamodule(root, three, tmp_path).setup("fit")
+    dm = datamodule(root, three, tmp_path, classes=["PNEUMONIA", "NORMAL"])
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert "Leaving out 4 rows of the classes ['COVID']" in caplog.text
+    assert dm.classes == ["NORMAL", "PNEUMONIA"]
+    kept = set(dm.frame("train")["patient_id"]) | set(dm.frame("val")["patient_id"])
+    assert kept == set(labels["mrn"]) - {"H000", "H003"}

@@ -57,7 +57,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
       No horizontal flip by default: a chest is not mirror-symmetric.
     - ``holdout_root``: a labelled folder kept out of training: its patients leave the train
       and val pool, and its images form the ``holdout`` split, read from their own files.
-    - ``classes``: the two class folders to use where ``train/`` holds more.
+    - ``classes``: the two class folders to use where ``train/`` holds more (or the two
+      classes of a label file that names more).
     - ``table``: ``{reader: manifest | rsna | nih | chexpert | mimic, ...}``
       (:mod:`pneumonia.data.readers`); None reads the folder layout.
     - ``on_bad_image`` (``error`` | ``skip``) and ``on_leak`` (``warn`` | ``error`` |
@@ -121,11 +122,6 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.synthetic = synthetic
         self.chosen_classes = list(classes) if classes is not None else None
         self.table = dict(table) if table and table.get("reader") != FOLDERS else None
-        if self.table is not None and classes is not None:
-            raise InputValueError(
-                "data.classes chooses class folders of the folder layout; with data.table the "
-                "classes are the reader's (data.table.labels for a manifest)."
-            )
         self.leakage: list[dict] = []  # what the leak check found, for the run's outputs
         self.holdout_root = Path(holdout_root).expanduser() if holdout_root else None
         if self.holdout_root is not None:
@@ -181,7 +177,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         """
         if self._listed is None:
             if self.table is not None:
-                self._listed = read_index(self.root, self.table)
+                self._listed = read_index(self.root, self.table, self.chosen_classes)
             else:
                 if self.synthetic:
                     ensure_synthetic_dataset(self.root)
@@ -233,7 +229,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         if self._index is not None:
             return self._index.classes
         if self.table is not None:
-            return table_classes(self.table)
+            return table_classes(self.table, self.chosen_classes)
         return class_names(find_split_dirs(self.root)["train"], self.chosen_classes)
 
     @property

@@ -32,15 +32,34 @@ READERS: dict[str, Callable[..., pd.DataFrame]] = {
 }
 
 
-def table_classes(spec: Mapping[str, Any]) -> list[str]:
-    """The two class names a reader's table uses, sorted as the folder layout sorts them."""
-    if spec.get("reader") == "manifest":
-        names = sorted((spec.get("labels") or manifest.DEFAULT_LABELS).keys())
-        if len(names) != 2:
+def table_classes(spec: Mapping[str, Any], chosen: Sequence[str] | None = None) -> list[str]:
+    """The two class names of a reader's table, sorted as the folder layout sorts them.
+
+    Args:
+        chosen: ``data.classes``: the two to use where a label file names more.
+
+    Raises:
+        InputValueError: other than two classes and no choice, or a choice not among them.
+    """
+    names = _all_classes(spec)
+    if chosen is not None:
+        if len(set(chosen)) != 2 or not set(chosen) <= set(names):
             raise InputValueError(
-                f"data.table.labels names the classes {names}; the model is binary: give two."
+                f"data.classes={list(chosen)} must name two of the table's classes {names}."
             )
-        return names
+        return sorted(chosen)
+    if len(names) != 2:
+        raise InputValueError(
+            f"data.table.labels names the classes {names}, but the model is binary: choose two "
+            "with data.classes=[NORMAL,PNEUMONIA] (the other rows are left out, and counted in "
+            "the log), or map several values onto one class."
+        )
+    return names
+
+
+def _all_classes(spec: Mapping[str, Any]) -> list[str]:
+    if spec.get("reader") == "manifest":
+        return sorted((spec.get("labels") or manifest.DEFAULT_LABELS).keys())
     return list(CLASSES)
 
 
@@ -74,6 +93,7 @@ def index_from_table(root: Path, table: pd.DataFrame, classes: Sequence[str]) ->
     Raises:
         LabelFileError: no row to train on.
     """
+    table = table.reset_index(drop=True)
     split = table["split"] if "split" in table else pd.Series([None] * len(table))
     split = split.where(split.notna(), "train")
     splits = {
@@ -90,9 +110,23 @@ def index_from_table(root: Path, table: pd.DataFrame, classes: Sequence[str]) ->
     return DataIndex(root, list(classes), splits)
 
 
-def read_index(root: Path, spec: Mapping[str, Any]) -> DataIndex:
-    """``read_table`` and ``index_from_table`` in one, for training."""
-    return index_from_table(root, read_table(root, spec), table_classes(spec))
+def read_index(
+    root: Path, spec: Mapping[str, Any], chosen: Sequence[str] | None = None
+) -> DataIndex:
+    """``read_table`` and ``index_from_table`` in one, for training; with ``chosen``
+    (``data.classes``), only the rows of those two classes."""
+    classes = table_classes(spec, chosen)
+    table = read_table(root, spec)
+    keep = table["label"].isin(classes)
+    if not keep.all():
+        log.warning(
+            "Leaving out %d rows of the classes %s (data.classes=%s)",
+            int((~keep).sum()),
+            sorted(set(table["label"][~keep])),
+            classes,
+        )
+        table = table[keep]
+    return index_from_table(root, table, classes)
 
 
 def evaluation_listing(root: Path, spec: Mapping[str, Any], classes: Sequence[str]) -> SplitListing:
@@ -108,13 +142,17 @@ def evaluation_listing(root: Path, spec: Mapping[str, Any], classes: Sequence[st
         log.info("Scoring the %d test rows of the table", int(table["split"].eq("test").sum()))
         table = table[table["split"].eq("test")]
     ours = {c.lower(): c for c in classes}
-    theirs = table_classes(spec)
-    if sorted(ours) != sorted(c.lower() for c in theirs):
+    theirs = _all_classes(spec)
+    if not set(ours) <= {c.lower() for c in theirs}:
         raise DataLayoutError(
             f"The table's classes {theirs} are not the checkpoint's {list(classes)}: map them "
             "with data.table.labels (manifest) or evaluate a checkpoint of these classes."
         )
-    table = table.assign(label=[ours[str(v).lower()] for v in table["label"]])
+    keep = table["label"].str.lower().isin(set(ours))
+    if not keep.all():
+        log.warning("Leaving out %d rows of other classes than the checkpoint's %s",
+                    int((~keep).sum()), list(classes))  # fmt: skip
+    table = table[keep].assign(label=[ours[str(v).lower()] for v in table["label"][keep]])
     return SplitListing.from_frame(table, list(classes))
 
 
