@@ -196,3 +196,33 @@ def test_a_second_setup_takes_the_leak_checks_hashes_from_the_cache(
         second.setup()
     assert second.leakage == first.leakage
     assert any(leak["identical_images"] for leak in second.leakage)
+
+
+def test_worker_processes_build_the_same_cache_as_one_thread(
+    tiny_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import pneumonia.data.cache as cache_module
+    from pneumonia.data.cache import DecodedImageCache
+    from pneumonia.data.preprocessing import Preprocessing
+
+    started = []
+
+    class CountedPool(cache_module.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs.get("max_workers"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "ProcessPoolExecutor", CountedPool)
+    monkeypatch.setattr(cache_module, "PROCESS_MIN_IMAGES", 0)  # processes even for a few
+    files = sorted(tiny_root.rglob("*.jpeg"))
+    prep = Preprocessing(resize_size=40, crop_size=32)
+    build = dict(decode=prep.decode, settings=prep.decode_settings())
+    two = DecodedImageCache.open_or_build(
+        files, **build, cache_dir=tmp_path / "processes", num_threads=2
+    )
+    assert started == [2]  # the Preprocessing's decode went to two worker processes
+    one = DecodedImageCache.open_or_build(
+        files, **build, cache_dir=tmp_path / "thread", num_threads=1
+    )
+    assert started == [2]
+    assert _cache_contents(two.directory) == _cache_contents(one.directory)

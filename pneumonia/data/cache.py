@@ -166,7 +166,8 @@ class DecodedImageCache:
             if build.done:
                 log.info("Resuming the decoded-image cache at image %d of %d", build.done,
                          len(files))  # fmt: skip
-            with _decoders(decode, workers) as run, tqdm(
+            processes = len(files) - build.done >= PROCESS_MIN_IMAGES
+            with _decoders(decode, workers, processes=processes) as run, tqdm(
                 total=len(files), initial=build.done, desc="Caching images", unit="img"
             ) as bar:  # fmt: skip
                 for start in range(build.done, len(files), BUILD_CHUNK):
@@ -186,6 +187,8 @@ class DecodedImageCache:
 
 # Images decoded per step of a build: what an interruption can lose, and what is in memory.
 BUILD_CHUNK = 512
+# Fewer images than this decode in threads: starting worker processes costs more than it saves.
+PROCESS_MIN_IMAGES = 2048
 
 
 def content_hash(path: Path) -> str:
@@ -210,12 +213,12 @@ def _decode_one(decode: Callable[[Path], np.ndarray], path: Path) -> tuple[str, 
 
 
 @contextlib.contextmanager
-def _decoders(decode: Callable[[Path], np.ndarray], workers: int):
-    """``run(paths) -> [(hash, pixels or reason)]``, in order: worker processes where
+def _decoders(decode: Callable[[Path], np.ndarray], workers: int, *, processes: bool = True):
+    """``run(paths) -> [(hash, pixels or reason)]``, in order: worker processes where asked,
     ``decode`` pickles (a Preprocessing's ``decode`` does) and there are cores for them,
     else threads (Pillow releases the GIL while it decodes)."""
     job = functools.partial(_decode_one, decode)
-    processes = workers > 1 and "fork" in mp.get_all_start_methods()
+    processes = processes and workers > 1 and "fork" in mp.get_all_start_methods()
     if processes:
         try:
             pickle.dumps(job)
