@@ -38,11 +38,15 @@ def rows(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_training_on_a_label_file_and_evaluating_its_splits(tmp_path: Path) -> None:
     root = hospital_copy(tmp_path / "hospital", n_patients=16)
-    metrics = train(compose_train_cfg(tmp_path, root, *HOSPITAL, "data.val_fraction=0.25"))
+    cfg = compose_train_cfg(
+        tmp_path, root, *HOSPITAL, "data.val_fraction=0.25", "checks.degraded=false",
+        "checks.resamples=100",
+    )  # fmt: skip
+    metrics = train(cfg)
     ckpt = load_checkpoint(metrics["best_model_path"])
     assert ckpt.data_args["table"]["columns"]["label"] == "finding"  # the run's table, kept
     # val is rebuilt from the label file the run read: the same images, in the same split
-    result = evaluate(compose_eval(tmp_path, ckpt.path, "split=val"))
+    result = evaluate(compose_eval(tmp_path, ckpt.path, "split=val", "bootstrap.resamples=50"))
     assert result["num_images"] == metrics["checks"]["val"]["num_images"]
     table = rows(tmp_path / "eval" / "predictions.csv")
     labels = pd.read_csv(root / "labels.csv").assign(path=lambda t: str(root) + "/" + t["file"])
