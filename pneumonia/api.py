@@ -26,6 +26,7 @@ from PIL import Image
 
 from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.config import compose
+from pneumonia.data.readers import FOLDERS
 from pneumonia.decision import Decision
 from pneumonia.errors import InputValueError
 from pneumonia.evaluation import EVALUATE_BATCH_SIZE, evaluate_checkpoint
@@ -223,7 +224,11 @@ class Classifier:
             tta=tta,
             prior_shift=prior_shift,
             batch_size=batch_size,
-            data={"root": str(folder) if folder is not None else None, "table": table},
+            data={
+                "root": str(folder) if folder is not None else None,
+                # a folder without a table is a labelled folder, whatever the run read
+                "table": table if table or folder is None else {"reader": FOLDERS},
+            },
             resamples=resamples,
         )
         return result, _table(preds.rows(self.class_names, self.ckpt.positive_index))

@@ -226,3 +226,19 @@ def test_worker_processes_build_the_same_cache_as_one_thread(
     )
     assert started == [2]
     assert _cache_contents(two.directory) == _cache_contents(one.directory)
+
+
+def test_a_build_stopped_before_its_last_rename_is_taken_as_it_is(
+    tiny_root: Path, tmp_path: Path
+) -> None:
+    from pneumonia.data.cache import DecodedImageCache
+    from pneumonia.data.preprocessing import Preprocessing
+
+    files = sorted(tiny_root.rglob("*.jpeg"))
+    prep = Preprocessing(resize_size=40, crop_size=32)
+    build = dict(settings=prep.decode_settings(), cache_dir=tmp_path)
+    built = DecodedImageCache.open_or_build(files, decode=prep.decode, **build)
+    before = _cache_contents(built.directory)
+    built.directory.rename(tmp_path / f".partial-{built.directory.name}")  # stopped just there
+    again = DecodedImageCache.open_or_build(files, decode=_no_decoding, **build)
+    assert _cache_contents(again.directory) == before

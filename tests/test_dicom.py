@@ -130,3 +130,12 @@ def test_jpeg2000_decodes_where_the_codec_is_installed(tmp_path: Path) -> None:
     ds.save_as(tmp_path / "j2k.dcm")
     assert pydicom.dcmread(tmp_path / "j2k.dcm").file_meta.TransferSyntaxUID == JPEG2000Lossless
     np.testing.assert_array_equal(load_gray(tmp_path / "j2k.dcm"), load_gray(plain_path))
+
+
+def test_the_voi_lut_maps_the_rescaled_values(tmp_path: Path) -> None:
+    lut = [min(65535, (i * 97) % 65536) for i in range(4096)]
+    # rescaled = stored + 100; the LUT's first entry maps the value 100
+    gray = load_gray(
+        write_dicom(tmp_path / "v.dcm", RAMP12, rescale=(1.0, 100.0), voi_lut=(lut, 100))
+    )
+    np.testing.assert_array_equal(gray, by_hand(np.array(lut)[RAMP12] / 65535))

@@ -169,15 +169,24 @@ def test_nih_findings_split_and_nested_image_folders(tmp_path: Path, version: st
     assert effusion["label"].tolist() == ["NORMAL"]
 
 
-@pytest.mark.parametrize(("uncertain", "kept"), [("drop", 5), ("positive", 7), ("negative", 7)])
-def test_chexpert_uncertain_labels_follow_the_stated_policy(
-    tmp_path: Path, uncertain: str, kept: int
+@pytest.mark.parametrize(
+    ("uncertain", "blank", "kept"),
+    [
+        ("drop", "drop", 5),
+        ("positive", "drop", 6),
+        ("negative", "drop", 6),
+        ("drop", "negative", 6),
+    ],
+)
+def test_chexpert_uncertain_and_blank_labels_follow_the_stated_policies(
+    tmp_path: Path, uncertain: str, blank: str, kept: int
 ) -> None:
     root = chexpert_copy(tmp_path)
-    table = read_table(root, {"reader": "chexpert", "uncertain": uncertain})
+    table = read_table(root, {"reader": "chexpert", "uncertain": uncertain, "blank": blank})
     assert len(table) == kept  # the lateral is never there
     assert "LATERAL" not in set(table["view"])
-    rows = {f"patient{p:05d}/study{s}/{v}": r for r in CHEXPERT_ROWS for (_, p, s, v) in [r[:4]]}
+    rows = {f"patient{r[1]:05d}/study{r[2]}/{r[3]}": r for r in CHEXPERT_ROWS}
+    policy = {"positive": "PNEUMONIA", "negative": "NORMAL"}
     for _, row in table.iterrows():
         key = "/".join(Path(row["path"]).with_suffix("").parts[-3:])
         split, patient, study, _, sex, age, _, view, clear, pneumonia = rows[key]
@@ -186,8 +195,10 @@ def test_chexpert_uncertain_labels_follow_the_stated_policy(
         assert row["split"] == ("val" if split == "valid" else "train")
         if pneumonia in ("1.0", "0.0") or clear == "1.0":
             assert row["label"] == ("PNEUMONIA" if pneumonia == "1.0" else "NORMAL")
-        else:
-            assert row["label"] == {"positive": "PNEUMONIA", "negative": "NORMAL"}[uncertain]
+        elif pneumonia == "-1.0":
+            assert row["label"] == policy[uncertain]
+        else:  # not mentioned, and other findings: never PNEUMONIA
+            assert row["label"] == policy[blank] == "NORMAL"
 
 
 def test_mimic_joins_study_labels_to_images_and_the_official_split(tmp_path: Path) -> None:
@@ -232,3 +243,47 @@ def test_a_label_file_with_three_classes_trains_on_the_two_chosen(tmp_path: Path
     assert dm.classes == ["NORMAL", "PNEUMONIA"]
     kept = set(dm.frame("train")["patient_id"]) | set(dm.frame("val")["patient_id"])
     assert kept == set(labels["mrn"]) - {"H000", "H003"}
+
+
+def test_blank_split_cells_join_training_and_ids_keep_their_zeros(tmp_path: Path) -> None:
+    root = hospital_copy(tmp_path / "hospital")
+    labels = pd.read_csv(root / "labels.csv", dtype=str)
+    labels["mrn"] = ["007" if m == "H007" else "7" if m == "H008" else m for m in labels["mrn"]]
+    labels["split"] = ["test" if m == "H011" else "" for m in labels["mrn"]]
+    labels.to_csv(root / "labels.csv", index=False)
+    table = {**HOSPITAL_TABLE, "columns": {**HOSPITAL_TABLE["columns"], "split": "split"}}
+    dm = datamodule(root, table, tmp_path)
+    dm.setup()
+    assert set(dm.frame("test")["patient_id"]) == {"H011"}
+    pool = pd.concat([dm.frame("train"), dm.frame("val")])
+    assert len(pool) == len(labels) - 2  # the blank cells: the training pool
+    assert {"007", "7"} <= set(pool["patient_id"])  # two patients, not one
+
+
+def test_rows_without_a_patient_id_are_each_their_own_patient(tmp_path: Path) -> None:
+    from tests.collection_copies import picture
+
+    root = tmp_path / "export"
+    rows = ["file,finding"]
+    for k in range(12):  # every file is called image.png, as exports often are
+        picture(root / f"study{k:02d}" / "image.png", k)
+        rows.append(f"study{k:02d}/image.png,{'yes' if k % 2 else 'no'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    table = {**HOSPITAL_TABLE, "columns": {"path": "file", "label": "finding"}}
+    dm = datamodule(root, table, tmp_path, val_fraction=0.25)
+    dm.setup("fit")
+    # round(0.25 * 6) = 2 of each class in val; not all 12 files on one side as "one patient"
+    assert (len(dm.frame("train")), len(dm.frame("val"))) == (8, 4)
+    assert len(dm.patients("train")) == 8
+
+
+def test_an_image_without_a_view_is_kept_and_counted(tmp_path: Path, caplog) -> None:
+    from tests.collection_copies import dicom_picture
+
+    root = rsna_copy(tmp_path / "rsna")
+    pid = next(iter(RSNA_IMAGES))
+    dicom_picture(root / "stage_2_train_images" / f"{pid}.dcm", 0, patient_id=pid)  # no view
+    with caplog.at_level(logging.WARNING):
+        table = read_table(root, {"reader": "rsna"})
+    assert pid in set(table["image_id"])
+    assert "1 images have no view position; kept" in caplog.text

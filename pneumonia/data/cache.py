@@ -24,6 +24,8 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
+import sys
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -128,7 +130,10 @@ class DecodedImageCache:
         if (directory / _META).is_file():
             try:
                 cache = cls(directory)
-                if (directory / _PIXELS).stat().st_size == int(cache._index[:, 1:].prod(1).sum()):
+                whole = (directory / _PIXELS).stat().st_size == int(
+                    cache._index[:, 1:].prod(1).sum()
+                ) and len(cache.hashes()) == len(cache.files)
+                if whole:
                     log.info("Reading decoded images from cache %s", directory)
                     return cache
             except (OSError, ValueError, KeyError) as e:  # damaged since it was built
@@ -158,31 +163,48 @@ class DecodedImageCache:
         ``decode`` can be sent to them, resuming a build that was interrupted, one builder at a
         time (the others wait, then read what it built)."""
         directory.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(directory.parent / ".locks" / f"{directory.name}.lock"):
+        with _exclusive(directory.parent / ".locks" / f"{directory.name}.lock") as locked:
             if (directory / _META).is_file():
                 return  # built by another process (a DDP rank, a second run) while we waited
-            partial = directory.parent / f".partial-{directory.name}"
+            # Without a lock, builders could meet in one partial folder: each gets its own,
+            # and an interrupted build starts over.
+            suffix = "" if locked else f"-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            partial = directory.parent / f".partial-{directory.name}{suffix}"
             build = _PartialBuild(partial, len(files))
-            if build.done:
-                log.info("Resuming the decoded-image cache at image %d of %d", build.done,
-                         len(files))  # fmt: skip
-            processes = len(files) - build.done >= PROCESS_MIN_IMAGES
-            with _decoders(decode, workers, processes=processes) as run, tqdm(
-                total=len(files), initial=build.done, desc="Caching images", unit="img"
-            ) as bar:  # fmt: skip
-                for start in range(build.done, len(files), BUILD_CHUNK):
-                    chunk = files[start : start + BUILD_CHUNK]
-                    build.append(chunk, run(chunk))  # one chunk in memory at a time
-                    bar.update(len(chunk))
-            meta = {
-                "version": CACHE_VERSION,
-                "settings": settings,
-                "files": [str(f) for f in files],
-                "bad": build.bad(files),
-            }
-            build.finish(meta)
-            partial.rename(directory)  # atomic: readers never see a half-written cache
+            if not build.complete:
+                _decode_into(build, files, decode, workers)
+                build.finish(
+                    {
+                        "version": CACHE_VERSION,
+                        "settings": settings,
+                        "files": [str(f) for f in files],
+                        "bad": build.bad(files),
+                    }
+                )
+            try:
+                partial.rename(directory)  # atomic: readers never see a half-written cache
+            except OSError:
+                if locked or not (directory / _META).is_file():
+                    raise
+                shutil.rmtree(partial)  # an unlocked builder finished the same cache first
         log.info("Cached %d images (%.1f MB) in %s", len(files), build.end / 1e6, directory)
+
+
+def _decode_into(
+    build: _PartialBuild, files: list[Path], decode: Callable[[Path], np.ndarray], workers: int
+) -> None:
+    """Decode the files ``build`` has not done yet, a chunk at a time, with progress."""
+    if build.done:
+        log.info("Resuming the decoded-image cache at image %d of %d", build.done, len(files))
+    processes = len(files) - build.done >= PROCESS_MIN_IMAGES
+    with (
+        _decoders(decode, workers, processes=processes) as run,
+        tqdm(total=len(files), initial=build.done, desc="Caching images", unit="img") as bar,
+    ):
+        for start in range(build.done, len(files), BUILD_CHUNK):
+            chunk = files[start : start + BUILD_CHUNK]
+            build.append(chunk, run(chunk))  # one chunk in memory at a time
+            bar.update(len(chunk))
 
 
 # Images decoded per step of a build: what an interruption can lose, and what is in memory.
@@ -218,7 +240,8 @@ def _decoders(decode: Callable[[Path], np.ndarray], workers: int, *, processes: 
     ``decode`` pickles (a Preprocessing's ``decode`` does) and there are cores for them,
     else threads (Pillow releases the GIL while it decodes)."""
     job = functools.partial(_decode_one, decode)
-    processes = processes and workers > 1 and "fork" in mp.get_all_start_methods()
+    # fork only on Linux: on macOS it is unsafe once torch (or Objective-C) has started
+    processes = processes and workers > 1 and sys.platform.startswith("linux")
     if processes:
         try:
             pickle.dumps(job)
@@ -234,16 +257,18 @@ def _decoders(decode: Callable[[Path], np.ndarray], workers: int, *, processes: 
 
 @contextlib.contextmanager
 def _exclusive(lock: Path):
-    """Hold an exclusive lock on ``lock`` (flock: released if the holder dies)."""
+    """Hold an exclusive lock on ``lock`` (flock: released if the holder dies); yields
+    whether it is held (False without flock: Windows, some network file systems)."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as handle:
         try:
             import fcntl
 
             fcntl.flock(handle, fcntl.LOCK_EX)
-        except (ImportError, OSError):  # no flock (Windows, some network file systems)
-            pass
-        yield
+        except (ImportError, OSError):
+            yield False
+        else:
+            yield True
 
 
 class _PartialBuild:
@@ -259,6 +284,10 @@ class _PartialBuild:
     def __init__(self, folder: Path, total: int):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        self.complete = (folder / _META).is_file()  # finished, only the rename was missed
+        if self.complete:
+            self.done, self.end = total, (folder / _PIXELS).stat().st_size
+            return
         rows = folder / "index.part"
         size = rows.stat().st_size if rows.exists() else 0
         self.done = min(size // self.ROW, total)
@@ -291,6 +320,9 @@ class _PartialBuild:
             f.write("".join(h + "\n" for h in hashes))
         with open(self.folder / "bad.part", "a") as f:
             f.write("".join(b + "\n" for b in bad))
+        # On disk before the rows that vouch for them (a power cut must not leave rows
+        # pointing past the pixels).
+        _sync(self.folder / _PIXELS, self.folder / "hashes.part", self.folder / "bad.part")
         with open(self.folder / "index.part", "ab") as f:  # last: the mark of a whole chunk
             f.write(np.asarray(rows, dtype=np.int64).tobytes())
         self.done += len(files)
@@ -300,12 +332,23 @@ class _PartialBuild:
         return {str(files[int(i)]): reason for i, _, reason in entries}
 
     def finish(self, meta: dict[str, Any]) -> None:
+        """The cache's own files, written beside the parts; ``meta.json`` last marks it whole
+        (an interruption before that resumes from the parts, which are still there)."""
+        if self.complete:
+            return
         index = np.fromfile(self.folder / "index.part", dtype=np.int64).reshape(-1, 3)
         np.save(self.folder / _INDEX, index)
-        (self.folder / "hashes.part").rename(self.folder / _HASHES)
-        (self.folder / _META).write_text(json.dumps(meta))  # last: the cache is whole
-        for name in ("index.part", "bad.part"):
+        shutil.copyfile(self.folder / "hashes.part", self.folder / _HASHES)
+        _sync(self.folder / _PIXELS, self.folder / _INDEX, self.folder / _HASHES)
+        (self.folder / _META).write_text(json.dumps(meta))
+        for name in ("index.part", "bad.part", "hashes.part"):
             (self.folder / name).unlink()
+
+
+def _sync(*paths: Path) -> None:
+    for path in paths:
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
 
 
 def _cut(path: Path, size: int) -> None:

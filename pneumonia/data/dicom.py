@@ -78,15 +78,16 @@ def _window(values: np.ndarray, ds: Any) -> np.ndarray | None:
     return np.clip((values - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5, 0.0, 1.0)
 
 
-def _voi_lut(stored: np.ndarray, ds: Any) -> np.ndarray | None:
-    """The file's VOI LUT applied, as [0, 1], or None without one."""
+def _voi_lut(values: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The file's VOI LUT applied to the modality LUT's output, as [0, 1], or None without
+    one."""
     if "VOILUTSequence" not in ds or not len(ds.VOILUTSequence):
         return None
     from pydicom.pixels import apply_voi
 
     item = ds.VOILUTSequence[0]
     bits = int(item.LUTDescriptor[2])
-    return np.clip(apply_voi(stored, ds).astype(np.float64) / (2**bits - 1), 0.0, 1.0)
+    return np.clip(apply_voi(values, ds).astype(np.float64) / (2**bits - 1), 0.0, 1.0)
 
 
 def _stored_range(ds: Any) -> tuple[float, float]:
@@ -144,7 +145,7 @@ def read_dicom_gray(path: Path, max_pixels: int) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    scaled = _voi_lut(stored, ds)
+    scaled = _voi_lut(values, ds)
     if scaled is None:
         scaled = _window(values, ds)
     if scaled is None:

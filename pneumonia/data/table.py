@@ -62,15 +62,18 @@ class SplitListing:
 
     @property
     def patient_ids(self) -> list[str]:
-        """Each image's patient: the table's ``patient_id`` where it gives one, else the id in
-        a Kermany file name (a name without one is its own patient)."""
+        """Each image's patient: the table's ``patient_id`` where it gives one; in the folder
+        layout, the id in a Kermany file name (a name without one is its own patient)."""
         given = (
             self.attributes["patient_id"].tolist()
             if self.attributes is not None and "patient_id" in self.attributes
             else [None] * len(self.files)
         )
+        # A table row without an id is its own patient, by its whole path (files of a hospital
+        # export are often all named image.dcm); the folder layout keeps Kermany's names.
+        fallback = patient_id if self.attributes is None else (lambda f: f"file:{f}")
         return [
-            str(p) if p is not None and not pd.isna(p) and str(p) != "" else patient_id(f)
+            str(p) if p is not None and not pd.isna(p) and str(p) != "" else fallback(f)
             for f, p in zip(self.files, given, strict=True)
         ]
 

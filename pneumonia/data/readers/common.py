@@ -118,8 +118,9 @@ def check_splits(table: pd.DataFrame, where: Path) -> None:
     """
     if "split" not in table:
         return
-    table["split"] = [split_name(v) for v in table["split"]]
-    unknown = sorted({v for v in table["split"] if v not in (None, "train", "val", "test")})
+    table["split"] = pd.Series([split_name(v) for v in table["split"]], dtype=object)
+    given = [v for v in table["split"] if v is not None and not pd.isna(v)]
+    unknown = sorted({v for v in given if v not in ("train", "val", "test")})
     if unknown:
         raise LabelFileError(
             f"{where} gives the splits {unknown}; known: train, val (valid, validation), "
@@ -169,17 +170,28 @@ def class_of(values: Mapping[str, Sequence[Any]]) -> dict[str, str]:
 
 
 def typed(table: pd.DataFrame, ids: Iterable[str]) -> pd.DataFrame:
-    """Identifier columns as text (a patient ``007`` stays ``007``, and parquet's integers
-    become text), every other column that is all numbers as numbers (``age``)."""
+    """Identifier columns (and ``path``, ``label``) as text: a patient ``007`` stays ``007``,
+    parquet's integers become text; every other column that is all numbers as numbers
+    (``age``)."""
     table = table.copy()
     for column in table.columns:
         values = table[column]
         if column in ids:
-            table[column] = [None if pd.isna(v) else normal_text(v) for v in values]
-        elif not pd.api.types.is_numeric_dtype(values):
+            table[column] = [None if pd.isna(v) else id_text(v) for v in values]
+        elif column not in ("path", "label") and not pd.api.types.is_numeric_dtype(values):
             with contextlib.suppress(ValueError, TypeError):
                 table[column] = pd.to_numeric(values)
     return table
+
+
+def id_text(value: Any) -> str:
+    """An identifier cell as text: text as given (stripped; ``007`` stays), a number from a
+    typed file (parquet) without a trailing ``.0``."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def normal_text(value: Any) -> str:

@@ -27,12 +27,14 @@ from pneumonia.data.readers.common import (
     read_label_file,
     require_columns,
 )
+from pneumonia.data.table import split_name
 from pneumonia.errors import InputValueError
 
 log = logging.getLogger(__name__)
 
 FRONTAL = ("PA", "AP")
 UNCERTAIN_POLICIES = ("drop", "positive", "negative")
+BLANK_POLICIES = ("drop", "negative")
 
 
 def _policy(name: str, value: str, valid: Sequence[str]) -> None:
@@ -52,7 +54,11 @@ def _views(table: pd.DataFrame, views: Sequence[str] | None, where: Path) -> pd.
     if views is None or "view" not in table:
         return table
     wanted = {v.upper() for v in views}
-    keep = table["view"].fillna("").astype(str).str.upper().isin(wanted)
+    known = table["view"].notna() & table["view"].astype(str).str.strip().ne("")
+    unknown = int((~known).sum())
+    if unknown:  # kept: an unreadable file is then reported as a bad image, not dropped here
+        log.warning("%s: %d images have no view position; kept", where, unknown)
+    keep = ~known | table["view"].astype(str).str.strip().str.upper().isin(wanted)
     return _left_out(table, keep, f"view not in data.table.views={list(views)}", where)
 
 
@@ -107,6 +113,7 @@ NIH_COLUMNS = {
     "Patient ID": "patient_id",
     "Patient Age": "age",
     "Patient Gender": "sex",
+    "Patient Sex": "sex",
     "View Position": "view",
     "Follow-up #": "follow_up",
 }
@@ -154,7 +161,7 @@ def read_nih(
         "Is this Data_Entry_2017_v2020.csv?",
     )
     table = raw.rename(columns=NIH_COLUMNS)
-    table = table[[c for c in NIH_COLUMNS.values() if c in table]]
+    table = table[[c for c in dict.fromkeys(NIH_COLUMNS.values()) if c in table]]
     findings = table["findings"].fillna("").str.split("|")
     pneumonia = findings.apply(lambda f: "Pneumonia" in f)
     clear = findings.apply(lambda f: f == ["No Finding"])
@@ -189,9 +196,9 @@ def _nih_split(root: Path, names: pd.Series) -> list[str | None]:
 
 
 # ------------------------------------------------------------------------ CheXpert, MIMIC
-def _chexpert_label(value: object, no_finding: object, uncertain: str) -> str | None:
-    """CheXpert's ``Pneumonia`` cell: 1 PNEUMONIA, 0 NORMAL; -1 (uncertain) and blank follow
-    ``uncertain``, except a blank where "No Finding" is 1, which is NORMAL."""
+def _chexpert_label(value: object, no_finding: object, uncertain: str, blank: str) -> str | None:
+    """CheXpert's ``Pneumonia`` cell: 1 PNEUMONIA, 0 NORMAL, -1 (uncertain) as ``uncertain``
+    says; a blank (not mentioned) is NORMAL where "No Finding" is 1, else as ``blank`` says."""
     text = "" if pd.isna(value) else str(value).strip()
     number = float(text) if text else None
     if number == 1.0:
@@ -202,19 +209,21 @@ def _chexpert_label(value: object, no_finding: object, uncertain: str) -> str | 
         return "NORMAL"
     if number not in (None, -1.0):
         raise LabelFileError(f"a Pneumonia label of {text!r}: CheXpert's are 1, 0, -1 or blank")
-    return {"drop": None, "positive": "PNEUMONIA", "negative": "NORMAL"}[uncertain]
+    policy = uncertain if number == -1.0 else blank
+    return {"drop": None, "positive": "PNEUMONIA", "negative": "NORMAL"}[policy]
 
 
-def _with_labels(table: pd.DataFrame, uncertain: str, where: Path) -> pd.DataFrame:
+def _with_labels(table: pd.DataFrame, uncertain: str, blank: str, where: Path) -> pd.DataFrame:
+    _policy("uncertain", uncertain, UNCERTAIN_POLICIES)
+    _policy("blank", blank, BLANK_POLICIES)
     no_finding = table["No Finding"] if "No Finding" in table else [None] * len(table)
     labels = [
-        _chexpert_label(v, n, uncertain)
+        _chexpert_label(v, n, uncertain, blank)
         for v, n in zip(table["Pneumonia"], no_finding, strict=True)
     ]
     table = table.assign(label=labels)
-    return _left_out(
-        table, table["label"].notna(), "uncertain or blank Pneumonia (uncertain=drop)", where
-    )
+    why = f"Pneumonia uncertain (uncertain={uncertain}) or blank (blank={blank})"
+    return _left_out(table, table["label"].notna(), why, where)
 
 
 def read_chexpert(
@@ -222,18 +231,24 @@ def read_chexpert(
     *,
     files: Sequence[str] = ("train.csv", "valid.csv"),
     uncertain: str = "drop",
+    blank: str = "drop",
     views: Sequence[str] | None = FRONTAL,
 ) -> pd.DataFrame:
-    """CheXpert (``CheXpert-v1.0`` or ``-small``): ``train.csv`` is the training pool and
-    ``valid.csv`` the validation split; patient and study from the path."""
-    _policy("uncertain", uncertain, UNCERTAIN_POLICIES)
+    """CheXpert (``CheXpert-v1.0`` or ``-small``): ``train.csv`` is the training pool,
+    ``valid.csv`` the validation split (a ``test*.csv`` the test split); patient and study
+    from the path."""
     parts = []
     for name in files:
         where = root / name
+        split = split_name(Path(name).name.split(".")[0].split("_")[0])
+        if split not in ("train", "val", "test"):
+            raise InputValueError(
+                f"data.table.files: cannot tell the split of {name} (train*, valid*, test*)"
+            )
         raw = read_label_file(where, "CheXpert label file")
         require_columns(raw, ("Path", "Pneumonia"), where, "Is this CheXpert's train.csv?")
-        part = _with_labels(raw, uncertain, where)
-        part["split"] = "val" if name.startswith("valid") else "train"
+        part = _with_labels(raw, uncertain, blank, where)
+        part["split"] = split
         parts.append(part)
     table = pd.concat(parts, ignore_index=True)
     ids = table["Path"].str.extract(r"(patient\d+)/(study\d+)")
@@ -287,12 +302,12 @@ def read_mimic(
     root: Path,
     *,
     uncertain: str = "drop",
+    blank: str = "drop",
     views: Sequence[str] | None = FRONTAL,
 ) -> pd.DataFrame:
     """MIMIC-CXR-JPG: study labels (chexpert file) joined to each image's metadata
     (``ViewPosition``) and the official split (train / validate / test); images at
     ``files/pNN/p<subject>/s<study>/<dicom_id>.jpg``."""
-    _policy("uncertain", uncertain, UNCERTAIN_POLICIES)
     paths = {k: _mimic_file(root, v) for k, v in MIMIC_FILES.items()}
     labels = read_label_file(paths["labels"], "MIMIC-CXR chexpert label file")
     require_columns(labels, ("subject_id", "study_id", "Pneumonia"), paths["labels"], "")
@@ -302,7 +317,7 @@ def read_mimic(
     )
     split = read_label_file(paths["split"], "MIMIC-CXR split file")
     require_columns(split, ("dicom_id", "split"), paths["split"], "")
-    labels = _with_labels(labels, uncertain, paths["labels"])
+    labels = _with_labels(labels, uncertain, blank, paths["labels"])
     images = meta.merge(
         labels[["subject_id", "study_id", "label"]], on=["subject_id", "study_id"], how="inner"
     )
