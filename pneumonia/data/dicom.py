@@ -87,7 +87,8 @@ def _voi_lut(values: np.ndarray, ds: Any) -> np.ndarray | None:
 
     item = ds.VOILUTSequence[0]
     bits = int(item.LUTDescriptor[2])
-    return np.clip(apply_voi(values, ds).astype(np.float64) / (2**bits - 1), 0.0, 1.0)
+    entries = np.rint(values).astype(np.int64)  # a lookup table is indexed by whole values
+    return np.clip(apply_voi(entries, ds).astype(np.float64) / (2**bits - 1), 0.0, 1.0)
 
 
 def _stored_range(ds: Any) -> tuple[float, float]:
