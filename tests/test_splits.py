@@ -70,3 +70,47 @@ def test_patient_split_rejects_bad_fraction() -> None:
     files, labels = _kermany_like(6)
     with pytest.raises(ValueError, match="val_fraction"):
         patient_split(files, labels, fraction=1.0, seed=0)
+
+
+def test_patient_folds_cover_every_patient_once_stratified_and_seeded() -> None:
+    from collections import Counter
+
+    from pneumonia.data.splits import patient_folds
+
+    files, labels = _kermany_like()
+    patients = [patient_id(f) for f in files]
+    fold_of = patient_folds(labels, patients, folds=5, seed=3)
+    per_patient = {}
+    for p, f in zip(patients, fold_of, strict=True):
+        assert per_patient.setdefault(p, f) == f  # a patient's images share one fold
+    assert set(fold_of) == set(range(5))  # every fold used; every image has exactly one
+    for cls in set(labels):  # stratified: each fold's share of a class within one patient's images
+        counts = Counter(f for f, y in zip(fold_of, labels, strict=True) if y == cls)
+        largest_patient = max(Counter(p for p, y in zip(patients, labels, strict=True)
+                                      if y == cls).values())  # fmt: skip
+        assert max(counts.values()) - min(counts.values()) <= largest_patient
+    assert patient_folds(labels, patients, folds=5, seed=3) == fold_of
+    assert patient_folds(labels, patients, folds=5, seed=4) != fold_of
+
+
+def test_k_fold_through_the_datamodule_keeps_test_images_out(tiny_root: Path, tmp_path: Path):
+    from pneumonia.data import ChestXRayDataModule
+    from pneumonia.errors import InputValueError
+
+    def module(fold: int) -> ChestXRayDataModule:
+        dm = ChestXRayDataModule(tiny_root, cache_dir=tmp_path / "cache", folds=3, fold=fold,
+                                 resize_size=40, crop_size=32, num_workers=0)  # fmt: skip
+        dm.setup()
+        return dm
+
+    modules = [module(k) for k in range(3)]
+    vals = [set(dm.files("val")) for dm in modules]
+    pool = set(modules[0].files("train")) | vals[0]
+    assert set().union(*vals) == pool  # the folds cover the pool
+    assert sum(len(v) for v in vals) == len(pool)  # each image in exactly one fold
+    for dm, val in zip(modules, vals, strict=True):
+        assert set(dm.files("train")) == pool - val
+        assert not dm.patients("train") & dm.patients("val")
+        assert not pool & set(dm.files("test"))  # test images never enter a fold
+    with pytest.raises(InputValueError, match="fold from 0 to folds - 1"):
+        ChestXRayDataModule(tiny_root, folds=3, fold=3)

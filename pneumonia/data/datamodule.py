@@ -59,6 +59,9 @@ class ChestXRayDataModule(pl.LightningDataModule):
       and val pool, and its images form the ``holdout`` split, read from their own files.
     - ``classes``: the two class folders to use where ``train/`` holds more (or the two
       classes of a label file that names more).
+    - ``folds``/``fold``: patient-grouped stratified k-fold of the pooled train (and val)
+      images; fold ``fold`` validates (``-m data.fold=range(K)`` is the cross-validation).
+      Test images and the holdout's patients never enter a fold.
     - ``table``: ``{reader: manifest | rsna | nih | chexpert | mimic, ...}``
       (:mod:`pneumonia.data.readers`); None reads the folder layout.
     - ``on_bad_image`` (``error`` | ``skip``) and ``on_leak`` (``warn`` | ``error`` |
@@ -97,6 +100,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
         classes: Sequence[str] | None = None,
         on_leak: LeakPolicy = "warn",
         table: dict[str, Any] | None = None,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__()
         for key, value, valid in (
@@ -106,6 +111,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
         ):
             if value not in valid:
                 raise InputValueError(f"data.{key}={value!r}; valid: {', '.join(valid)}")
+        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
+            raise InputValueError(
+                f"data.folds={folds} data.fold={fold}: use folds >= 2 and a fold from 0 to "
+                "folds - 1"
+            )
         # The preprocessing is saved once, as its own record (the model stores it); the
         # machine's settings (cache folder, workers) are no property of the run.
         self.save_hyperparameters(
@@ -216,6 +226,8 @@ class ChestXRayDataModule(pl.LightningDataModule):
                 warn=rank_zero_warn,
                 info=rank_zero_info,
                 hashes=self._hashes,
+                folds=self.hparams.folds,
+                fold=self.hparams.fold,
             )
             self._splits |= splits
         if stage in (None, "test", "predict") and "test" in listings:

@@ -77,6 +77,39 @@ def patient_split(
     return train, sorted(val_set)
 
 
+def patient_folds(
+    labels: Sequence[int], patients: Sequence[str], *, folds: int, seed: int
+) -> list[int]:
+    """Each image's fold, 0..``folds``-1: disjoint by patient, every patient in exactly one,
+    stratified (per class, patients assigned to their majority class are dealt out in hashed
+    order to the fold with the fewest images of that class so far).
+
+    Raises:
+        InputValueError: fewer than 2 folds, or fewer patients than folds.
+    """
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, group in enumerate(patients):
+        members[group].append(i)
+    if folds < 2 or folds > len(members):
+        raise InputValueError(
+            f"data.folds={folds}: k-fold needs at least 2 folds and at most one per patient "
+            f"({len(members)} patients here)."
+        )
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for group, idx in members.items():
+        majority = Counter(labels[i] for i in idx).most_common(1)[0][0]
+        by_class[majority].append(group)
+    fold_of = [0] * len(labels)
+    for cls in sorted(by_class):
+        sizes = [0] * folds
+        for group in sorted(by_class[cls], key=lambda g: _rank(seed, g)):
+            target = min(range(folds), key=lambda f: (sizes[f], f))
+            for i in members[group]:
+                fold_of[i] = target
+            sizes[target] += len(members[group])
+    return fold_of
+
+
 def fit_splits(
     train: SplitListing,
     val: SplitListing | None,
@@ -85,12 +118,27 @@ def fit_splits(
     fraction: float,
     seed: int,
     warn: Callable[[str], None],
+    folds: int | None = None,
+    fold: int = 0,
 ) -> dict[str, SplitListing]:
     """The training and validation splits from the ``train/`` (and ``val/``) folders.
 
     ``patient`` pools both folders and carves a patient-grouped ``fraction``; ``official``
-    keeps ``val/`` as it is (warning when it is too small to select a model on).
+    keeps ``val/`` as it is (warning when it is too small to select a model on). With
+    ``folds``, both folders are pooled and fold ``fold`` of a patient-grouped, stratified
+    k-fold (:func:`patient_folds`) is the validation split.
     """
+    if folds is not None:
+        if not 0 <= fold < folds:
+            raise InputValueError(
+                f"data.fold={fold}: must be 0 to {folds - 1} (data.folds={folds})"
+            )
+        pool = train + val if val is not None else train
+        of = patient_folds(pool.labels, pool.patient_ids, folds=folds, seed=seed)
+        return {
+            "train": pool.take([i for i, f in enumerate(of) if f != fold]),
+            "val": pool.take([i for i, f in enumerate(of) if f == fold]),
+        }
     if val_split == "official" and val is not None:
         if len(val.files) < OFFICIAL_VAL_MIN:
             warn(
@@ -123,6 +171,8 @@ def training_splits(
     warn: Callable[[str], None],
     info: Callable[[str], None],
     hashes: Mapping[str, str] | None = None,
+    folds: int | None = None,
+    fold: int = 0,
 ) -> tuple[dict[str, SplitListing], list[dict[str, Any]]]:
     """The splits a training run fits on, from the data root's listings and a holdout folder.
 
@@ -148,7 +198,14 @@ def training_splits(
             )
         pool = kept
     splits = fit_splits(
-        pool["train"], pool["val"], val_split=val_split, fraction=fraction, seed=seed, warn=warn
+        pool["train"],
+        pool["val"],
+        val_split=val_split,
+        fraction=fraction,
+        seed=seed,
+        warn=warn,
+        folds=folds,
+        fold=fold,
     )
     if holdout is not None:
         splits["holdout"] = holdout
