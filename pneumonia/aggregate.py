@@ -1,0 +1,84 @@
+"""``pneumonia-aggregate <sweep folder>``: one table of a sweep's jobs (folds, seeds,
+settings), each metric as mean, standard deviation and a 95% t-interval over the jobs of one
+setting (``pneumonia.aggregation`` does the work).
+
+Writes ``aggregate.md``, ``aggregate.csv`` and ``aggregate.json`` into the sweep folder (or
+``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pneumonia.aggregation import CONFIDENCE, aggregate
+from pneumonia.errors import InputNotFoundError
+from pneumonia.files import write_text
+
+log = logging.getLogger(__name__)
+# What aggregate.md shows by default (aggregate.csv has every number of metrics.json).
+SHOWN = ("val/", "test/", "checks.")
+
+
+def markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> str:
+    conf = f"{result['confidence']:.0%}"
+    lines = [f"# Aggregate of `{result['folder']}`", ""]
+    if result["unfinished"]:
+        lines += [f"{len(result['unfinished'])} job(s) without metrics.json, left out: "
+                  + ", ".join(f"`{j}`" for j in result["unfinished"]), ""]  # fmt: skip
+    for group in result["groups"]:
+        setting = ", ".join(f"`{k}={v}`" for k, v in group["setting"].items()) or "all jobs"
+        lines += [f"## {setting}", "", f"{len(group['jobs'])} job(s).", "",
+                  f"| metric | n | mean | std | {conf} CI |", "|---|---|---|---|---|"]  # fmt: skip
+        for name, m in group["metrics"].items():
+            if name.startswith(tuple(shown)):
+                lines.append(f"| {name} | {m['n']} | {m['mean']:.4f} | {m['std']:.4f} | "
+                             f"{m['ci_low']:.4f} - {m['ci_high']:.4f} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def table(result: dict[str, Any]) -> str:
+    keys = sorted({k for g in result["groups"] for k in g["setting"]})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*keys, "metric", "n", "mean", "std", "ci_low", "ci_high"])
+    for group in result["groups"]:
+        for name, m in group["metrics"].items():
+            writer.writerow([*(group["setting"].get(k, "") for k in keys), name, m["n"],
+                             m["mean"], m["std"], m["ci_low"], m["ci_high"]])  # fmt: skip
+    return out.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pneumonia-aggregate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("folder", type=Path, help="a sweep (multirun) folder")
+    parser.add_argument("--out", type=Path, help="where to write (default: the sweep folder)")
+    parser.add_argument("--confidence", type=float, default=CONFIDENCE)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = aggregate(args.folder, args.confidence)
+    except InputNotFoundError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    out = args.out or args.folder
+    write_text(out / "aggregate.json", json.dumps(result, indent=2) + "\n")
+    write_text(out / "aggregate.csv", table(result))
+    page = markdown(result)
+    write_text(out / "aggregate.md", page)
+    log.info("%s\nWritten: %s", page, out / "aggregate.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

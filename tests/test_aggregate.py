@@ -1,0 +1,92 @@
+"""pneumonia-aggregate: a sweep's jobs grouped by setting (fold and seed aside), each metric's
+mean, standard deviation and t-interval checked against a hand computation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pneumonia.aggregation import aggregate
+from pneumonia.errors import InputNotFoundError
+
+# Two-sided 95% Student t quantile with 2 degrees of freedom (any table)
+T_975_DF2 = 4.302652729911275
+
+
+def job(folder: Path, overrides: list[str], metrics: dict | None) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def sweep(tmp_path: Path) -> tuple[Path, dict]:
+    """2 learning rates x 3 folds, seeds differing too; one job that did not finish."""
+    root = tmp_path / "sweep"
+    aurocs = {"1e-3": [0.90, 0.94, 0.95], "1e-4": [0.80, 0.86, 0.83]}
+    k = 0
+    for lr, values in aurocs.items():
+        for fold, auroc in enumerate(values):
+            metrics = {"val/auroc": auroc, "checks": {"holdout": {"auroc": auroc - 0.1,
+                       "num_images": 180}}, "best_model_path": "x.ckpt", "tuned": True}  # fmt: skip
+            job(root / str(k), [f"model.lr={lr}", f"data.fold={fold}", f"seed={fold}",
+                                "data.folds=3"], metrics)  # fmt: skip
+            k += 1
+    job(root / str(k), ["model.lr=1e-5", "data.fold=0", "seed=0", "data.folds=3"], None)
+    return root, aurocs
+
+
+def hand(values: list[float]) -> tuple[float, float, float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T_975_DF2 * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def test_jobs_group_by_setting_and_each_metric_matches_a_hand_computation(tmp_path: Path):
+    root, aurocs = sweep(tmp_path)
+    result = aggregate(root)
+    assert result["unfinished"] == [str(root / "6")]
+    assert [g["setting"] for g in result["groups"]] == [{"model.lr": "1e-3"}, {"model.lr": "1e-4"}]
+    for group in result["groups"]:
+        values = aurocs[group["setting"]["model.lr"]]
+        summary = group["metrics"]["val/auroc"]
+        mean, std, low, high = hand(values)
+        assert summary["n"] == 3
+        assert summary["mean"] == pytest.approx(mean)
+        assert summary["std"] == pytest.approx(std)
+        assert (summary["ci_low"], summary["ci_high"]) == pytest.approx((low, high))
+        nested = group["metrics"]["checks.holdout.auroc"]  # nested numbers, flattened
+        assert nested["mean"] == pytest.approx(mean - 0.1)
+        assert "tuned" not in group["metrics"]  # a boolean is not a metric
+        assert "best_model_path" not in group["metrics"]
+
+
+def test_the_command_writes_the_tables_and_refuses_an_empty_folder(tmp_path: Path) -> None:
+    root, aurocs = sweep(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "pneumonia.aggregate", str(root)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    page = (root / "aggregate.md").read_text()
+    assert "## `model.lr=1e-3`" in page
+    assert "left out" in page  # the unfinished job is named
+    with open(root / "aggregate.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "val/auroc"]
+    assert {r["model.lr"]: float(r["mean"]) for r in rows} == pytest.approx(
+        {lr: hand(v)[0] for lr, v in aurocs.items()}
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputNotFoundError, match="No finished job"):
+        aggregate(tmp_path / "empty")
+    empty = subprocess.run([sys.executable, "-m", "pneumonia.aggregate", str(tmp_path / "empty")],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert empty.returncode == 1
+    assert "No finished job" in empty.stderr
