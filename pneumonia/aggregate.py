@@ -42,6 +42,18 @@ def markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> str:
                 lines.append(f"| {name} | {m['n']} | {m['mean']:.4f} | {m['std']:.4f} | "
                              f"{m['ci_low']:.4f} - {m['ci_high']:.4f} |")  # fmt: skip
         lines.append("")
+        oof = group.get("out_of_fold")
+        if oof:
+            lines += ["Out of fold (each image scored by the fold that did not train on it):", ""]
+            for seed, s in oof["seeds"].items():
+                (tn, fp), (fn, tp) = s["confusion_matrix"]
+                lines.append(f"- seed {seed or '-'}: {s['num_images']} images, AUROC "
+                             f"{s['auroc']:.4f}; at the stored thresholds TN {tn}, FP {fp}, "
+                             f"FN {fn}, TP {tp}")  # fmt: skip
+            a = oof["auroc"]
+            lines += [f"- AUROC over {a['n']} seed(s): {a['mean']:.4f} ({conf} CI "
+                      f"{a['ci_low']:.4f} - {a['ci_high']:.4f})", ""]  # fmt: skip
+        lines += [f"![{name}]({name})" for name in group.get("figures", [])] + [""]
     return "\n".join(lines)
 
 
@@ -67,11 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = aggregate(args.folder, args.confidence)
+        out = args.out or args.folder
+        result = aggregate(args.folder, args.confidence, figures=out)
     except InputNotFoundError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
-    out = args.out or args.folder
     write_text(out / "aggregate.json", json.dumps(result, indent=2) + "\n")
     write_text(out / "aggregate.csv", table(result))
     page = markdown(result)

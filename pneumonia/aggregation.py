@@ -1,5 +1,6 @@
 """One answer from many runs: the jobs of a sweep (folds, seeds, settings) grouped by the
-settings that vary, each metric as mean, standard deviation and a 95% t-interval over the jobs.
+settings that vary, each metric as mean, standard deviation and a 95% t-interval over the jobs;
+for a k-fold, the folds' validation predictions pooled into one out-of-fold set per seed.
 
 A job is a folder holding ``metrics.json`` and Hydra's ``.hydra/overrides.yaml``. Jobs that
 differ only in the fold and the seed are repeats of one setting: they form one group.
@@ -15,9 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import torch
 import yaml
+from torchmetrics.functional.classification import binary_auroc
 
-from pneumonia.errors import InputNotFoundError
+from pneumonia.errors import InputNotFoundError, InputValueError
+from pneumonia.predictions import VAL_PREDICTIONS
 
 # Overrides that repeat a setting rather than change it.
 REPEATS = ("data.fold", "seed", "data.seed")
@@ -127,19 +132,102 @@ def group_jobs(jobs: Iterable[Job], repeats: Sequence[str] = REPEATS) -> list[Gr
     return list(groups.values())
 
 
-def aggregate(folder: Path, confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """The sweep under ``folder``: its groups, each with its jobs and metric summaries."""
-    jobs, unfinished = read_jobs(folder)
+def pooled_folds(group: Group) -> dict[str, pd.DataFrame]:
+    """Per seed, the k-fold jobs' ``val_predictions.csv`` pooled: every image's out-of-fold
+    prediction once. Empty where the group is no k-fold or its jobs wrote no predictions.
+
+    Raises:
+        InputValueError: an image in the validation folds of two jobs of one seed (not a
+            k-fold of one pool).
+    """
+    by_seed: dict[str, list[pd.DataFrame]] = {}
+    for job in group.jobs:
+        rows = job.folder / VAL_PREDICTIONS
+        if "data.fold" not in job.overrides or not rows.is_file():
+            continue
+        seed = job.overrides.get("seed", job.overrides.get("data.seed", ""))
+        by_seed.setdefault(seed, []).append(pd.read_csv(rows, dtype={"file": str}))
+    pooled = {}
+    for seed, parts in by_seed.items():
+        table = pd.concat(parts, ignore_index=True)
+        twice = table["file"][table["file"].duplicated()].tolist()
+        if twice:
+            raise InputValueError(
+                f"{len(twice)} images are in the validation folds of two jobs of seed "
+                f"{seed!r} (e.g. {twice[0]}): these jobs are not the folds of one k-fold."
+            )
+        pooled[seed] = table
+    return pooled
+
+
+def out_of_fold(pooled: Mapping[str, pd.DataFrame], confidence: float = CONFIDENCE) -> dict:
+    """Each seed's pooled AUROC and confusion matrix (at each job's stored threshold), and the
+    AUROC's mean and interval over the seeds."""
+    seeds = {}
+    for seed, table in pooled.items():
+        positive = _positive_class(table)
+        targets = torch.tensor((table["label"] == positive).to_numpy(), dtype=torch.long)
+        predicted = (table["prediction"] == positive).to_numpy()
+        truth = targets.numpy().astype(bool)
+        seeds[seed] = {
+            "num_images": len(table),
+            "auroc": float(binary_auroc(torch.tensor(table["probability"].to_numpy()), targets)),
+            "confusion_matrix": [
+                [int((~truth & ~predicted).sum()), int((~truth & predicted).sum())],
+                [int((truth & ~predicted).sum()), int((truth & predicted).sum())],
+            ],
+        }
     return {
-        "folder": str(folder),
-        "confidence": confidence,
-        "unfinished": [str(j) for j in unfinished],
-        "groups": [
+        "seeds": seeds,
+        "auroc": mean_interval([s["auroc"] for s in seeds.values()], confidence),
+    }
+
+
+def _positive_class(table: pd.DataFrame) -> str:
+    """The class predicted above the threshold (the rows say it)."""
+    above = table[table["probability"] > table["threshold"]]
+    if len(above):
+        return str(above["prediction"].iloc[0])
+    below = set(table.loc[table["probability"] <= table["threshold"], "prediction"])
+    others = set(table["label"]) - below
+    return str(others.pop()) if others else "PNEUMONIA"
+
+
+def aggregate(
+    folder: Path, confidence: float = CONFIDENCE, figures: Path | None = None
+) -> dict[str, Any]:
+    """The sweep under ``folder``: its groups, each with its jobs, metric summaries and (for a
+    k-fold) out-of-fold figures; with ``figures``, each k-fold group's pooled ROC per seed is
+    drawn there (``oof_roc_<group>_seed<seed>.png``)."""
+    jobs, unfinished = read_jobs(folder)
+    groups = []
+    for number, group in enumerate(group_jobs(jobs)):
+        pooled = pooled_folds(group)
+        drawn = []
+        if figures is not None:
+            for seed, table in pooled.items():
+                drawn.append(_roc(table, figures / f"oof_roc_{number}_seed{seed or 'none'}.png"))
+        groups.append(
             {
                 "setting": group.setting,
                 "jobs": [str(j.folder) for j in group.jobs],
                 "metrics": group.summary(confidence),
+                "out_of_fold": out_of_fold(pooled, confidence) if pooled else None,
+                "figures": drawn,
             }
-            for group in group_jobs(jobs)
-        ],
+        )
+    return {
+        "folder": str(folder),
+        "confidence": confidence,
+        "unfinished": [str(j) for j in unfinished],
+        "groups": groups,
     }
+
+
+def _roc(table: pd.DataFrame, path: Path) -> str:
+    from pneumonia.plots import roc_figure, save_figure
+
+    targets = torch.tensor((table["label"] == _positive_class(table)).to_numpy(), dtype=torch.long)
+    probs = torch.tensor(table["probability"].to_numpy(), dtype=torch.float32)
+    save_figure(roc_figure(probs, targets, f"out of fold, {len(table)} images"), path)
+    return path.name

@@ -33,6 +33,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 from pneumonia.calibration import brier, nll, shift_prevalence
 from pneumonia.inference import autocast
 from pneumonia.metrics import BOOTSTRAP_RESAMPLES, bootstrap_interval, metrics_at
+from pneumonia.predictions import Predictions
 from pneumonia.shift import ShiftReference, fit_reference
 
 Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -207,6 +208,7 @@ def run_checks(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     shift: ShiftReference | None = None,
+    keep: dict[str, Predictions] | None = None,
 ) -> dict[str, Any]:
     """The checks of this module for a trained model and its (set-up) DataModule.
 
@@ -214,6 +216,8 @@ def run_checks(
         precision: the resolved precision the model trained at (not ``auto``).
         shift: with a shift reference, each check also reports the share of its images
             flagged as unlike the training images (``share_flagged``).
+        keep: filled with each split's per-image predictions (clean views), with files and
+            attributes: the rows of ``val_predictions.csv``.
     """
     pre = datamodule.preprocessing
     threshold = float(model.threshold)
@@ -235,6 +239,17 @@ def run_checks(
         )
         for name, (scores, features, logits) in views.items():
             key = split if name == "clean" else f"{split}_{name}"
+            if keep is not None and name == "clean":
+                listing = datamodule.listing(split)
+                keep[split] = Predictions(
+                    model.calibrate(scores),
+                    targets,
+                    threshold,
+                    files=listing.files,
+                    shift=None if shift is None else shift.score(features, logits),
+                    shift_threshold=None if shift is None else shift.threshold,
+                    attributes=listing.attribute_rows(),
+                )
             results[key] = summarise(
                 model.calibrate(scores), targets, threshold, prevalence, resamples=resamples
             )

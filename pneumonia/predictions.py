@@ -21,6 +21,8 @@ from pneumonia.files import atomic_open
 # an image is (pneumonia.shift; empty for a checkpoint without a shift reference); error: why an
 # input has no probability. Images from a table (pneumonia.data.table) add their attributes
 # (patient_id, study_id, source, sex, age, view ...) as further columns, after these.
+# A training run's prediction for each of its validation images (k-fold: the out-of-fold rows).
+VAL_PREDICTIONS = "val_predictions.csv"
 PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "shift_score",
                       "in_distribution", "error")  # fmt: skip
 

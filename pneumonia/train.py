@@ -23,6 +23,7 @@ from pneumonia.checkpoint import add_to_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
 from pneumonia.files import write_text
 from pneumonia.metrics import confusion_matrix
+from pneumonia.predictions import VAL_PREDICTIONS, Predictions, write_predictions
 from pneumonia.resume import check_resumable, link_resumed_run, say_how_to_resume
 from pneumonia.runs import training_folder
 from pneumonia.runtime import (
@@ -144,6 +145,7 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     if checks.get("enabled") and trainer.is_global_zero:
         from pneumonia.generalisation import log_checks, run_checks
 
+        scored: dict[str, Predictions] = {}
         metrics["checks"] = run_checks(
             model,
             datamodule,
@@ -153,8 +155,12 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
             resamples=checks.resamples,
             seed=cfg.seed,
             shift=reference,
+            keep=scored,
         )
         log_checks(metrics["checks"], log)
+        # each validation image's prediction: k-fold's out-of-fold rows (pneumonia-aggregate)
+        rows = scored["val"].rows(model.class_names, model.positive_index)
+        write_predictions(output_dir / VAL_PREDICTIONS, rows)
     metrics["decision"] = model.decision().to_dict()
     metrics["leakage"] = getattr(datamodule, "leakage", [])
     metrics["threshold"] = float(model.threshold)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pneumonia.aggregation import aggregate
-from pneumonia.errors import InputNotFoundError
+from pneumonia.errors import InputNotFoundError, InputValueError
 
 # Two-sided 95% Student t quantile with 2 degrees of freedom (any table)
 T_975_DF2 = 4.302652729911275
@@ -90,3 +90,62 @@ def test_the_command_writes_the_tables_and_refuses_an_empty_folder(tmp_path: Pat
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert empty.returncode == 1
     assert "No finished job" in empty.stderr
+
+
+def brute_auroc(probs: list[float], positive: list[bool]) -> float:
+    """Share of (PNEUMONIA, NORMAL) pairs ranked right, ties counting half."""
+    pos = [p for p, y in zip(probs, positive, strict=True) if y]
+    neg = [p for p, y in zip(probs, positive, strict=True) if not y]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def fold_rows(folder: Path, files: list[str], probs: list[float], labels: list[str]) -> None:
+    import pandas as pd
+
+    pd.DataFrame({
+        "file": files, "label": labels, "probability": probs,
+        "prediction": ["PNEUMONIA" if p > 0.5 else "NORMAL" for p in probs],
+        "threshold": 0.5, "shift_score": "", "in_distribution": "", "error": "",
+    }).to_csv(folder / "val_predictions.csv", index=False)  # fmt: skip
+
+
+def test_k_fold_validation_predictions_pool_into_one_out_of_fold_set(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    images = [f"img{i:02d}.png" for i in range(30)]
+    labels = ["PNEUMONIA" if i % 3 else "NORMAL" for i in range(30)]
+    root = tmp_path / "cv"
+    pooled_by_seed = {}
+    k = 0
+    for seed in (0, 1):
+        probs = [min(1.0, max(0.0, (0.7 if y == "PNEUMONIA" else 0.3) + rng.gauss(0, 0.25)))
+                 for y in labels]  # fmt: skip
+        pooled_by_seed[seed] = probs
+        order = list(range(30))
+        rng.shuffle(order)
+        for fold in range(3):
+            part = order[fold::3]
+            job(root / str(k), [f"data.fold={fold}", f"seed={seed}", "data.folds=3"],
+                {"val/auroc": 0.5})  # fmt: skip
+            fold_rows(root / str(k), [images[i] for i in part], [probs[i] for i in part],
+                      [labels[i] for i in part])  # fmt: skip
+            k += 1
+    (group,) = aggregate(root, figures=tmp_path)["groups"]
+    oof = group["out_of_fold"]
+    positive = [y == "PNEUMONIA" for y in labels]
+    for seed, probs in pooled_by_seed.items():
+        got = oof["seeds"][str(seed)]
+        assert got["num_images"] == 30  # every image once
+        assert got["auroc"] == pytest.approx(brute_auroc(probs, positive), abs=1e-6)
+        (tn, fp), (fn, tp) = got["confusion_matrix"]
+        assert tp == sum(p > 0.5 and y for p, y in zip(probs, positive, strict=True))
+        assert tn + fp + fn + tp == 30
+    aurocs = [oof["seeds"][s]["auroc"] for s in ("0", "1")]
+    assert oof["auroc"]["mean"] == pytest.approx(sum(aurocs) / 2)
+    assert all((tmp_path / name).stat().st_size > 1000 for name in group["figures"])
+
+    fold_rows(root / "1", images[:3], [0.9, 0.1, 0.8], labels[:3])  # an image in two folds
+    with pytest.raises(InputValueError, match="not the folds of one k-fold"):
+        aggregate(root)

@@ -45,6 +45,10 @@ def test_training_on_a_label_file_and_evaluating_its_splits(tmp_path: Path) -> N
     metrics = train(cfg)
     ckpt = load_checkpoint(metrics["best_model_path"])
     assert ckpt.data_args["table"]["columns"]["label"] == "finding"  # the run's table, kept
+    # every validation image's prediction, with the table's columns, beside metrics.json
+    val_rows = rows(tmp_path / "run" / "val_predictions.csv")
+    assert len(val_rows) == metrics["checks"]["val"]["num_images"]
+    assert all(r["patient_id"] and r["source"] in ("north", "south") for r in val_rows)
     # val is rebuilt from the label file the run read: the same images, in the same split
     result = evaluate(compose_eval(tmp_path, ckpt.path, "split=val", "bootstrap.resamples=50"))
     assert result["num_images"] == metrics["checks"]["val"]["num_images"]
