@@ -2,8 +2,8 @@
 settings), each metric as mean, standard deviation and a 95% t-interval over the jobs of one
 setting (``pneumonia.aggregation`` does the work).
 
-Writes ``aggregate.md``, ``aggregate.csv`` and ``aggregate.json`` into the sweep folder (or
-``--out``).
+Writes ``aggregate.md``, ``aggregate.csv``, ``aggregate.json``, the out-of-fold ROC figures
+of a k-fold and a TensorBoard log (``tensorboard/``) into the sweep folder (or ``--out``).
 """
 
 from __future__ import annotations
@@ -69,6 +69,26 @@ def table(result: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+def log_to_tensorboard(result: dict[str, Any], folder: Path, page: str) -> Path:
+    """The aggregate as TensorBoard scalars (``<setting>/<metric>/mean``, ``.../ci_low``,
+    ``.../ci_high``) and the page as text, under ``folder/tensorboard``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = folder / "tensorboard"
+    with SummaryWriter(str(logdir)) as writer:
+        writer.add_text("aggregate", page)
+        for group in result["groups"]:
+            setting = ",".join(f"{k}={v}" for k, v in group["setting"].items()) or "all"
+            for name, m in group["metrics"].items():
+                for stat in ("mean", "ci_low", "ci_high"):
+                    writer.add_scalar(f"{setting}/{name}/{stat}", m[stat], 0)
+            if group.get("out_of_fold"):
+                writer.add_scalar(
+                    f"{setting}/out_of_fold/auroc", group["out_of_fold"]["auroc"]["mean"], 0
+                )
+    return logdir
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pneumonia-aggregate", description=__doc__.split("\n\n")[0]
@@ -88,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text(out / "aggregate.csv", table(result))
     page = markdown(result)
     write_text(out / "aggregate.md", page)
-    log.info("%s\nWritten: %s", page, out / "aggregate.md")
+    logdir = log_to_tensorboard(result, out, page)
+    log.info("%s\nWritten: %s (TensorBoard: %s)", page, out / "aggregate.md", logdir)
     return 0
 
 

@@ -83,6 +83,12 @@ def test_the_command_writes_the_tables_and_refuses_an_empty_folder(tmp_path: Pat
     assert {r["model.lr"]: float(r["mean"]) for r in rows} == pytest.approx(
         {lr: hand(v)[0] for lr, v in aurocs.items()}
     )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(root / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("model.lr=1e-3/val/auroc/mean")
+    assert logged[0].value == pytest.approx(hand(aurocs["1e-3"])[0])
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputNotFoundError, match="No finished job"):
         aggregate(tmp_path / "empty")
