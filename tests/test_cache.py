@@ -136,13 +136,13 @@ def _cache_contents(directory: Path) -> tuple:
 
     cache = DecodedImageCache(directory)
     pixels = (directory / "pixels.u8").read_bytes()
-    return cache.files, cache.bad, cache.hashes(), np.load(directory / "index.npy").tolist(), pixels
+    return cache.files, cache.bad, cache.hashes, np.load(directory / "index.npy").tolist(), pixels
 
 
 def test_an_interrupted_build_resumes_without_decoding_finished_images(
     tiny_copy: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import pneumonia.data.cache as cache_module
+    import pneumonia.data.cache_build as cache_module
     from pneumonia.data.cache import DecodedImageCache
     from pneumonia.data.preprocessing import Preprocessing
 
@@ -201,7 +201,7 @@ def test_a_second_setup_takes_the_leak_checks_hashes_from_the_cache(
 def test_worker_processes_build_the_same_cache_as_one_thread(
     tiny_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import pneumonia.data.cache as cache_module
+    import pneumonia.data.cache_build as cache_module
     from pneumonia.data.cache import DecodedImageCache
     from pneumonia.data.preprocessing import Preprocessing
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pneumonia.data.cache import content_hash
+from pneumonia.data.cache_build import content_hash
 from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
 from pneumonia.runtime import decode_threads

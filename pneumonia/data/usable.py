@@ -72,7 +72,7 @@ def usable_images(
             settings=preprocessing.decode_settings(),
             cache_dir=cache_dir,
         )
-        bad, decode, hashes = dict(cache.bad), cache.get, cache.hashes()
+        bad, decode, hashes = dict(cache.bad), cache.get, cache.hashes
     else:
         bad, decode = verify_images(files, preprocessing.decode), preprocessing.decode
         hashes = {}
