@@ -14,6 +14,7 @@ into its bad-image error.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -157,16 +158,18 @@ def read_dicom_gray(path: Path, max_pixels: int) -> np.ndarray:
     return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
 
 
-def _age_years(value: str) -> float | None:
-    """A DICOM age string (``045Y``, ``006M``, ``010W``, ``003D``) in years."""
-    value = value.strip().upper()
+def age_years(value: object) -> float | None:
+    """An age in years from a DICOM age string (``045Y``, ``006M``, ``010W``, ``003D``) or a
+    plain number (RSNA's ``51``, NIH's ``058``); None where it is neither."""
+    text = str(value).strip().upper()
     per_year = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}
-    if len(value) >= 2 and value[-1] in per_year and value[:-1].isdigit():
-        return round(int(value[:-1]) / per_year[value[-1]], 2)
+    if len(text) >= 2 and text[-1] in per_year and text[:-1].isdigit():
+        return round(int(text[:-1]) / per_year[text[-1]], 2)
     try:
-        return float(value)
+        years = float(text)
     except ValueError:
         return None
+    return years if math.isfinite(years) else None
 
 
 def dicom_attributes(path: Path) -> dict[str, Any]:
@@ -190,7 +193,7 @@ def dicom_attributes(path: Path) -> dict[str, Any]:
         "patient_id": text("PatientID"),
         "study_id": text("StudyInstanceUID"),
         "sex": text("PatientSex"),
-        "age": _age_years(age) if age else None,
+        "age": age_years(age) if age else None,
         "view": text("ViewPosition"),
     }
 
@@ -198,6 +201,7 @@ def dicom_attributes(path: Path) -> dict[str, Any]:
 __all__ = [
     "CODECS_EXTRA",
     "DicomError",
+    "age_years",
     "dicom_attributes",
     "is_dicom",
     "read_dicom_gray",

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from pneumonia.data.index import DataIndex, DataLayoutError
-from pneumonia.data.readers import manifest, public
+from pneumonia.data.readers import chexpert, manifest, public
 from pneumonia.data.readers.common import CLASSES, LabelFileError
 from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
@@ -27,8 +27,8 @@ READERS: dict[str, Callable[..., pd.DataFrame]] = {
     "manifest": manifest.read,
     "rsna": public.read_rsna,
     "nih": public.read_nih,
-    "chexpert": public.read_chexpert,
-    "mimic": public.read_mimic,
+    "chexpert": chexpert.read_chexpert,
+    "mimic": chexpert.read_mimic,
 }
 
 

@@ -8,6 +8,7 @@ and hands it to :func:`finish`, which refuses what cannot be used, with the way 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,12 @@ import pandas as pd
 from pneumonia.data.dicom import DicomError, dicom_attributes, is_dicom
 from pneumonia.data.index import DataLayoutError
 from pneumonia.data.table import split_name
+from pneumonia.errors import InputValueError
+
+log = logging.getLogger(__name__)
 
 CLASSES = ("NORMAL", "PNEUMONIA")
+FRONTAL = ("PA", "AP")
 HEADER_COLUMNS = ("patient_id", "study_id", "sex", "age", "view")
 EXAMPLES = 5
 
@@ -204,3 +209,31 @@ def normal_text(value: Any) -> str:
     except ValueError:
         return text
     return str(int(number)) if number.is_integer() else text
+
+
+def check_policy(name: str, value: str, valid: Sequence[str]) -> None:
+    """Raises InputValueError where ``data.table.<name>`` is not one of ``valid``."""
+    if value not in valid:
+        raise InputValueError(f"data.table.{name}={value!r}; valid: {', '.join(valid)}")
+
+
+def left_out(table: pd.DataFrame, keep: pd.Series, why: str, where: Path) -> pd.DataFrame:
+    """The rows of ``keep``; how many others were left out, and why, goes to the log."""
+    dropped = int((~keep).sum())
+    if dropped:
+        log.info("%s: %d of %d images left out (%s)", where, dropped, len(table), why)
+    return table[keep].reset_index(drop=True)
+
+
+def frontal_only(table: pd.DataFrame, views: Sequence[str] | None, where: Path) -> pd.DataFrame:
+    """Only the rows whose ``view`` is in ``views`` (None: every view; ``FRONTAL`` by default
+    in the collections); rows without a view are kept and counted."""
+    if views is None or "view" not in table:
+        return table
+    wanted = {v.upper() for v in views}
+    known = table["view"].notna() & table["view"].astype(str).str.strip().ne("")
+    unknown = int((~known).sum())
+    if unknown:  # kept: an unreadable file is then reported as a bad image, not dropped here
+        log.warning("%s: %d images have no view position; kept", where, unknown)
+    keep = ~known | table["view"].astype(str).str.strip().str.upper().isin(wanted)
+    return left_out(table, keep, f"view not in data.table.views={list(views)}", where)
