@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from pneumonia.aggregation import mean_interval
+
 REPO = Path(__file__).resolve().parents[1]
 
 LITE0 = ["model=efficientnet_lite0", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"]
@@ -64,8 +66,6 @@ COLUMNS = {
     "holdout sens": ("holdout", "sensitivity"),
     "holdout spec": ("holdout", "specificity"),
 }
-# Two-sided 95% Student t quantiles by degrees of freedom.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 
 def run(recipe: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
@@ -112,11 +112,10 @@ def run(recipe: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
 def cell(values: list[float]) -> str:
     if not values:
         return "-"
-    mean = statistics.fmean(values)
+    m = mean_interval(values)  # the 95% t-interval pneumonia-aggregate reports
     if len(values) < 2:
-        return f"{mean:.3f}"
-    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{mean:.3f} ± {half:.3f}"
+        return f"{m['mean']:.3f}"
+    return f"{m['mean']:.3f} ± {(m['ci_high'] - m['ci_low']) / 2:.3f}"
 
 
 def table(results: dict[str, list[dict]]) -> str:
