@@ -118,12 +118,15 @@ class RunFolder(Callback):
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        if job_return.status != JobStatus.FAILED:
+        from pneumonia.launch import detect
+
+        if job_return.status != JobStatus.FAILED or detect().rank:  # rank 0's folder to clean
             return
         folder = Path(config.hydra.runtime.output_dir)
         if not folder.is_dir():
             return
         hydras_own = {folder / f"{config.hydra.job.name}.log"}
+        hydras_own |= set(folder.glob(f"{config.hydra.job.name}_rank*.log"))  # torchrun, srun
         if config.hydra.output_subdir:
             hydras_own.add(folder / config.hydra.output_subdir)
         if all(path in hydras_own for path in folder.iterdir()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import add_to_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
 from pneumonia.files import write_text
+from pneumonia.launch import detect
 from pneumonia.metrics import confusion_matrix
 from pneumonia.predictions import VAL_PREDICTIONS, Predictions, write_predictions
 from pneumonia.resume import check_resumable, link_resumed_run, say_how_to_resume
@@ -60,6 +62,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     configure_torch()
     quiet_libraries()
     output_dir = Path(cfg.paths.output_dir)
+    launch = detect()
+    if launch.launcher:  # each rank says who it is, in its own log file
+        log.info(
+            "Rank %d of %d (%s, %d node(s)), process %d, run folder %s", launch.rank,
+            launch.processes_per_node * launch.nodes, launch.launcher, launch.nodes,
+            os.getpid(), output_dir,
+        )  # fmt: skip
     resume_from = Path(cfg.ckpt_path).expanduser() if cfg.get("ckpt_path") else None
     if resume_from is not None:
         check_resumable(read_checkpoint(resume_from), resume_from, cfg)
@@ -215,6 +224,9 @@ def _write_outputs(
     for tb in (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)):
         tb.log_hyperparams(flat, scalars)  # the HParams tab compares runs of a sweep
         tb.experiment.flush()
+    from pneumonia.tracking import log_run  # MLflow and W&B: params, metrics, figures
+
+    log_run(trainer.loggers, flat, metrics, output_dir, step=trainer.global_step)
     log.info("Metrics: %s", output_dir / "metrics.json")
     log.info("Best checkpoint: %s", metrics["best_model_path"])
 

@@ -14,13 +14,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pneumonia"
 # Each module may import only modules of its own layer or a lower one.
 LAYERS = [
     {"errors", "runtime", "calibration", "decision", "prior_shift", "shift", "metrics",
-     "predictions", "backbones", "optim", "files"},  # leaves
+     "predictions", "backbones", "optim", "files", "launch"},  # leaves
     {"data"},  # the data package, all of it
     {"config", "plots"},
     {"callbacks", "budget"},
     {"model"},
     {"checkpoint"},
-    {"inference", "explain", "runs", "resume", "generalisation", "deployment", "aggregation"},
+    {"inference", "explain", "runs", "resume", "generalisation", "deployment", "aggregation",
+     "tracking"},
     {"evaluation"},  # scoring labelled images and reporting on them
     {"api"},  # the Python API over the library
     {"evaluate", "predict", "export", "train", "aggregate"},  # the commands: parse, call, write
