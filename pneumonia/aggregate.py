@@ -3,7 +3,8 @@ settings), each metric as mean, standard deviation and a 95% t-interval over the
 setting (``pneumonia.aggregation`` does the work).
 
 Writes ``aggregate.md``, ``aggregate.csv``, ``aggregate.json``, the out-of-fold ROC figures
-of a k-fold and a TensorBoard log (``tensorboard/``) into the sweep folder (or ``--out``).
+of a k-fold and a TensorBoard log (``tensorboard/``) into the sweep folder (or ``--out``);
+with ``--mlflow URI``, the same to an MLflow store or server (``pneumonia.tracking``).
 """
 
 from __future__ import annotations
@@ -96,8 +97,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="a sweep (multirun) folder")
     parser.add_argument("--out", type=Path, help="where to write (default: the sweep folder)")
     parser.add_argument("--confidence", type=float, default=CONFIDENCE)
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also log to MLflow's pneumonia-aggregate experiment, e.g. "
+        "sqlite:///outputs/mlflow.db (logger=mlflow's store) or http://host:5000",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.mlflow:
+        from pneumonia.tracking import require_mlflow
+
+        try:
+            require_mlflow()
+        except ModuleNotFoundError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            return 1
     try:
         out = args.out or args.folder
         result = aggregate(args.folder, args.confidence, figures=out)
@@ -110,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text(out / "aggregate.md", page)
     logdir = log_to_tensorboard(result, out, page)
     log.info("%s\nWritten: %s (TensorBoard: %s)", page, out / "aggregate.md", logdir)
+    if args.mlflow:
+        from pneumonia.tracking import log_aggregate
+
+        files = [out / f"aggregate.{ext}" for ext in ("md", "csv", "json")]
+        files += [out / name for g in result["groups"] for name in g.get("figures", [])]
+        run = log_aggregate(result, args.mlflow, files, args.folder.resolve().name)
+        log.info("MLflow: run %s in %s", run, args.mlflow)
     return 0
 
 
