@@ -127,7 +127,11 @@ def _register() -> None:
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver, use_cache=False)
+            # The stamp is cached in its config, as Hydra's ${now:} is: read twice in one run,
+            # it names one folder, and a sweep's jobs (copied or pickled to SLURM) keep it. The
+            # others are read from each process's own environment, never from a copied cache.
+            cached = name == "pneumonia.run_stamp"
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cached)
 
 
 _register()

@@ -1,20 +1,27 @@
-"""Stopping and resuming a training run: what a checkpoint may resume, the command that
-continues a stopped run in its own folder, and the record a run resumed elsewhere leaves."""
+"""Stopping and resuming a training run: what a checkpoint may resume, a job run again in its
+own folder (finished: skipped; stopped: continued), the command that continues a stopped run in
+its own folder, and the record a run resumed elsewhere leaves."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from pneumonia.checkpoint import read_checkpoint
 from pneumonia.config import flatten
 from pneumonia.errors import InputValueError
 from pneumonia.files import write_text
+from pneumonia.runs import RunFolderError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,59 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _changes(stored: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """The settings of ``cfg`` that differ from a stored run config, as ``key: old -> new``
+    (those a resumed run may change aside)."""
+    before = _settings(stored)
+    now = _settings(OmegaConf.to_container(cfg, resolve=True))
+    return [
+        f"{key}: {before.get(key, '(absent)')} -> {now.get(key, '(absent)')}"
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key) and not key.startswith(_RESUME_MAY_CHANGE)
+    ]
+
+
+@dataclass(frozen=True)
+class EarlierAttempt:
+    """What an earlier attempt of the same job left in its run folder."""
+
+    metrics: dict[str, Any] | None  # it finished: its metrics.json
+    last: Path | None  # it stopped: the checkpoint that continues it
+
+
+def earlier_attempt(output_dir: Path, cfg: DictConfig) -> EarlierAttempt | None:
+    """A job started again in its own run folder continues what it left there: a multirun
+    repeated with its ``hydra.sweep.dir``, a SLURM job requeued after a preemption, a run given
+    its ``hydra.run.dir`` again. Finished (``metrics.json``), it is not run twice; stopped
+    (``checkpoints/last.ckpt``), it resumes from its last checkpoint. Only when the settings
+    are the same: the ones a resumed run may change aside (``paths``, ``precision``, ...).
+
+    Returns:
+        None when the folder holds no checkpoint of a run.
+
+    Raises:
+        RunFolderError: the folder holds a run of other settings, which are named.
+    """
+    metrics_file = output_dir / "metrics.json"
+    last = output_dir / "checkpoints" / "last.ckpt"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    source = Path((metrics or {}).get("best_model_path") or last)
+    if not source.is_file():
+        return None  # no checkpoint to compare with: the run folder's own check decides
+    stored = read_checkpoint(source).get("pneumonia", {}).get("config") or {}
+    changed = _changes(stored, cfg) if stored else ["(the checkpoint records no settings)"]
+    if changed:
+        what = "metrics.json" if metrics is not None else "checkpoints"
+        differences = "\n  ".join(changed)
+        raise RunFolderError(
+            f"The run folder {output_dir} holds another training run's {what}, with other "
+            f"settings:\n  {differences}\nA run there would mix its files with them. Write "
+            "this run elsewhere (hydra.run.dir=... or hydra.sweep.dir=...; by default every run "
+            "gets a folder of its own), or run it with that run's settings to continue it."
+        )
+    return EarlierAttempt(metrics, None if metrics is not None else last)
+
+
 def check_resumable(ckpt: dict[str, Any], path: Path, cfg: DictConfig) -> None:
     """A checkpoint resumes only the architecture it holds: say so before any work. Any
     other setting that differs from the checkpoint's run is named, since the resumed run is
@@ -54,13 +114,8 @@ def check_resumable(ckpt: dict[str, Any], path: Path, cfg: DictConfig) -> None:
             f"{asked}. Resume it with model.backbone={held} (and the run's other settings), "
             f"or start a new run from its backbone's weights: model.weights={path}"
         )
-    before = _settings(ckpt.get("pneumonia", {}).get("config") or {})
-    now = _settings(OmegaConf.to_container(cfg, resolve=True))
-    changed = [
-        f"{key}: {before.get(key, '(absent)')} -> {now.get(key, '(absent)')}"
-        for key in sorted(set(before) | set(now))
-        if before and before.get(key) != now.get(key) and not key.startswith(_RESUME_MAY_CHANGE)
-    ]
+    stored = ckpt.get("pneumonia", {}).get("config") or {}
+    changed = _changes(stored, cfg) if stored else []
     if changed and rank_zero_only.rank == 0:
         differences = "\n  ".join(changed)
         log.warning(
@@ -102,6 +157,26 @@ def say_how_to_resume(output_dir: Path, what: str) -> None:
         log.warning("Training %s before its first epoch ended: nothing to resume.", what)
         return
     log.warning("Training %s. Continue it in the same run folder with:\n  %s", what, command)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.warning(
+            "Or continue the whole sweep, which runs no finished job again:\n  %s",
+            sweep_command(sys.argv[1:], Path(HydraConfig.get().sweep.dir)),
+        )
+
+
+def sweep_command(argv: list[str], sweep_dir: Path) -> str:
+    """The multirun command ``argv`` again, into its own sweep folder (``hydra.sweep.dir``):
+    its finished jobs are skipped and its stopped ones continued (:func:`earlier_attempt`)."""
+    kept = [a for a in argv if a.split("=", 1)[0] not in ("hydra.sweep.dir", "-m", "--multirun")]
+    parts = [
+        "python",
+        "-m",
+        "pneumonia.train",
+        "-m",
+        *kept,
+        f"hydra.sweep.dir={sweep_dir.resolve()}",
+    ]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 def link_resumed_run(ckpt_path: Path, output_dir: Path) -> None:

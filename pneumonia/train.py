@@ -26,7 +26,12 @@ from pneumonia.files import write_text
 from pneumonia.launch import detect
 from pneumonia.metrics import confusion_matrix
 from pneumonia.predictions import VAL_PREDICTIONS, Predictions, write_predictions
-from pneumonia.resume import check_resumable, link_resumed_run, say_how_to_resume
+from pneumonia.resume import (
+    check_resumable,
+    earlier_attempt,
+    link_resumed_run,
+    say_how_to_resume,
+)
 from pneumonia.runs import training_folder
 from pneumonia.runtime import (
     PrecisionChoice,
@@ -70,6 +75,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             os.getpid(), output_dir,
         )  # fmt: skip
     resume_from = Path(cfg.ckpt_path).expanduser() if cfg.get("ckpt_path") else None
+    if resume_from is None and (earlier := earlier_attempt(output_dir, cfg)) is not None:
+        if earlier.metrics is not None:
+            if rank_zero_only.rank == 0:
+                log.info(
+                    "%s holds this job's finished run (metrics.json, the same settings): not run "
+                    "again. Its metrics are this job's.", output_dir,
+                )  # fmt: skip
+            return earlier.metrics
+        resume_from = earlier.last
+        if rank_zero_only.rank == 0:
+            log.info("%s holds this job's stopped run: continuing from %s", output_dir, resume_from)
     if resume_from is not None:
         check_resumable(read_checkpoint(resume_from), resume_from, cfg)
     held = contextlib.nullcontext()

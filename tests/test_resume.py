@@ -44,3 +44,14 @@ def test_the_resume_command_keeps_the_config_folder_and_replaces_the_resume_keys
     assert f"hydra.run.dir={run}" in command
     assert "old.ckpt" not in command
     assert "hydra.run.dir=x" not in command
+
+
+def test_the_sweep_command_reruns_the_sweep_into_its_own_folder(tmp_path: Path) -> None:
+    from pneumonia.resume import sweep_command
+
+    argv = ["-m", "model.lr=1e-3,1e-4", "hydra.sweep.dir=elsewhere", "data.fold=range(5)"]
+    command = sweep_command(argv, tmp_path / "sweep")
+    assert command == (
+        "python -m pneumonia.train -m model.lr=1e-3,1e-4 'data.fold=range(5)' "
+        f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    )

@@ -1,0 +1,42 @@
+"""Lightning callbacks that stop a training job the hard way, for the tests of reruns and
+requeues (they run inside the jobs that the tests launch: ``+callbacks.kill._target_=...``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+
+class KillOnce(pl.Callback):
+    """SIGKILL this process (no handler, no cleanup: a machine lost, an OOM kill) when job
+    ``job`` starts epoch ``epoch``, once: ``marker`` records it, and a rerun goes on."""
+
+    def __init__(self, marker: str, job: int, this_job: int, epoch: int = 1) -> None:
+        self.marker, self.job, self.this_job, self.epoch = Path(marker), job, this_job, epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.this_job == self.job and trainer.current_epoch == self.epoch:
+            if not self.marker.exists():
+                self.marker.write_text(f"killed job {self.job} at epoch {self.epoch}\n")
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WaitAtEpoch(pl.Callback):
+    """Wait at the start of epoch ``epoch`` until ``release`` exists, once: ``waiting`` says it
+    waits (so that a test can requeue the job there); a rerun finds ``release`` and goes on."""
+
+    def __init__(self, waiting: str, release: str, epoch: int = 1, limit_s: float = 120) -> None:
+        self.waiting, self.release = Path(waiting), Path(release)
+        self.epoch, self.limit_s = epoch, limit_s
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch != self.epoch or self.release.exists():
+            return
+        self.waiting.write_text(f"{os.getpid()}\n")
+        deadline = time.monotonic() + self.limit_s
+        while not self.release.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
