@@ -19,10 +19,10 @@ class KillOnce(pl.Callback):
         self.marker, self.job, self.this_job, self.epoch = Path(marker), job, this_job, epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.this_job == self.job and trainer.current_epoch == self.epoch:
-            if not self.marker.exists():
-                self.marker.write_text(f"killed job {self.job} at epoch {self.epoch}\n")
-                os.kill(os.getpid(), signal.SIGKILL)
+        now = self.this_job == self.job and trainer.current_epoch == self.epoch
+        if now and not self.marker.exists():
+            self.marker.write_text(f"killed job {self.job} at epoch {self.epoch}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class WaitAtEpoch(pl.Callback):

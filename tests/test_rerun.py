@@ -63,17 +63,15 @@ def test_a_folder_of_other_settings_is_refused_with_the_differences(
     from pneumonia.runs import RunFolderError
     from pneumonia.train import train
 
-    first = compose_train_cfg(tmp_path, tiny_root, "model=resnet18", "trainer.limit_train_batches=2",
-                              "test=false", "checks.enabled=false", "shift.enabled=false")  # fmt: skip
+    quick = ["model=resnet18", "trainer.limit_train_batches=2", "test=false",
+             "checks.enabled=false", "shift.enabled=false"]  # fmt: skip
+    first = compose_train_cfg(tmp_path, tiny_root, *quick)
     metrics = train(first)
     folder = Path(first.paths.output_dir)
-    same = compose_train_cfg(tmp_path, tiny_root, "model=resnet18", "trainer.limit_train_batches=2",
-                             "test=false", "checks.enabled=false", "shift.enabled=false",
-                             "trainer.precision=bf16-mixed", "data.num_workers=1")  # fmt: skip
+    same = compose_train_cfg(tmp_path, tiny_root, *quick, "trainer.precision=bf16-mixed",
+                             "data.num_workers=1")  # fmt: skip
     assert earlier_attempt(folder, same).metrics == metrics  # what a rerun may change: the same
-    other = compose_train_cfg(tmp_path, tiny_root, "model=resnet18", "trainer.limit_train_batches=2",
-                              "test=false", "checks.enabled=false", "shift.enabled=false",
-                              "model.lr=0.0123")  # fmt: skip
+    other = compose_train_cfg(tmp_path, tiny_root, *quick, "model.lr=0.0123")
     with pytest.raises(RunFolderError, match=r"other settings:\n  model/lr: .* -> 0\.0123"):
         train(other)
     assert json.loads((folder / "metrics.json").read_text()) == metrics
