@@ -27,7 +27,8 @@ class KillOnce(pl.Callback):
 
 class WaitAtEpoch(pl.Callback):
     """Wait at the start of epoch ``epoch`` until ``release`` exists, once: ``waiting`` says it
-    waits (so that a test can requeue the job there); a rerun finds ``release`` and goes on."""
+    waits, with its process and SLURM job id (so that a test can requeue the job there); a rerun
+    finds ``release`` and goes on."""
 
     def __init__(self, waiting: str, release: str, epoch: int = 1, limit_s: float = 120) -> None:
         self.waiting, self.release = Path(waiting), Path(release)
@@ -36,7 +37,7 @@ class WaitAtEpoch(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch != self.epoch or self.release.exists():
             return
-        self.waiting.write_text(f"{os.getpid()}\n")
+        self.waiting.write_text(f"{os.getpid()} {os.environ.get('SLURM_JOB_ID', '')}\n")
         deadline = time.monotonic() + self.limit_s
         while not self.release.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
