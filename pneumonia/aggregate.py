@@ -51,9 +51,12 @@ def markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> str:
                 lines.append(f"- seed {seed or '-'}: {s['num_images']} images, AUROC "
                              f"{s['auroc']:.4f}; at the stored thresholds TN {tn}, FP {fp}, "
                              f"FN {fn}, TP {tp}")  # fmt: skip
-            a = oof["auroc"]
+            a, e = oof["auroc"], oof["ece"]
+            binning = next(iter(oof["seeds"].values()))["calibration"]["binning"]
             lines += [f"- AUROC over {a['n']} seed(s): {a['mean']:.4f} ({conf} CI "
-                      f"{a['ci_low']:.4f} - {a['ci_high']:.4f})", ""]  # fmt: skip
+                      f"{a['ci_low']:.4f} - {a['ci_high']:.4f})",
+                      f"- ECE ({binning} bins) over {e['n']} seed(s): {e['mean']:.4f} ({conf} CI "
+                      f"{e['ci_low']:.4f} - {e['ci_high']:.4f})", ""]  # fmt: skip
         lines += [f"![{name}]({name})" for name in group.get("figures", [])] + [""]
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ import torch
 import yaml
 from torchmetrics.functional.classification import binary_auroc
 
+from pneumonia.calibration import reliability
 from pneumonia.errors import InputNotFoundError, InputValueError
 from pneumonia.predictions import VAL_PREDICTIONS
 
@@ -161,16 +162,19 @@ def pooled_folds(group: Group) -> dict[str, pd.DataFrame]:
 
 
 def out_of_fold(pooled: Mapping[str, pd.DataFrame], confidence: float = CONFIDENCE) -> dict:
-    """Each seed's pooled AUROC and confusion matrix (at each job's stored threshold), and the
-    AUROC's mean and interval over the seeds."""
+    """Each seed's pooled AUROC, confusion matrix (at each job's stored threshold) and
+    calibration curve with its ECE, and the AUROC's and ECE's mean and interval over the
+    seeds."""
     seeds = {}
     for seed, table in pooled.items():
         positive = _positive_class(table)
         targets = torch.tensor((table["label"] == positive).to_numpy(), dtype=torch.long)
         predicted = (table["prediction"] == positive).to_numpy()
         truth = targets.numpy().astype(bool)
+        probs = torch.tensor(table["probability"].to_numpy(), dtype=torch.float64)
         seeds[seed] = {
             "num_images": len(table),
+            "calibration": reliability(probs, targets),
             "auroc": float(binary_auroc(torch.tensor(table["probability"].to_numpy()), targets)),
             "confusion_matrix": [
                 [int((~truth & ~predicted).sum()), int((~truth & predicted).sum())],
@@ -180,6 +184,7 @@ def out_of_fold(pooled: Mapping[str, pd.DataFrame], confidence: float = CONFIDEN
     return {
         "seeds": seeds,
         "auroc": mean_interval([s["auroc"] for s in seeds.values()], confidence),
+        "ece": mean_interval([s["calibration"]["ece"] for s in seeds.values()], confidence),
     }
 
 
@@ -197,8 +202,9 @@ def aggregate(
     folder: Path, confidence: float = CONFIDENCE, figures: Path | None = None
 ) -> dict[str, Any]:
     """The sweep under ``folder``: its groups, each with its jobs, metric summaries and (for a
-    k-fold) out-of-fold figures; with ``figures``, each k-fold group's pooled ROC per seed is
-    drawn there (``oof_roc_<group>_seed<seed>.png``)."""
+    k-fold) out-of-fold figures; with ``figures``, each k-fold group's pooled ROC and
+    calibration curve per seed are drawn there (``oof_roc_<group>_seed<seed>.png``,
+    ``oof_calibration_...``)."""
     jobs, unfinished = read_jobs(folder)
     groups = []
     for number, group in enumerate(group_jobs(jobs)):
@@ -206,7 +212,9 @@ def aggregate(
         drawn = []
         if figures is not None:
             for seed, table in pooled.items():
-                drawn.append(_roc(table, figures / f"oof_roc_{number}_seed{seed or 'none'}.png"))
+                name = f"{number}_seed{seed or 'none'}.png"
+                drawn.append(_roc(table, figures / f"oof_roc_{name}"))
+                drawn.append(_calibration(table, figures / f"oof_calibration_{name}"))
         groups.append(
             {
                 "setting": group.setting,
@@ -230,4 +238,13 @@ def _roc(table: pd.DataFrame, path: Path) -> str:
     targets = torch.tensor((table["label"] == _positive_class(table)).to_numpy(), dtype=torch.long)
     probs = torch.tensor(table["probability"].to_numpy(), dtype=torch.float32)
     save_figure(roc_figure(probs, targets, f"out of fold, {len(table)} images"), path)
+    return path.name
+
+
+def _calibration(table: pd.DataFrame, path: Path) -> str:
+    from pneumonia.plots import reliability_figure, save_figure
+
+    targets = torch.tensor((table["label"] == _positive_class(table)).to_numpy(), dtype=torch.long)
+    curve = reliability(torch.tensor(table["probability"].to_numpy()), targets)
+    save_figure(reliability_figure(curve, f"out of fold, {len(table)} images"), path)
     return path.name

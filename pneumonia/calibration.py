@@ -88,6 +88,37 @@ def brier(probs: torch.Tensor, targets: torch.Tensor) -> float:
     return float(((probs.double() - targets.double()) ** 2).mean()) if len(targets) else math.nan
 
 
+RELIABILITY_BINS = 10
+
+
+def reliability(
+    probs: torch.Tensor, targets: torch.Tensor, bins: int = RELIABILITY_BINS
+) -> dict[str, object]:
+    """A calibration curve: ``bins`` equal-width bins of the probability, each with its count,
+    mean probability and observed share of positives (None where empty), and the expected
+    calibration error over those bins (the count-weighted mean gap; torchmetrics'
+    ``binary_calibration_error``, l1 norm)."""
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    p, t = probs.double().clamp(0, 1), targets.double()
+    index = torch.clamp((p * bins).long(), max=bins - 1)  # [k/bins, (k+1)/bins), 1.0 in the last
+    rows = []
+    for k in range(bins):
+        inside = index == k
+        n = int(inside.sum())
+        rows.append({
+            "low": k / bins, "high": (k + 1) / bins, "count": n,
+            "mean_probability": float(p[inside].mean()) if n else None,
+            "observed": float(t[inside].mean()) if n else None,
+        })  # fmt: skip
+    ece = binary_calibration_error(p.float(), targets.long(), n_bins=bins, norm="l1")
+    return {
+        "bins": rows,
+        "ece": float(ece) if len(t) else math.nan,
+        "binning": f"{bins} equal-width",
+    }
+
+
 def fit_temperature(
     scores: torch.Tensor,
     targets: torch.Tensor,

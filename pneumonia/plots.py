@@ -55,6 +55,25 @@ def roc_figure(probs: torch.Tensor, targets: torch.Tensor, title: str = "") -> F
     return fig
 
 
+def reliability_figure(curve: dict, title: str = "") -> Figure:
+    """A calibration curve (``calibration.reliability``): observed share of PNEUMONIA against
+    the mean probability per bin, the diagonal, and each bin's count below."""
+    fig = Figure(figsize=(4.2, 5.0), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = [b for b in curve["bins"] if b["count"]]
+    top.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    top.plot([b["mean_probability"] for b in full], [b["observed"] for b in full], "o-", lw=2,
+             label=f"ECE = {curve['ece']:.3f} ({curve['binning']} bins)")  # fmt: skip
+    top.set(ylabel="observed share PNEUMONIA", xlim=(0, 1), ylim=(0, 1.01))
+    top.set_title(title, fontsize=10)
+    top.legend(loc="upper left", fontsize=8)
+    centres = [(b["low"] + b["high"]) / 2 for b in curve["bins"]]
+    widths = [b["high"] - b["low"] for b in curve["bins"]]
+    bottom.bar(centres, [b["count"] for b in curve["bins"]], width=widths, edgecolor="white")
+    bottom.set(xlabel="PNEUMONIA probability", ylabel="images")
+    return fig
+
+
 def pr_figure(probs: torch.Tensor, targets: torch.Tensor, title: str = "") -> Figure:
     """Precision-recall curve with average precision and the prevalence baseline."""
     precision, recall, _ = binary_precision_recall_curve(probs.float(), targets.long())

@@ -148,9 +148,23 @@ def test_k_fold_validation_predictions_pool_into_one_out_of_fold_set(tmp_path: P
         (tn, fp), (fn, tp) = got["confusion_matrix"]
         assert tp == sum(p > 0.5 and y for p, y in zip(probs, positive, strict=True))
         assert tn + fp + fn + tp == 30
+        curve = got["calibration"]  # ten equal-width bins, by hand
+        for k, b in enumerate(curve["bins"]):
+            inside = [(p, y) for p, y in zip(probs, positive, strict=True)
+                      if k / 10 <= p < (k + 1) / 10 or (k == 9 and p == 1.0)]  # fmt: skip
+            assert b["count"] == len(inside)
+            if inside:
+                assert b["mean_probability"] == pytest.approx(
+                    sum(p for p, _ in inside) / len(inside)
+                )
+                assert b["observed"] == pytest.approx(sum(y for _, y in inside) / len(inside))
+        gaps = sum(b["count"] * abs(b["mean_probability"] - b["observed"])
+                   for b in curve["bins"] if b["count"])  # fmt: skip
+        assert curve["ece"] == pytest.approx(gaps / 30, abs=1e-5)
     aurocs = [oof["seeds"][s]["auroc"] for s in ("0", "1")]
     assert oof["auroc"]["mean"] == pytest.approx(sum(aurocs) / 2)
     assert all((tmp_path / name).stat().st_size > 1000 for name in group["figures"])
+    assert {name.split("_")[1] for name in group["figures"]} == {"roc", "calibration"}
 
     fold_rows(root / "1", images[:3], [0.9, 0.1, 0.8], labels[:3])  # an image in two folds
     with pytest.raises(InputValueError, match="not the folds of one k-fold"):
