@@ -26,18 +26,26 @@ class KillOnce(pl.Callback):
 
 
 class WaitAtEpoch(pl.Callback):
-    """Wait at the start of epoch ``epoch`` until ``release`` exists, once: ``waiting`` says it
-    waits, with its process and SLURM job id (so that a test can requeue the job there); a rerun
-    finds ``release`` and goes on."""
+    """Job ``job`` waits at the start of epoch ``epoch`` until ``release`` exists, once:
+    ``waiting`` says it waits, with its process and SLURM job id (so that a test can requeue the
+    job there); a rerun finds ``release`` and goes on."""
 
-    def __init__(self, waiting: str, release: str, epoch: int = 1, limit_s: float = 120) -> None:
+    def __init__(
+        self, waiting: str, release: str, epoch: int = 1, job: int = 0, this_job: int = 0,
+        limit_s: float = 120,
+    ) -> None:  # fmt: skip
         self.waiting, self.release = Path(waiting), Path(release)
-        self.epoch, self.limit_s = epoch, limit_s
+        self.epoch, self.job, self.this_job, self.limit_s = epoch, job, this_job, limit_s
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch != self.epoch or self.release.exists():
+        if self.this_job != self.job or trainer.current_epoch != self.epoch:
             return
-        self.waiting.write_text(f"{os.getpid()} {os.environ.get('SLURM_JOB_ID', '')}\n")
+        if self.release.exists():
+            return
+        job_id = os.environ.get("SLURM_JOB_ID", "")
+        if "SLURM_ARRAY_JOB_ID" in os.environ:  # a task of a job array: <array>_<task>
+            job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        self.waiting.write_text(f"{os.getpid()} {job_id}\n")
         deadline = time.monotonic() + self.limit_s
         while not self.release.exists() and time.monotonic() < deadline:
             time.sleep(0.2)

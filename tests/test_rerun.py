@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.conftest import REPO_ROOT, compose_train_cfg, tiny_overrides
 
@@ -52,8 +53,13 @@ def test_a_sweep_killed_part_way_completes_when_run_again(tmp_path: Path, tiny_r
     done = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert done["epoch"] == 2  # three epochs in all: one before the kill, two after
     assert done["global_step"] == 3 * 2
-    metrics = json.loads((sweep / "1" / "metrics.json").read_text())
-    assert metrics["best_model_path"].startswith(str(sweep / "1"))
+    # one run folder per job, each with its own setting and checkpoints
+    assert sorted(p.name for p in sweep.glob("[0-9]*")) == ["0", "1"]
+    for job, lr in (("0", 1e-3), ("1", 3e-4)):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["best_model_path"].startswith(str(sweep / job))
+        config = OmegaConf.load(sweep / job / ".hydra" / "config.yaml")
+        assert config.model.lr == pytest.approx(lr)
 
 
 def test_a_folder_of_other_settings_is_refused_with_the_differences(

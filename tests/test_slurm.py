@@ -53,38 +53,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT)}
 
 
-def test_a_two_job_sweep_runs_as_slurm_jobs(tmp_path: Path, tiny_root: Path, slurm: str):
-    sweep = tmp_path / "sweep"
-    done = subprocess.run(
-        _sweep(tmp_path, tiny_root, slurm, "model.lr=1e-3,1e-4", f"hydra.sweep.dir={sweep}"),
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    ids, lrs = set(), []
-    for job in ("0", "1"):
-        metrics = json.loads((sweep / job / "metrics.json").read_text())
-        assert metrics["best_model_path"].startswith(str(sweep / job))
-        hydra = yaml.safe_load((sweep / job / ".hydra" / "hydra.yaml").read_text())["hydra"]
-        ids.add(hydra["job"]["id"])  # submitit's: the SLURM job id, array task included
-        lrs.append(
-            yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())["model"]["lr"]
-        )
-    assert len(ids) == 2
-    for job_id in ids:  # each job ran in SLURM, and submitit kept its logs under the sweep
-        assert (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").is_file()
-    assert sorted(lrs) == [1e-4, 1e-3]
-
-
-def test_a_requeued_job_resumes_from_its_last_checkpoint(
+def test_a_sweep_runs_as_slurm_jobs_and_a_requeued_job_resumes_from_last_ckpt(
     tmp_path: Path, tiny_root: Path, slurm: str
 ) -> None:
-    """``scontrol requeue`` in the job's second epoch: SLURM stops it and starts it again, and
-    it continues from the last.ckpt of its first epoch instead of starting over."""
+    """A 2-job sweep through the launcher, waited for. Job 1 is requeued (``scontrol requeue``)
+    in its second epoch: SLURM stops it and starts it again, and it continues from the
+    last.ckpt of its first epoch instead of starting over."""
     sweep, waiting, release = tmp_path / "sweep", tmp_path / "waiting", tmp_path / "release"
     command = _sweep(
-        tmp_path, tiny_root, slurm, "model.lr=1e-3", "trainer.max_epochs=3",
+        tmp_path, tiny_root, slurm, "model.lr=1e-3,1e-4", "trainer.max_epochs=2",
         f"hydra.sweep.dir={sweep}", "+callbacks.wait._target_=tests.killers.WaitAtEpoch",
         f"+callbacks.wait.waiting={waiting}", f"+callbacks.wait.release={release}",
+        "+callbacks.wait.job=1", "+callbacks.wait.this_job=${hydra:job.num}",
     )  # fmt: skip
     launcher = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -92,11 +72,10 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(
         deadline = time.monotonic() + 300
         while not waiting.exists():
             assert launcher.poll() is None, launcher.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the job never reached its second epoch"
+            assert time.monotonic() < deadline, "job 1 never reached its second epoch"
             time.sleep(0.5)
-        time.sleep(0.5)
         pid, job_id = waiting.read_text().split()
-        stopped = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)
+        stopped = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)
         assert stopped["epoch"] == 0
         requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
         assert requeue.returncode == 0, requeue.stderr
@@ -109,12 +88,27 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(
     finally:
         launcher.kill()
     assert launcher.returncode == 0, output[-3000:]
-    log = (sweep / "0" / "train.log").read_text()
-    assert f"continuing from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in log
-    done = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert done["epoch"] == 2
-    assert done["global_step"] == 3 * 2  # one epoch before the requeue, two after it
-    assert json.loads((sweep / "0" / "metrics.json").read_text())["best_model_path"]
+
+    ids, lrs = set(), []
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["best_model_path"].startswith(str(sweep / job))
+        hydra = yaml.safe_load((sweep / job / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        ids.add(hydra["job"]["id"])  # submitit's: the SLURM job id, array task included
+        config = yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())
+        lrs.append(config["model"]["lr"])
+    assert len(ids) == 2
+    assert job_id in ids
+    for each in ids:  # each job ran in SLURM, and submitit kept its logs under the sweep
+        assert (sweep / ".submitit" / each / f"{each}_0_log.out").is_file()
+    assert sorted(lrs) == [1e-4, 1e-3]
+
+    log = (sweep / "1" / "train.log").read_text()
+    assert f"continuing from {sweep / '1' / 'checkpoints' / 'last.ckpt'}" in log
+    assert "continuing from" not in (sweep / "0" / "train.log").read_text()
+    done = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert done["epoch"] == 1
+    assert done["global_step"] == 2 * 2  # one epoch before the requeue, one after it
 
 
 def _start_now(job_id: str, deadline: float) -> None:
