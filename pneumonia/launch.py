@@ -17,12 +17,15 @@ so a multi-node launch is asked for its ``hydra.run.dir``, the same on every nod
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, read_write
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,58 @@ def run_stamp(fmt: str) -> str:
             f"Cannot tell when {launch.launcher} started ({e}), which names the run folder "
             "every rank shares: give it yourself, e.g. hydra.run.dir=outputs/train/runs/ddp-1."
         ) from e
+
+
+# What Lightning's own launcher sets in the launching process for its ranks.
+LIGHTNING_RANK_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def lightning_ranks_run_this_job() -> Iterator[None]:
+    """One job of a multirun, for the ranks Lightning's own DDP launcher starts.
+
+    Lightning starts ranks > 0 as ``python -m <module> <this command line>
+    hydra.run.dir=<hydra.run.dir>``. In a multirun that command line is the whole sweep (each
+    rank then ran a sweep of its own, in a sweep folder of its own) and ``hydra.run.dir`` is not
+    the job's folder. While the job runs, the command line is the job's own (its config
+    folder, config name and overrides: a single run) and ``hydra.run.dir`` its folder. After
+    it, Lightning's rank variables and the process group go, so that the next job of the sweep
+    starts ranks of its own instead of waiting for the last job's.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    alone = detect().launcher is None and "LOCAL_RANK" not in os.environ
+    if not (alone and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        yield
+        return
+    hydra = HydraConfig.get()
+    flags = [
+        f"--config-dir={source.path.removeprefix('file://')}"
+        for source in hydra.runtime.config_sources
+        if source.provider == "command-line"
+    ] + [f"--config-name={hydra.job.config_name}"]
+    argv, run = sys.argv, hydra.run
+    before = OmegaConf.to_container(run)["dir"]  # unresolved, to put back as it was
+    sys.argv = [argv[0], *flags, *hydra.overrides.task]
+    with read_write(run):
+        run.dir = hydra.runtime.output_dir
+    set_before = {name: os.environ.get(name) for name in LIGHTNING_RANK_VARIABLES}
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(run):
+            run.dir = before
+        for name, value in set_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _register() -> None:

@@ -23,7 +23,7 @@ from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import add_to_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
 from pneumonia.files import write_text
-from pneumonia.launch import detect
+from pneumonia.launch import detect, lightning_ranks_run_this_job
 from pneumonia.metrics import confusion_matrix
 from pneumonia.predictions import VAL_PREDICTIONS, Predictions, write_predictions
 from pneumonia.resume import (
@@ -91,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     held = contextlib.nullcontext()
     if rank_zero_only.rank == 0:  # DDP's other ranks share the folder rank 0 holds
         held = training_folder(output_dir, resume_from=resume_from)
-    with held:
+    with held, lightning_ranks_run_this_job():
         try:
             return _train(cfg, output_dir, resume_from)
         except SIGTERMException:  # a scheduler's preemption: Lightning saved what it could

@@ -520,29 +520,36 @@ def test_cli_takes_a_users_config_folder(tmp_path: Path, tiny_root: Path) -> Non
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_counts_every_validation_image(
+def test_ddp_on_two_cpu_processes_counts_every_validation_image_in_each_job_of_a_sweep(
     tmp_path: Path, tiny_root: Path
 ) -> None:
-    run = tmp_path / "ddp_run"
+    """Lightning's own launcher starts rank 1 with the command line: in a multirun, rank 1
+    runs the job it is started for, in the job's folder (not a sweep of its own elsewhere)."""
     result = _cli(
         tmp_path,
         tiny_root,
+        "-m",
+        "model.lr=1e-3,1e-4",
         "trainer=ddp",
         "trainer.devices=2",
         "trainer.accelerator=cpu",
         "trainer.precision=32-true",
-        f"hydra.run.dir={run}",
+        "checks.degraded=false",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (run / "train_ddp_process_1.log").exists()  # a second process really ran
-    metrics = json.loads((run / "metrics.json").read_text())
+    sweeps = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps  # rank 1 ran no sweep of its own
     cfg = compose_train_cfg(tmp_path / "probe", tiny_root)
-    assert metrics["val/num_samples"] == val_split_size(cfg)
-    # The checks after training run on rank 0 alone, over every validation image, not its shard.
-    assert metrics["checks"]["val"]["num_images"] == val_split_size(cfg)
     n_test = len(list((tiny_root / "test").rglob("*.jpeg")))
     assert n_test % 2 == 1  # uneven shards: a padding sampler would have counted n_test + 1
-    assert metrics["test/num_samples"] == n_test
+    for job in ("0", "1"):
+        run = sweeps[0] / job
+        assert (run / "train_ddp_process_1.log").exists()  # a second process ran this job
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["val/num_samples"] == val_split_size(cfg)
+        # The checks after training run on rank 0 alone, over every validation image.
+        assert metrics["checks"]["val"]["num_images"] == val_split_size(cfg)
+        assert metrics["test/num_samples"] == n_test
 
 
 @pytest.mark.slow
