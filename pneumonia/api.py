@@ -204,6 +204,7 @@ class Classifier:
         resamples: int = BOOTSTRAP_RESAMPLES,
         batch_size: int = EVALUATE_BATCH_SIZE,
         table: Mapping[str, Any] | None = None,
+        prevalence: float | None = None,
     ) -> tuple[dict[str, Any], pd.DataFrame]:
         """Metrics with bootstrap intervals and the per-image table of ``predictions.csv``.
 
@@ -215,6 +216,8 @@ class Classifier:
             table: read ``folder`` as a table of images (``{"reader": "nih"}``, a label file
                 ``{"reader": "manifest", "file": ...}``; ``pneumonia.data.readers``); its
                 attributes become columns of the returned table.
+            prevalence: a clinic's PNEUMONIA prevalence: the report's operating points add PPV
+                and NPV at the stored threshold for it.
         """
         result, preds = evaluate_checkpoint(
             self.ckpt,
@@ -230,6 +233,7 @@ class Classifier:
                 "table": table if table or folder is None else {"reader": FOLDERS},
             },
             resamples=resamples,
+            prevalence=prevalence,
         )
         return result, _table(preds.rows(self.class_names, self.ckpt.positive_index))
 

@@ -59,6 +59,19 @@ def calibrate(
     return torch.sigmoid(scores.float() / temperature + (logit(prevalence) - reference_logit))
 
 
+def scores_of(
+    probs: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    reference_logit: float | torch.Tensor = 0.0,
+    prevalence: float = 0.5,
+) -> torch.Tensor:
+    """The inverse of :func:`calibrate`: the logit differences behind calibrated probabilities
+    (for averaged views, the score whose probability is the average)."""
+    p = probs.double().clamp(EPS, 1 - EPS)
+    return ((torch.logit(p) - (logit(prevalence) - reference_logit)) * temperature).float()
+
+
 def loss_prevalence(
     counts: Sequence[int], class_weights: torch.Tensor | None, positive_index: int
 ) -> float:
@@ -117,6 +130,83 @@ def reliability(
         "ece": float(ece) if len(t) else math.nan,
         "binning": f"{bins} equal-width",
     }
+
+
+def brier_decomposition(
+    probs: torch.Tensor, targets: torch.Tensor, bins: int = RELIABILITY_BINS
+) -> dict[str, float]:
+    """Murphy's (1973) decomposition of the Brier score over ``bins`` equal-width bins:
+    ``brier = reliability - resolution + uncertainty + within``.
+
+    reliability (lower is better): the count-weighted squared gap between each bin's mean
+    probability and its observed share; resolution (higher is better): how far the bins'
+    observed shares spread around the overall one; uncertainty: ``base * (1 - base)``, the
+    images' own; within: what binning leaves out (the spread of probabilities inside bins).
+    """
+    p, t = probs.double().clamp(0, 1), targets.double()
+    n = len(t)
+    if not n:
+        return {
+            k: math.nan for k in ("brier", "reliability", "resolution", "uncertainty", "within")
+        }
+    base = float(t.mean())
+    index = torch.clamp((p * bins).long(), max=bins - 1)
+    reliability_term = resolution = 0.0
+    for k in range(bins):
+        inside = index == k
+        m = int(inside.sum())
+        if m:
+            mean_p, observed = float(p[inside].mean()), float(t[inside].mean())
+            reliability_term += m * (mean_p - observed) ** 2 / n
+            resolution += m * (observed - base) ** 2 / n
+    total = brier(p, t)
+    uncertainty = base * (1 - base)
+    return {
+        "brier": total,
+        "reliability": reliability_term,
+        "resolution": resolution,
+        "uncertainty": uncertainty,
+        "within": total - (reliability_term - resolution + uncertainty),
+    }
+
+
+def calibration_line(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Cox's (1958) logistic recalibration ``logit P(y=1) = intercept + slope * logit(p)``, by
+    Newton's method: slope 1 and intercept 0 for calibrated probabilities; a slope below 1
+    means overconfident ones. ``in_the_large``: the intercept with the slope held at 1
+    (calibration in the large: above 0, the probabilities are too low on average).
+    NaN where the images hold one class only."""
+    t = targets.double()
+    if not len(t) or t.min() == t.max():
+        return {"slope": math.nan, "intercept": math.nan, "in_the_large": math.nan}
+    x = torch.logit(probs.double().clamp(EPS, 1 - EPS))
+    design = torch.stack([torch.ones_like(x), x], dim=1)
+
+    def loglik(beta: torch.Tensor) -> float:
+        z = design @ beta
+        return float((t * z - torch.nn.functional.softplus(z)).sum())
+
+    beta = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for _ in range(100):  # Newton's method, each step halved until the likelihood rises
+        mu = torch.sigmoid(design @ beta)
+        hessian = design.T @ (design * (mu * (1 - mu)).clamp_min(1e-12)[:, None])
+        step = torch.linalg.solve(hessian + 1e-9 * torch.eye(2, dtype=torch.float64),
+                                  design.T @ (t - mu))  # fmt: skip
+        now = loglik(beta)
+        while loglik(beta + step) < now and float(step.abs().max()) > 1e-12:
+            step = step / 2
+        beta = beta + step
+        if float(step.abs().max()) < 1e-10:
+            break
+    offset = 0.0  # the intercept alone, with logit(p) as an offset (a concave 1-d problem)
+    for _ in range(100):
+        mu = torch.sigmoid(offset + x)
+        step = float((t - mu).sum() / (mu * (1 - mu)).sum().clamp_min(1e-12))
+        step = max(-1.0, min(1.0, step))
+        offset += step
+        if abs(step) < 1e-12:
+            break
+    return {"slope": float(beta[1]), "intercept": float(beta[0]), "in_the_large": offset}
 
 
 def fit_temperature(

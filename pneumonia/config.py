@@ -122,6 +122,9 @@ OPTIONAL_COUNT = _rule(
     lambda v: v is None or (_integer(v) and v >= 1), "null or a whole number >= 1"
 )
 WORKERS = _rule(lambda v: v is None or (_integer(v) and v >= 0), "null or a whole number >= 0")
+OPTIONAL_PREVALENCE = _rule(
+    lambda v: v is None or (_number(v) and 0 < v < 1), "null or a number strictly between 0 and 1"
+)
 
 TRAIN_RULES = {
     "seed": _rule(_integer, "a whole number"),
@@ -163,6 +166,7 @@ EVALUATE_RULES = {
     "data.num_workers": WORKERS,
     "bootstrap.resamples": COUNT,
     "bootstrap.confidence": OPEN_UNIT,
+    "prevalence": OPTIONAL_PREVALENCE,
 }
 PREDICT_RULES = {"batch_size": COUNT}
 _MISSING = object()

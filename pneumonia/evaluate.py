@@ -42,6 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         prior_shift=cfg.prior_shift,
         batch_size=cfg.batch_size,
         data=evaluation_data(cfg),
+        prevalence=cfg.get("prevalence"),
         **cfg.bootstrap,
     )
     write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
@@ -50,6 +51,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     figures = evaluation_figures(
         preds.probs, preds.targets, preds.threshold, ckpt.class_names, cfg.split, pr=True
     )
+    if result.get("calibration"):
+        from pneumonia.plots import reliability_figure
+
+        cal = result["calibration"]
+        curve = {**cal["after_temperature"], "binning": cal["binning"].split(" bins")[0]}
+        figures["reliability"] = reliability_figure(
+            curve, cfg.split, before=cal["before_temperature"], label="with temperature"
+        )
     for name, fig in figures.items():
         save_figure(fig, out / f"{name}.png")
     log.info("\n%s", markdown(result))

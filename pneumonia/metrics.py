@@ -16,7 +16,9 @@ from torchmetrics.classification import (
     BinaryF1Score,
     BinaryPrecision,
     BinaryRecall,
+    BinarySensitivityAtSpecificity,
     BinarySpecificity,
+    BinarySpecificityAtSensitivity,
 )
 from torchmetrics.functional.classification import (
     binary_accuracy,
@@ -50,6 +52,86 @@ def thresholded_metrics(threshold: float = 0.5) -> MetricCollection:
 def ranking_metrics() -> MetricCollection:
     """Threshold-free metrics."""
     return MetricCollection({"auroc": BinaryAUROC(), "average_precision": BinaryAveragePrecision()})
+
+
+# Operating points reported by every evaluation: sensitivity where specificity is at least each
+# of these, and specificity where sensitivity is.
+OPERATING_POINTS = (0.90, 0.95)
+
+
+class PredictiveValue(Metric):
+    """PPV or NPV at ``threshold`` for a population of PNEUMONIA ``prevalence`` (Bayes' rule on
+    the sensitivity and specificity these images give), not the images' own prevalence:
+    ``PPV = sens*pi / (sens*pi + (1-spec)*(1-pi))``, ``NPV = spec*(1-pi) / (spec*(1-pi) +
+    (1-sens)*pi)``. NaN where the images do not define it."""
+
+    full_state_update = False
+
+    def __init__(self, which: str, threshold: float, prevalence: float) -> None:
+        super().__init__()
+        if which not in ("ppv", "npv"):
+            raise ValueError(f"which must be 'ppv' or 'npv', got {which!r}")
+        self.which, self.threshold, self.prevalence = which, threshold, prevalence
+        for name in ("tp", "fn", "tn", "fp"):
+            self.add_state(name, torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        called, positive = probs > self.threshold, targets.long() == 1
+        self.tp += (called & positive).sum()
+        self.fn += (~called & positive).sum()
+        self.tn += (~called & ~positive).sum()
+        self.fp += (called & ~positive).sum()
+
+    def compute(self) -> torch.Tensor:
+        pi = self.prevalence
+        sens = self.tp / (self.tp + self.fn) if self.tp + self.fn else torch.tensor(float("nan"))
+        spec = self.tn / (self.tn + self.fp) if self.tn + self.fp else torch.tensor(float("nan"))
+        if self.which == "ppv":
+            hits, misses = sens * pi, (1 - spec) * (1 - pi)
+        else:
+            hits, misses = spec * (1 - pi), (1 - sens) * pi
+        return (hits / (hits + misses)).float()
+
+
+class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
+    """torchmetrics' sensitivity at a minimum specificity, its value alone (bootstrappable);
+    :meth:`threshold_reached` gives the threshold that reaches it."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute()[0]
+
+    def threshold_reached(self) -> float:
+        return float(super().compute()[1])
+
+
+class SpecificityAtSensitivity(BinarySpecificityAtSensitivity):
+    """torchmetrics' specificity at a minimum sensitivity, its value alone (bootstrappable);
+    :meth:`threshold_reached` gives the threshold that reaches it."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute()[0]
+
+    def threshold_reached(self) -> float:
+        return float(super().compute()[1])
+
+
+def operating_point_metrics(
+    threshold: float, prevalence: float | None, points: tuple[float, ...] = OPERATING_POINTS
+) -> MetricCollection:
+    """Sensitivity at each specificity of ``points`` and specificity at each sensitivity
+    (torchmetrics'), and, for a stated ``prevalence``, PPV and NPV at ``threshold``."""
+    metrics: dict[str, Metric] = {}
+    for point in points:
+        metrics[f"sensitivity_at_specificity_{point:.0%}".rstrip("%")] = SensitivityAtSpecificity(
+            min_specificity=point
+        )
+        metrics[f"specificity_at_sensitivity_{point:.0%}".rstrip("%")] = SpecificityAtSensitivity(
+            min_sensitivity=point
+        )
+    if prevalence is not None:
+        metrics["ppv"] = PredictiveValue("ppv", threshold, prevalence)
+        metrics["npv"] = PredictiveValue("npv", threshold, prevalence)
+    return MetricCollection(metrics)
 
 
 def prediction_store() -> nn.ModuleDict:

@@ -55,21 +55,52 @@ def roc_figure(probs: torch.Tensor, targets: torch.Tensor, title: str = "") -> F
     return fig
 
 
-def reliability_figure(curve: dict, title: str = "") -> Figure:
+def roc_pair_figure(
+    probs: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    labels: Sequence[str] = ("A", "B"),
+    title: str = "",
+) -> Figure:
+    """Models' ROC curves on the same images, each with its AUROC; every curve after the
+    first dashed, so that curves on top of each other all show."""
+    fig = Figure(figsize=(4.8, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (p, label) in enumerate(zip(probs, labels, strict=True)):
+        fpr, tpr, _ = binary_roc(p.float(), targets.long())
+        auroc = binary_auroc(p.float(), targets.long()).item()
+        ax.plot(fpr.numpy(), tpr.numpy(), lw=2, ls="--" if i else "-",
+                label=f"{label}: AUROC = {auroc:.3f}")  # fmt: skip
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def reliability_figure(
+    curve: dict, title: str = "", before: dict | None = None, label: str = ""
+) -> Figure:
     """A calibration curve (``calibration.reliability``): observed share of PNEUMONIA against
-    the mean probability per bin, the diagonal, and each bin's count below."""
+    the mean probability per bin, the diagonal, and each bin's count below; ``before``, a
+    second curve (the probabilities without the temperature), drawn lighter with its counts."""
     fig = Figure(figsize=(4.2, 5.0), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    full = [b for b in curve["bins"] if b["count"]]
     top.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    top.plot([b["mean_probability"] for b in full], [b["observed"] for b in full], "o-", lw=2,
-             label=f"ECE = {curve['ece']:.3f} ({curve['binning']} bins)")  # fmt: skip
+    width = curve["bins"][0]["high"] - curve["bins"][0]["low"]
+    drawn = [(before, "without temperature", "tab:orange", 0.45)] if before else []
+    for c, name, colour, alpha in [*drawn, (curve, label, "tab:blue", 1.0)]:
+        full = [b for b in c["bins"] if b["count"]]
+        top.plot([b["mean_probability"] for b in full], [b["observed"] for b in full], "o-",
+                 lw=2, c=colour, alpha=alpha, label=f"{name + ': ' if name else ''}"
+                 f"ECE = {c['ece']:.3f}")  # fmt: skip
+        shift = -width / 4 if c is before else (width / 4 if before else 0)
+        bottom.bar([(b["low"] + b["high"]) / 2 + shift for b in c["bins"]],
+                   [b["count"] for b in c["bins"]], width=width / (2 if before else 1),
+                   color=colour, alpha=alpha, edgecolor="white")  # fmt: skip
     top.set(ylabel="observed share PNEUMONIA", xlim=(0, 1), ylim=(0, 1.01))
     top.set_title(title, fontsize=10)
-    top.legend(loc="upper left", fontsize=8)
-    centres = [(b["low"] + b["high"]) / 2 for b in curve["bins"]]
-    widths = [b["high"] - b["low"] for b in curve["bins"]]
-    bottom.bar(centres, [b["count"] for b in curve["bins"]], width=widths, edgecolor="white")
+    top.legend(loc="upper left", fontsize=8, title=curve.get("binning", "") + " bins",
+               title_fontsize=7)  # fmt: skip
     bottom.set(xlabel="PNEUMONIA probability", ylabel="images")
     return fig
 

@@ -17,6 +17,18 @@ METRIC_LABELS = {
     "average_precision": "Average precision",
 }
 
+CALIBRATION_ROWS = (
+    ("ECE", "ece"),
+    ("Brier score", "brier"),
+    ("&nbsp; reliability (lower is better)", "reliability"),
+    ("&nbsp; resolution (higher is better)", "resolution"),
+    ("&nbsp; uncertainty", "uncertainty"),
+    ("NLL", "nll"),
+    ("Calibration slope (1: calibrated, < 1: overconfident)", "slope"),
+    ("Calibration intercept", "intercept"),
+    ("Calibration in the large (slope held at 1)", "in_the_large"),
+)
+
 
 def markdown(result: dict[str, Any]) -> str:
     """``report.md``: the report of :func:`evaluate_checkpoint` as a table.
@@ -46,10 +58,59 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(row)
     (tn, fp), (fn, tp) = result["confusion_matrix"]
     lines += ["", f"Confusion matrix at {t:.3f}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.", ""]
+    lines += _operating_lines(result.get("operating_points"), conf)
+    lines += _calibration_lines(result.get("calibration"))
     lines += _shift_lines(result.get("shift"), conf)
     lines += _source_lines(result.get("by_source"), conf)
-    lines += ["Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `predictions.csv`.", ""]
+    lines += ["Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `reliability.png`, "
+              "`predictions.csv`.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _operating_lines(points: dict[str, Any] | None, conf: str) -> list[str]:
+    """report.md's operating points: sensitivity at fixed specificities and the reverse, and
+    PPV/NPV at a stated prevalence."""
+    if not points:
+        return []
+    lines = ["## Operating points", "",
+             f"| operating point | value | {conf} CI | threshold on these images |",
+             "|---|---|---|---|"]  # fmt: skip
+    for p in points["points"]:
+        for name, label in ((f"sensitivity_at_specificity_{p:.0%}", f"Sensitivity at specificity "
+                             f">= {p:.0%}"), (f"specificity_at_sensitivity_{p:.0%}",
+                             f"Specificity at sensitivity >= {p:.0%}")):  # fmt: skip
+            m = points.get(name.rstrip("%"))
+            threshold = f"{m['threshold']:.3f}" if m else "-"
+            lines.append(f"| {label} | {_cells(m)} | {threshold} |")
+    at = points.get("at_prevalence")
+    if at:
+        lines += ["", f"At a PNEUMONIA prevalence of {at['prevalence']:.1%} (stated, not these "
+                  f"images'), at the stored threshold {at['threshold']:.3f}: PPV "
+                  f"{_inline(at['ppv'])}, NPV {_inline(at['npv'])} ({conf} CI)."]  # fmt: skip
+    return [*lines, ""]
+
+
+def _calibration_lines(calibration: dict[str, Any] | None) -> list[str]:
+    """report.md's calibration: before and after the stored temperature."""
+    if not calibration:
+        return []
+    before, after = calibration["before_temperature"], calibration["after_temperature"]
+    rows = CALIBRATION_ROWS
+    lines = ["## Calibration", "",
+             f"Probabilities at the decision's prevalence ({calibration['prevalence']:.0%}); ECE "
+             f"over {calibration['binning']}, and the Brier score's decomposition (Murphy 1973) "
+             "over the same bins. `reliability.png` draws both curves with the bins' counts.", "",
+             f"| | without temperature | with the stored temperature "
+             f"{after['temperature']:.3f} |", "|---|---|---|"]  # fmt: skip
+    for label, key in rows:
+        lines.append(f"| {label} | {before[key]:.4f} | {after[key]:.4f} |")
+    return [*lines, ""]
+
+
+def _inline(m: dict[str, float] | None) -> str:
+    if m is None or m["value"] != m["value"]:  # undefined, or NaN
+        return "-"
+    return f"{m['value']:.3f} ({m['ci_low']:.3f} - {m['ci_high']:.3f})"
 
 
 def _shift_lines(shift: dict[str, Any] | None, conf: str) -> list[str]:

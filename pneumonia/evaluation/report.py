@@ -1,5 +1,6 @@
-"""The report of an evaluation: every metric with a percentile-bootstrap interval, and the
-metrics of the images like and unlike the training images."""
+"""The report of an evaluation: every metric with a percentile-bootstrap interval, the
+calibration before and after the stored temperature, the operating points, and the metrics of
+the images like and unlike the training images."""
 
 from __future__ import annotations
 
@@ -8,11 +9,24 @@ from typing import Any
 
 import torch
 
+from pneumonia.calibration import (
+    RELIABILITY_BINS,
+    brier_decomposition,
+    calibrate,
+    calibration_line,
+    logit,
+    nll,
+    reliability,
+    scores_of,
+)
+from pneumonia.decision import Decision
 from pneumonia.metrics import (
     BOOTSTRAP_RESAMPLES,
     CONFIDENCE,
+    OPERATING_POINTS,
     bootstrap_interval,
     confusion_matrix,
+    operating_point_metrics,
     ranking_metrics,
     thresholded_metrics,
 )
@@ -58,6 +72,87 @@ def by_source(preds: Predictions, **bootstrap: Any) -> dict[str, dict] | None:
             ),
         }  # fmt: skip
     return groups
+
+
+def calibration_report(
+    preds: Predictions, decision: Decision, bins: int = RELIABILITY_BINS
+) -> dict[str, Any] | None:
+    """Whether the probability can be read as one: for the probabilities without the stored
+    temperature and with it (both at the decision's prevalence), the reliability curve with its
+    bin counts, the ECE over those bins, the Brier score and its decomposition, the calibration
+    slope and intercept, and the NLL. Of the probabilities as the checkpoint gives them,
+    before any prior shift. None for no images."""
+    if not len(preds.targets):
+        return None
+    targets = preds.targets.long()
+    reference = logit(decision.reference_prevalence)
+    scores = preds.scores
+    if scores is None:  # an evaluation keeps probabilities: their scores, by the inverse
+        scores = scores_of(preds.probs, temperature=decision.temperature,
+                           reference_logit=reference, prevalence=decision.prevalence)  # fmt: skip
+    sections = {}
+    for name, temperature in (("before_temperature", 1.0), ("after_temperature",
+                                                           decision.temperature)):  # fmt: skip
+        probs = calibrate(scores, temperature=temperature, reference_logit=reference,
+                          prevalence=decision.prevalence)  # fmt: skip
+        curve = reliability(probs, targets, bins)
+        sections[name] = {
+            "temperature": float(temperature),
+            "ece": curve["ece"],
+            "nll": nll(probs, targets),
+            **brier_decomposition(probs, targets, bins),
+            **calibration_line(probs, targets),
+            "bins": curve["bins"],
+        }
+    return {
+        "binning": f"{bins} equal-width bins of the probability",
+        "prevalence": decision.prevalence,
+        **sections,
+    }
+
+
+def operating_points(
+    preds: Predictions,
+    prevalence: float | None = None,
+    points: tuple[float, ...] = OPERATING_POINTS,
+    **bootstrap: Any,
+) -> dict[str, Any]:
+    """Sensitivity at each specificity of ``points`` and specificity at each sensitivity, with
+    the threshold that reaches it on these images and a bootstrap interval; for a stated
+    ``prevalence`` (a clinic's, not the images'), PPV and NPV at the stored threshold."""
+    probs, targets = preds.probs.float(), preds.targets.long()
+    collection = operating_point_metrics(preds.threshold, prevalence, points)
+    both = len(targets) and 0 < int(targets.sum()) < len(targets)
+    section: dict[str, Any] = {}
+    for name, metric in collection.items():
+        if not both and name not in ("ppv", "npv"):
+            section[name] = None  # a curve needs both classes
+            continue
+        entry = _interval(metric, probs, targets, **bootstrap)
+        if hasattr(metric, "threshold_reached"):
+            fitted = metric.clone()
+            fitted.update(probs, targets)
+            entry["threshold"] = fitted.threshold_reached()
+        section[name] = entry
+    values = {"ppv": section.pop("ppv", None), "npv": section.pop("npv", None)}
+    result = {"points": list(points), **section}
+    if prevalence is not None:
+        result["at_prevalence"] = {"prevalence": prevalence, "threshold": preds.threshold,
+                                   **values}  # fmt: skip
+    return result
+
+
+def _interval(
+    metric, probs: torch.Tensor, targets: torch.Tensor, *, resamples: int, confidence: float,
+    seed: int,
+) -> dict[str, float]:  # fmt: skip
+    """A metric's value and its percentile bootstrap interval (the resamples seeded by
+    ``seed``, the same for every metric of a report)."""
+    value = metric.clone()(probs, targets).item()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        low, high = bootstrap_interval(metric.clone(), probs, targets, resamples, confidence)
+    return {"value": value, "ci_low": low, "ci_high": high}
 
 
 def report(
@@ -106,13 +201,9 @@ def _metrics(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # resamples without a class warn per metric
         for name, metric in collection.items():
-            value = metric.clone()(probs, targets).item()
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                low, high = bootstrap_interval(
-                    metric.clone(), probs, targets, resamples, confidence
-                )
-            section[name] = {"value": value, "ci_low": low, "ci_high": high}
+            section[name] = _interval(
+                metric, probs, targets, resamples=resamples, confidence=confidence, seed=seed
+            )
     # Where the images do not define a metric (no NORMAL image: no specificity), None, not the
     # 0 torchmetrics returns with a warning.
     positives, predicted = int(targets.sum()), int((probs > threshold).sum())

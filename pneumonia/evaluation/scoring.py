@@ -16,7 +16,13 @@ from pneumonia.data.dataset import labelled_loader
 from pneumonia.data.index import evaluation_folder, labelled_folder
 from pneumonia.data.readers import FOLDERS, evaluation_listing
 from pneumonia.errors import InputValueError
-from pneumonia.evaluation.report import by_source, report, shift_report
+from pneumonia.evaluation.report import (
+    by_source,
+    calibration_report,
+    operating_points,
+    report,
+    shift_report,
+)
 from pneumonia.inference import predict_batches, warn_if_unlike_training
 from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.predictions import Predictions
@@ -123,8 +129,11 @@ def evaluate_checkpoint(
     resamples: int = BOOTSTRAP_RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = 0,
+    prevalence: float | None = None,
 ) -> tuple[dict[str, Any], Predictions]:
-    """:func:`score`, the prior shift, and the :func:`report` with what it was made from.
+    """:func:`score`, the prior shift, and the :func:`report` with what it was made from:
+    also the calibration (before and after the stored temperature) and the operating points,
+    with PPV and NPV at ``prevalence`` (a clinic's PNEUMONIA prevalence) when one is given.
 
     Returns:
         The report (``report.json``) and the predictions behind it (``predictions.csv``).
@@ -137,6 +146,7 @@ def evaluate_checkpoint(
     if ckpt.shift is not None:
         unlike = shift_report(preds, ckpt.shift, **bootstrap)
         warn_if_unlike_training(unlike["num_flagged"], len(preds.probs), ckpt.shift)
+    calibration = calibration_report(preds, ckpt.decision)  # before any prior shift
     preds.probs, shift = adapt_to_prevalence(
         preds.probs,
         ckpt.decision,
@@ -144,6 +154,8 @@ def evaluate_checkpoint(
         flagged_share=unlike["share_flagged"] if unlike else None,
     )
     result = report(preds, **bootstrap)
+    result["calibration"] = calibration
+    result["operating_points"] = operating_points(preds, prevalence, **bootstrap)
     result["by_source"] = by_source(preds, **bootstrap)
     root = (data or {}).get("root") or ckpt.data_args.get("root")
     result |= {

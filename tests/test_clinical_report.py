@@ -1,0 +1,158 @@
+"""What a reviewer asks of an evaluation: can the probability be read as one (ECE, Brier and
+its decomposition, calibration slope and intercept, before and after the temperature), and
+what are the operating points (sensitivity at a fixed specificity, PPV and NPV at a clinic's
+prevalence). Each number checked against a computation written here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from pneumonia.calibration import brier_decomposition, calibrate, calibration_line, reliability
+from pneumonia.decision import Decision
+from pneumonia.evaluation.report import calibration_report, operating_points
+from pneumonia.predictions import Predictions
+
+
+def _drawn(n: int, seed: int, sharpen: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels drawn from probabilities p; the probabilities given are p's logit times
+    ``sharpen`` (1: calibrated; 2: overconfident)."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(n, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    y = (torch.rand(n, generator=g, dtype=torch.float64) < p).long()
+    return torch.sigmoid(torch.logit(p) * sharpen), y
+
+
+def test_ece_matches_a_hand_computation_over_ten_equal_width_bins() -> None:
+    probs, targets = _drawn(500, 1, sharpen=1.7)
+    p, y = probs.tolist(), targets.tolist()
+    total = 0.0
+    for k in range(10):
+        inside = [(a, b) for a, b in zip(p, y, strict=True) if min(int(a * 10), 9) == k]
+        if inside:
+            gap = abs(
+                sum(a for a, _ in inside) / len(inside) - sum(b for _, b in inside) / len(inside)
+            )
+            total += len(inside) / len(p) * gap
+    curve = reliability(probs, targets)
+    assert curve["ece"] == pytest.approx(total, abs=1e-5)
+    assert sum(b["count"] for b in curve["bins"]) == 500
+    assert curve["binning"] == "10 equal-width"
+
+
+def test_brier_decomposition_adds_up_and_matches_murphys_terms() -> None:
+    probs, targets = _drawn(400, 2, sharpen=1.5)
+    parts = brier_decomposition(probs, targets)
+    assert parts["brier"] == pytest.approx(torch.mean((probs - targets) ** 2).item())
+    assert parts["reliability"] - parts["resolution"] + parts["uncertainty"] + parts[
+        "within"
+    ] == pytest.approx(parts["brier"])
+    # probabilities that sit at one value per bin: binning loses nothing, Murphy's terms by hand
+    centres = (torch.floor(probs * 10) + 0.5) / 10
+    exact = brier_decomposition(centres, targets)
+    assert exact["within"] == pytest.approx(0, abs=1e-12)
+    base = targets.double().mean().item()
+    rel = res = 0.0
+    for c in torch.unique(centres):
+        inside = centres == c
+        share, observed = inside.double().mean().item(), targets[inside].double().mean().item()
+        rel += share * (c.item() - observed) ** 2
+        res += share * (observed - base) ** 2
+    assert (exact["reliability"], exact["resolution"]) == pytest.approx((rel, res))
+    assert exact["uncertainty"] == pytest.approx(base * (1 - base))
+
+
+def test_calibration_slope_and_intercept_are_the_logistic_fit() -> None:
+    probs, targets = _drawn(3000, 3, sharpen=2.0)  # overconfident: slope about 1/2
+    line = calibration_line(probs, targets)
+    x, y = torch.logit(probs).numpy(), targets.numpy()
+
+    def loss(beta: np.ndarray) -> float:
+        z = beta[0] + beta[1] * x
+        return float(np.sum(np.logaddexp(0, z) - y * z))
+
+    fitted = minimize(loss, np.array([0.0, 1.0]), method="BFGS").x
+    assert (line["intercept"], line["slope"]) == pytest.approx(tuple(fitted), abs=1e-4)
+    assert 0.4 < line["slope"] < 0.6
+    large = minimize(lambda a: loss(np.array([a[0], 1.0])), np.array([0.0]), method="BFGS").x
+    assert line["in_the_large"] == pytest.approx(large[0], abs=1e-4)
+    calibrated = calibration_line(*_drawn(3000, 4))
+    assert calibrated["slope"] == pytest.approx(1.0, abs=0.15)
+    assert math.isnan(calibration_line(probs, torch.ones_like(targets))["slope"])
+
+
+def test_the_report_calibrates_before_and_after_the_stored_temperature() -> None:
+    probs, targets = _drawn(300, 5, sharpen=2.5)
+    scores = torch.logit(probs).float()
+    decision = Decision("bayes", 0.5, 1.0, 0.5, 2.5, 0.5, 0.9)
+    preds = Predictions(calibrate(scores, temperature=2.5), targets, 0.5, scores=scores)
+    cal = calibration_report(preds, decision)
+    before = reliability(calibrate(scores), targets)["ece"]
+    after = reliability(calibrate(scores, temperature=2.5), targets)["ece"]
+    assert cal["before_temperature"]["ece"] == pytest.approx(before)
+    assert cal["after_temperature"]["ece"] == pytest.approx(after)
+    assert after < before  # the temperature undid the sharpening
+    assert cal["after_temperature"]["slope"] == pytest.approx(1.0, abs=0.25)
+    assert cal["before_temperature"]["slope"] < 0.6
+
+
+def test_operating_points_and_predictive_values_by_hand() -> None:
+    probs, targets = _drawn(200, 6)
+    probs = probs.float()
+    preds = Predictions(probs, targets, 0.5)
+    points = operating_points(preds, prevalence=0.05, resamples=200, confidence=0.95, seed=0)
+    p, y = probs.tolist(), targets.tolist()
+    pos, neg = (
+        [a for a, b in zip(p, y, strict=True) if b],
+        [a for a, b in zip(p, y, strict=True) if not b],
+    )
+
+    def sens_spec(t: float) -> tuple[float, float]:  # called PNEUMONIA at >= t
+        return sum(a >= t for a in pos) / len(pos), sum(a < t for a in neg) / len(neg)
+
+    cuts = sorted(set(p)) + [2.0]
+    for level in (0.90, 0.95):
+        best_sens = max(sens_spec(t)[0] for t in cuts if sens_spec(t)[1] >= level)
+        best_spec = max(sens_spec(t)[1] for t in cuts if sens_spec(t)[0] >= level)
+        got = points[f"sensitivity_at_specificity_{round(level * 100)}"]
+        assert got["value"] == pytest.approx(best_sens, abs=1e-6)
+        assert got["ci_low"] <= got["value"] <= got["ci_high"]
+        assert sens_spec(got["threshold"])[1] >= level  # its threshold reaches the specificity
+        spec = points[f"specificity_at_sensitivity_{round(level * 100)}"]
+        assert spec["value"] == pytest.approx(best_spec, abs=1e-6)
+    sens = sum(a > 0.5 for a in pos) / len(pos)
+    spec = sum(a <= 0.5 for a in neg) / len(neg)
+    ppv = sens * 0.05 / (sens * 0.05 + (1 - spec) * 0.95)
+    npv = spec * 0.95 / (spec * 0.95 + (1 - sens) * 0.05)
+    at = points["at_prevalence"]
+    assert (at["ppv"]["value"], at["npv"]["value"]) == pytest.approx((ppv, npv), abs=1e-5)
+    assert at["ppv"]["ci_low"] <= ppv <= at["ppv"]["ci_high"]
+    assert "at_prevalence" not in operating_points(
+        preds, None, resamples=10, confidence=0.9, seed=0
+    )
+
+
+@pytest.mark.slow
+def test_evaluate_writes_calibration_operating_points_and_the_reliability_figure(
+    trained: dict, tmp_path: Path
+) -> None:
+    from pneumonia.evaluate import evaluate
+
+    from .test_evaluate import compose_eval
+
+    evaluate(compose_eval(tmp_path, trained["ckpt"], "prevalence=0.05", "bootstrap.resamples=50"))
+    out = tmp_path / "eval"
+    result = json.loads((out / "report.json").read_text())
+    assert result["operating_points"]["at_prevalence"]["prevalence"] == 0.05
+    assert set(result["calibration"]) >= {"before_temperature", "after_temperature", "binning"}
+    text = (out / "report.md").read_text()
+    assert "## Calibration" in text
+    assert "## Operating points" in text
+    assert "At a PNEUMONIA prevalence of 5.0%" in text
+    assert (out / "reliability.png").stat().st_size > 1000
