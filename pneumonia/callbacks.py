@@ -54,7 +54,9 @@ class UnfreezeBackbone(BaseFinetuning):
 
 
 class EvaluationFigures(pl.Callback):
-    """Log the confusion matrix and ROC curve of every validation and test epoch to TensorBoard.
+    """Log the confusion matrix, ROC curve and reliability diagram of every validation and test
+    epoch to TensorBoard, with the operating points (sensitivity at specificity >= 90% and 95%,
+    and the reverse) as scalars.
 
     Reads the epoch's :class:`~pneumonia.predictions.Predictions` that the module gathered over
     all ranks (``pl_module.epoch_predictions``); the hooks run after the module's epoch end.
@@ -88,11 +90,27 @@ class EvaluationFigures(pl.Callback):
             pl_module.class_names,
             f"{stage}, epoch {trainer.current_epoch}",
         )
+        points = {}
+        both = 0 < int(predictions.targets.sum()) < len(predictions.targets)
+        if both:  # the reliability diagram and the operating points need both classes
+            from pneumonia.calibration import reliability
+            from pneumonia.metrics import operating_point_metrics
+            from pneumonia.plots import reliability_figure
+
+            probs, targets = predictions.probs.float(), predictions.targets.long()
+            figures["reliability"] = reliability_figure(
+                reliability(probs, targets), f"{stage}, epoch {trainer.current_epoch}"
+            )
+            points = {
+                k: float(v) for k, v in operating_point_metrics(0.5, None)(probs, targets).items()
+            }
         for tb in loggers:
             for name, fig in figures.items():
                 tb.experiment.add_figure(
                     f"{stage}/{name}", fig, global_step=trainer.global_step, close=False
                 )
+            for name, value in points.items():
+                tb.experiment.add_scalar(f"{stage}/{name}", value, global_step=trainer.global_step)
         for fig in figures.values():
             plt.close(fig)
 

@@ -103,6 +103,8 @@ def test_two_epoch_demo_run_leaves_everything_it_promises(train_cfg, tiny_root: 
         "lr-AdamW",
         "hp/test/f1",
         "hp/val/auroc",
+        "val/sensitivity_at_specificity_95",
+        "val/specificity_at_sensitivity_90",
     ):
         assert tag in scalars, tag
     assert len(tb.Scalars("val/loss")) == 2 + 1  # two epochs, then the best checkpoint again
@@ -111,6 +113,7 @@ def test_two_epoch_demo_run_leaves_everything_it_promises(train_cfg, tiny_root: 
     assert {
         "val/confusion_matrix",
         "val/roc",
+        "val/reliability",
         "test/confusion_matrix",
         "test/roc",
         "train/augmented_samples",
