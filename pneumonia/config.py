@@ -167,6 +167,7 @@ EVALUATE_RULES = {
     "bootstrap.resamples": COUNT,
     "bootstrap.confidence": OPEN_UNIT,
     "prevalence": OPTIONAL_PREVALENCE,
+    "subgroups.min_size": COUNT,
 }
 PREDICT_RULES = {"batch_size": COUNT}
 _MISSING = object()

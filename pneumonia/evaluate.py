@@ -43,6 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size,
         data=evaluation_data(cfg),
         prevalence=cfg.get("prevalence"),
+        min_subgroup=cfg.subgroups.min_size,
         **cfg.bootstrap,
     )
     write_text(out / "report.json", json.dumps(result, indent=2) + "\n")

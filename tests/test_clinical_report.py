@@ -156,3 +156,49 @@ def test_evaluate_writes_calibration_operating_points_and_the_reliability_figure
     assert "## Operating points" in text
     assert "At a PNEUMONIA prevalence of 5.0%" in text
     assert (out / "reliability.png").stat().st_size > 1000
+
+
+def test_subgroups_by_pathogen_and_attributes_with_a_warning_for_small_ones() -> None:
+    from pneumonia.evaluation.subgroups import subgroup_report
+
+    g = torch.Generator().manual_seed(7)
+    files, targets, attributes = [], [], []
+    for i in range(120):
+        kind = ("NORMAL", "bacteria", "virus")[i % 3]
+        files.append(Path(f"test/{'NORMAL' if kind == 'NORMAL' else 'PNEUMONIA'}/"
+                          f"person{i}_{kind.lower()}_1.jpeg"))  # fmt: skip
+        targets.append(0 if kind == "NORMAL" else 1)
+        attributes.append({"sex": "MF"[i % 2], "age": [5, 30, 50, 70][i % 4] + i % 3,
+                           "view": "AP" if i < 110 else "PA"})  # fmt: skip
+    targets = torch.tensor(targets)
+    probs = (0.3 + 0.4 * targets + 0.3 * torch.rand(120, generator=g)).clamp(0, 1)
+    probs[1::3] -= 0.25  # bacterial pneumonia scored lower: missed more often
+    preds = Predictions(probs, targets, 0.5, files=files, attributes=attributes)
+    report = subgroup_report(preds, min_size=15, resamples=50, confidence=0.9, seed=0)
+
+    assert set(report) == {"pathogen", "sex", "age_band", "view"}
+    for kind, rows in (("bacterial", range(1, 120, 3)), ("viral", range(2, 120, 3))):
+        group = report["pathogen"][kind]
+        called = sum(float(probs[i]) > 0.5 for i in rows)
+        assert group["num_images"] == group["num_pneumonia"] == 40
+        assert group["metrics"]["recall"]["value"] == pytest.approx(called / 40)
+        assert group["metrics"]["specificity"] is None  # no NORMAL image: undefined
+        assert group["metrics"].get("auroc") is None  # one class: no ranking metric
+    assert report["pathogen"]["bacterial"]["metrics"]["recall"]["value"] < 1.0
+    assert {k: v["num_images"] for k, v in report["age_band"].items()} == {
+        "0-17": 30, "18-39": 30, "40-64": 30, "65+": 30}  # fmt: skip
+    male = [i for i in range(120) if i % 2 == 0]  # "MF"[i % 2]
+    expected = sum((float(probs[i]) > 0.5) == bool(targets[i]) for i in male) / len(male)
+    assert report["sex"]["M"]["metrics"]["accuracy"]["value"] == pytest.approx(expected)
+    small = report["view"]["PA"]
+    assert small["num_images"] == 10
+    assert "fewer than 15" in small["warning"]
+    assert "metrics" not in small
+    assert subgroup_report(Predictions(probs, targets, 0.5), resamples=10, confidence=0.9,
+                           seed=0) is None  # fmt: skip
+    from pneumonia.evaluation.markdown import _subgroup_lines
+
+    page = "\n".join(_subgroup_lines(report, "90%"))
+    assert "| PA | 10 | " in page
+    assert "fewer than 15" in page
+    assert "**Bacterial and viral pneumonia" in page

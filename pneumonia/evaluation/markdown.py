@@ -62,6 +62,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += _calibration_lines(result.get("calibration"))
     lines += _shift_lines(result.get("shift"), conf)
     lines += _source_lines(result.get("by_source"), conf)
+    lines += _subgroup_lines(result.get("subgroups"), conf)
     lines += ["Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `reliability.png`, "
               "`predictions.csv`.", ""]  # fmt: skip
     return "\n".join(lines)
@@ -151,6 +152,35 @@ def _source_lines(sources: dict[str, Any] | None, conf: str) -> list[str]:
         cells = " | ".join(_cells(m[k]) for k in ("auroc", "accuracy", "recall", "specificity"))
         lines.append(f"| {name} | {group['num_images']} | {group['num_pneumonia']} | {cells} |")
     return [*lines, ""]
+
+
+GROUPINGS = {
+    "pathogen": "Bacterial and viral pneumonia (Kermany's file names; PNEUMONIA images only, so "
+    "recall alone)",
+    "sex": "By sex",
+    "age_band": "By age band (years)",
+    "view": "By view",
+}
+
+
+def _subgroup_lines(subgroups: dict[str, Any] | None, conf: str) -> list[str]:
+    """report.md's subgroups: a table per grouping, a warning for a group too small."""
+    if not subgroups:
+        return []
+    lines = ["## Subgroups", ""]
+    for grouping, groups in subgroups.items():
+        head = (f"| group | images | PNEUMONIA | AUROC | {conf} CI | sensitivity | {conf} CI "
+                f"| specificity | {conf} CI |")  # fmt: skip
+        lines += [f"**{GROUPINGS.get(grouping, grouping)}**", "", head, "|---" * 9 + "|"]
+        for name, g in groups.items():
+            if "warning" in g:
+                cells = f"{g['warning']} | | | | | |"
+            else:
+                cells = " | ".join(_cells(g["metrics"].get(k))
+                                   for k in ("auroc", "recall", "specificity"))  # fmt: skip
+            lines.append(f"| {name} | {g['num_images']} | {g['num_pneumonia']} | {cells} |")
+        lines.append("")
+    return lines
 
 
 def _cells(m: dict[str, float] | None) -> str:

@@ -45,7 +45,9 @@ def shift_report(preds: Predictions, reference: ShiftReference, **bootstrap: Any
         "num_flagged": flagged,
         "share_flagged": flagged / len(inside) if len(inside) else 0.0,
         **{
-            name: _metrics(group.probs, group.targets, group.threshold, ranking=True, **bootstrap)
+            name: metrics_with_intervals(
+                group.probs, group.targets, group.threshold, ranking=True, **bootstrap
+            )
             if len(group.probs)
             else None
             for name, group in groups.items()
@@ -66,7 +68,7 @@ def by_source(preds: Predictions, **bootstrap: Any) -> dict[str, dict] | None:
         groups[name] = {
             "num_images": len(group.probs),
             "num_pneumonia": int(group.targets.sum()),
-            "metrics": _metrics(
+            "metrics": metrics_with_intervals(
                 group.probs.float(), group.targets.long(), group.threshold, ranking=True,
                 **bootstrap,
             ),
@@ -172,8 +174,10 @@ def report(
     probs, targets = preds.probs.float(), preds.targets.long()
     bootstrap = {"resamples": resamples, "confidence": confidence, "seed": seed}
     return {
-        "metrics": _metrics(probs, targets, preds.threshold, ranking=True, **bootstrap),
-        "metrics_at_0.5": _metrics(probs, targets, 0.5, ranking=False, **bootstrap),
+        "metrics": metrics_with_intervals(
+            probs, targets, preds.threshold, ranking=True, **bootstrap
+        ),
+        "metrics_at_0.5": metrics_with_intervals(probs, targets, 0.5, ranking=False, **bootstrap),
         "confusion_matrix": confusion_matrix(probs, targets, preds.threshold).tolist(),
         "confusion_matrix_at_0.5": confusion_matrix(probs, targets, 0.5).tolist(),
         "num_images": len(targets),
@@ -183,7 +187,7 @@ def report(
     }
 
 
-def _metrics(
+def metrics_with_intervals(
     probs: torch.Tensor,
     targets: torch.Tensor,
     threshold: float,

@@ -23,6 +23,7 @@ from pneumonia.evaluation.report import (
     report,
     shift_report,
 )
+from pneumonia.evaluation.subgroups import MIN_SUBGROUP, subgroup_report
 from pneumonia.inference import predict_batches, warn_if_unlike_training
 from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.predictions import Predictions
@@ -130,10 +131,13 @@ def evaluate_checkpoint(
     confidence: float = CONFIDENCE,
     seed: int = 0,
     prevalence: float | None = None,
+    min_subgroup: int = MIN_SUBGROUP,
 ) -> tuple[dict[str, Any], Predictions]:
     """:func:`score`, the prior shift, and the :func:`report` with what it was made from:
     also the calibration (before and after the stored temperature) and the operating points,
-    with PPV and NPV at ``prevalence`` (a clinic's PNEUMONIA prevalence) when one is given.
+    with PPV and NPV at ``prevalence`` (a clinic's PNEUMONIA prevalence) when one is given, and
+    the subgroups (bacterial and viral pneumonia, sex, age band, view) of ``min_subgroup``
+    images or more.
 
     Returns:
         The report (``report.json``) and the predictions behind it (``predictions.csv``).
@@ -157,6 +161,7 @@ def evaluate_checkpoint(
     result["calibration"] = calibration
     result["operating_points"] = operating_points(preds, prevalence, **bootstrap)
     result["by_source"] = by_source(preds, **bootstrap)
+    result["subgroups"] = subgroup_report(preds, min_size=min_subgroup, **bootstrap)
     root = (data or {}).get("root") or ckpt.data_args.get("root")
     result |= {
         "shift": unlike,
