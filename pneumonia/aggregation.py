@@ -167,7 +167,7 @@ def out_of_fold(pooled: Mapping[str, pd.DataFrame], confidence: float = CONFIDEN
     seeds."""
     seeds = {}
     for seed, table in pooled.items():
-        positive = _positive_class(table)
+        positive = positive_class(table)
         targets = torch.tensor((table["label"] == positive).to_numpy(), dtype=torch.long)
         predicted = (table["prediction"] == positive).to_numpy()
         truth = targets.numpy().astype(bool)
@@ -188,7 +188,7 @@ def out_of_fold(pooled: Mapping[str, pd.DataFrame], confidence: float = CONFIDEN
     }
 
 
-def _positive_class(table: pd.DataFrame) -> str:
+def positive_class(table: pd.DataFrame) -> str:
     """The class predicted above the threshold (the rows say it)."""
     above = table[table["probability"] > table["threshold"]]
     if len(above):
@@ -235,7 +235,7 @@ def aggregate(
 def _roc(table: pd.DataFrame, path: Path) -> str:
     from pneumonia.plots import roc_figure, save_figure
 
-    targets = torch.tensor((table["label"] == _positive_class(table)).to_numpy(), dtype=torch.long)
+    targets = torch.tensor((table["label"] == positive_class(table)).to_numpy(), dtype=torch.long)
     probs = torch.tensor(table["probability"].to_numpy(), dtype=torch.float32)
     save_figure(roc_figure(probs, targets, f"out of fold, {len(table)} images"), path)
     return path.name
@@ -244,7 +244,7 @@ def _roc(table: pd.DataFrame, path: Path) -> str:
 def _calibration(table: pd.DataFrame, path: Path) -> str:
     from pneumonia.plots import reliability_figure, save_figure
 
-    targets = torch.tensor((table["label"] == _positive_class(table)).to_numpy(), dtype=torch.long)
+    targets = torch.tensor((table["label"] == positive_class(table)).to_numpy(), dtype=torch.long)
     curve = reliability(torch.tensor(table["probability"].to_numpy()), targets)
     save_figure(reliability_figure(curve, f"out of fold, {len(table)} images"), path)
     return path.name

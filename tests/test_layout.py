@@ -21,10 +21,11 @@ LAYERS = [
     {"model"},
     {"checkpoint"},
     {"inference", "explain", "runs", "resume", "generalisation", "deployment", "aggregation",
-     "tracking"},
+     "comparison", "tracking"},
     {"evaluation"},  # scoring labelled images and reporting on them
     {"api"},  # the Python API over the library
-    {"evaluate", "predict", "export", "train", "aggregate"},  # the commands: parse, call, write
+    {"evaluate", "predict", "export", "train", "aggregate",
+     "compare"},  # the commands: parse, call, write
 ]  # fmt: skip
 COMMANDS = LAYERS[-1]
 
