@@ -41,5 +41,5 @@ def test_the_wheel_ships_every_module_config_and_the_four_commands(tmp_path: Pat
     assert modules <= names, sorted(modules - names)
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command in ("train", "evaluate", "predict", "export"):
+    for command in ("train", "evaluate", "predict", "export", "aggregate", "compare"):
         assert f"pneumonia-{command} = pneumonia.{command}:main" in text
