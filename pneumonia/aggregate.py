@@ -2,9 +2,10 @@
 settings), each metric as mean, standard deviation and a 95% t-interval over the jobs of one
 setting (``pneumonia.aggregation`` does the work).
 
-Writes ``aggregate.md``, ``aggregate.csv``, ``aggregate.json``, the out-of-fold ROC figures
-of a k-fold and a TensorBoard log (``tensorboard/``) into the sweep folder (or ``--out``);
-with ``--mlflow URI``, the same to an MLflow store or server (``pneumonia.tracking``).
+Writes ``aggregate.md`` (and the page ``aggregate.html``), ``aggregate.csv``,
+``aggregate.json``, the out-of-fold figures of a k-fold and a TensorBoard log
+(``tensorboard/``) into the sweep folder (or ``--out``); with ``--mlflow URI``, the same to an
+MLflow store or server (``pneumonia.tracking``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from pneumonia.aggregation import CONFIDENCE, aggregate
 from pneumonia.errors import InputNotFoundError
 from pneumonia.files import write_text
+from pneumonia.pages import write_page
 
 log = logging.getLogger(__name__)
 # What aggregate.md shows by default (aggregate.csv has every number of metrics.json).
@@ -126,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text(out / "aggregate.csv", table(result))
     page = markdown(result)
     write_text(out / "aggregate.md", page)
+    write_page(out / "aggregate.md", f"Aggregate of {args.folder}")
     logdir = log_to_tensorboard(result, out, page)
     log.info("%s\nWritten: %s (TensorBoard: %s)", page, out / "aggregate.md", logdir)
     if args.mlflow:

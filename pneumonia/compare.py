@@ -3,9 +3,10 @@ difference noise? (``pneumonia.comparison`` does the work.)
 
 A and B are each a ``predictions.csv`` written by ``pneumonia-evaluate`` or a checkpoint,
 which is then scored on ``--split`` (default test) of its data folder (or ``--data-root``).
-Writes ``compare.json``, ``compare.md`` and ``roc_compare.png`` (and each checkpoint's
-``predictions_a.csv`` / ``predictions_b.csv``) into ``--out``, by default
-``outputs/compare/runs/<date>/``, and nothing when the inputs are refused.
+Writes ``compare.json``, ``compare.md`` (and the page ``compare.html``) and
+``roc_compare.png`` (and each checkpoint's ``predictions_a.csv`` / ``predictions_b.csv``) into
+``--out``, by default ``outputs/compare/runs/<date>/``, and nothing when the inputs are
+refused.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pneumonia.comparison import NAMES, Paired, compare, p_text, read_prediction
 from pneumonia.errors import InputNotFoundError, UserError
 from pneumonia.files import write_text
 from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from pneumonia.pages import write_page
 from pneumonia.runs import check_writable
 
 log = logging.getLogger(__name__)
@@ -174,6 +176,7 @@ def write(
     for name, rows in scored.items():
         write_predictions(out / f"predictions_{name.lower()}.csv", rows)
     write_text(out / "compare.md", markdown(result))
+    write_page(out / "compare.md", "Comparison of two models")
     write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
 
 

@@ -168,6 +168,7 @@ EVALUATE_RULES = {
     "bootstrap.confidence": OPEN_UNIT,
     "prevalence": OPTIONAL_PREVALENCE,
     "subgroups.min_size": COUNT,
+    "mistakes": WORKERS,
 }
 PREDICT_RULES = {"batch_size": COUNT}
 _MISSING = object()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pneumonia.evaluation import evaluate_checkpoint, markdown
 from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
 from pneumonia.files import write_text
 from pneumonia.inference import inference_precision
+from pneumonia.pages import write_page
 from pneumonia.predictions import write_predictions
 from pneumonia.runs import check_writable
 from pneumonia.runtime import resolve_device
@@ -47,7 +49,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         **cfg.bootstrap,
     )
     write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
-    write_text(out / "report.md", markdown(result))
     write_predictions(out / "predictions.csv", preds.rows(ckpt.class_names, ckpt.positive_index))
     figures = evaluation_figures(
         preds.probs, preds.targets, preds.threshold, ckpt.class_names, cfg.split, pr=True
@@ -62,9 +63,40 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     for name, fig in figures.items():
         save_figure(fig, out / f"{name}.png")
+    mistakes = _confident_mistakes(ckpt, preds, cfg, device, out)
+    write_text(out / "report.md", markdown(result, [f"{n}.png" for n in figures], mistakes))
+    write_page(out / "report.md", f"Evaluation of {Path(cfg.ckpt_path).name}")
     log.info("\n%s", markdown(result))
-    log.info("Report, figures and predictions.csv: %s", out)
+    log.info("Report (report.md, report.html), figures and predictions.csv: %s", out)
     return result
+
+
+def _confident_mistakes(ckpt, preds, cfg: DictConfig, device, out: Path) -> list[dict[str, Any]]:
+    """The ``cfg.mistakes`` most confident mistakes, each with its Grad-CAM written under
+    ``out/mistakes/`` (the rows report.md and report.html show)."""
+    picked = preds.confident_mistakes(cfg.mistakes) if cfg.mistakes and preds.files else []
+    if not picked:
+        return []
+    from pneumonia.inference import predict_files
+
+    files = [Path(preds.files[i]) for i in picked]
+    root = Path(os.path.commonpath(files)) if len(files) > 1 else files[0].parent
+    predict_files(ckpt, files, device=device, precision=inference_precision(cfg.precision, device),
+                  gradcam_dir=out / "mistakes", root=root)  # fmt: skip
+    positive = ckpt.class_names[ckpt.positive_index]
+    negative = ckpt.class_names[1 - ckpt.positive_index]
+    return [
+        {
+            "file": str(f),
+            "label": positive if int(preds.targets[i]) == 1 else negative,
+            "probability": float(preds.probs[i]),
+            # write_gradcams' name: the path below root, folders joined by "__"
+            "gradcam": "mistakes/"
+            + "__".join(f.relative_to(root).with_suffix("").parts)
+            + "_gradcam.png",
+        }
+        for i, f in zip(picked, files, strict=True)
+    ]
 
 
 def evaluation_data(cfg: DictConfig) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ LAYERS = [
     {"errors", "runtime", "calibration", "decision", "prior_shift", "shift", "metrics",
      "predictions", "backbones", "optim", "files", "launch"},  # leaves
     {"data"},  # the data package, all of it
-    {"config", "plots"},
+    {"config", "plots", "pages"},
     {"callbacks", "budget"},
     {"model"},
     {"checkpoint"},

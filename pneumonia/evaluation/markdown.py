@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pneumonia.decision import Decision
@@ -30,10 +32,19 @@ CALIBRATION_ROWS = (
 )
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(
+    result: dict[str, Any],
+    figures: Sequence[str] = (),
+    mistakes: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """``report.md``: the report of :func:`evaluate_checkpoint` as a table.
 
     The columns at 0.5 are left out where the threshold is 0.5: they would repeat the first.
+
+    Args:
+        figures: the PNGs written beside it, shown after the table (``roc.png`` ...).
+        mistakes: the most confident mistakes, worst first: ``file``, ``label``,
+            ``probability`` and ``gradcam`` (its Grad-CAM PNG, relative to the report).
     """
     conf = f"{result['bootstrap']['confidence']:.0%}"
     t = result["threshold"]
@@ -58,11 +69,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(row)
     (tn, fp), (fn, tp) = result["confusion_matrix"]
     lines += ["", f"Confusion matrix at {t:.3f}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.", ""]
+    if figures:
+        lines += [" ".join(f"![{Path(f).stem.replace('_', ' ')}]({f})" for f in figures), ""]
     lines += _operating_lines(result.get("operating_points"), conf)
     lines += _calibration_lines(result.get("calibration"))
     lines += _shift_lines(result.get("shift"), conf)
     lines += _source_lines(result.get("by_source"), conf)
     lines += _subgroup_lines(result.get("subgroups"), conf)
+    lines += _mistake_lines(mistakes, t)
     lines += ["Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `reliability.png`, "
               "`predictions.csv`.", ""]  # fmt: skip
     return "\n".join(lines)
@@ -181,6 +195,22 @@ def _subgroup_lines(subgroups: dict[str, Any] | None, conf: str) -> list[str]:
             lines.append(f"| {name} | {g['num_images']} | {g['num_pneumonia']} | {cells} |")
         lines.append("")
     return lines
+
+
+def _mistake_lines(mistakes: Sequence[Mapping[str, Any]], threshold: float) -> list[str]:
+    """report.md's most confident mistakes, with their Grad-CAM for PNEUMONIA."""
+    if not mistakes:
+        return []
+    lines = ["## Most confident mistakes", "",
+             f"The wrong calls farthest from the threshold ({threshold:.3f}), worst first, each "
+             "with its Grad-CAM for PNEUMONIA on the original image (the region the model looked "
+             "at coloured, the rest dimmed).", "",
+             "| image | true class | P(PNEUMONIA) | Grad-CAM |", "|---|---|---|---|"]  # fmt: skip
+    for m in mistakes:
+        picture = f"![{Path(m['file']).name}]({m['gradcam']})" if m.get("gradcam") else "-"
+        lines.append(f"| `{Path(m['file']).name}` | {m['label']} | {m['probability']:.3f} | "
+                     f"{picture} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def _cells(m: dict[str, float] | None) -> str:

@@ -1,0 +1,90 @@
+"""report.html (and the aggregate's and comparison's pages) opened in a real headless browser:
+Debian's Chromium driven through Playwright. Skipped where Chromium is absent (CI installs
+it: apt-get install chromium)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LAPTOP = {"width": 1280, "height": 800}
+# Chromium as root on a closed network: no sandbox, no background connections
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Chromium not found: sudo apt-get install chromium (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def _open(browser, page_file: Path):
+    page = browser.new_page(viewport=LAPTOP)
+    page.goto(page_file.as_uri())
+    page.wait_for_load_state("load")
+    return page
+
+
+def _images(page) -> list[list]:
+    return page.evaluate(
+        "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])"
+    )
+
+
+@pytest.mark.slow
+def test_report_html_shows_every_figure_and_the_metrics_on_a_laptop_screen(
+    trained: dict, tmp_path: Path, browser
+) -> None:
+    from pneumonia.evaluate import evaluate
+
+    from .test_evaluate import compose_eval
+
+    evaluate(compose_eval(tmp_path, trained["ckpt"], "bootstrap.resamples=50", "mistakes=3",
+                          "prevalence=0.05"))  # fmt: skip
+    out = tmp_path / "eval"
+    page = _open(browser, out / "report.html")
+    images = _images(page)
+    names = {alt for alt, _, _ in images}
+    assert {"confusion matrix", "roc", "pr", "reliability"} <= names
+    assert len(images) >= 4 + 1  # the figures, and at least one mistake's Grad-CAM
+    broken = [alt for alt, complete, width in images if not complete or width == 0]
+    assert not broken, f"images that did not load: {broken}"
+    first_table = page.inner_text("table")
+    assert "AUROC" in first_table
+    assert "Specificity" in first_table
+    body = page.inner_text("body")
+    for heading in ("Operating points", "Calibration", "Most confident mistakes"):
+        assert heading in body
+    assert "was not written" not in body
+    # readable on a laptop: nothing wider than the screen
+    assert page.evaluate("document.documentElement.scrollWidth") <= LAPTOP["width"]
+    page.screenshot(path=str(tmp_path / "report_screenshot.png"), full_page=True)
+    assert (tmp_path / "report_screenshot.png").stat().st_size > 10_000
+
+
+def test_a_figure_the_page_lacks_is_said_to_be_missing_not_broken(tmp_path: Path, browser):
+    from pneumonia.pages import write_page
+
+    report = tmp_path / "report.md"
+    report.write_text("# A\n\n| metric | value |\n|---|---|\n| AUROC | 0.9 |\n\n![roc](roc.png)\n")
+    page = _open(browser, write_page(report, "A"))
+    assert _images(page) == []
+    assert "(roc.png was not written)" in page.inner_text("body")
+    assert page.inner_text("td") == "AUROC"
