@@ -36,10 +36,39 @@ class LoadedCheckpoint:
     data_args: dict[str, Any]  # the training run's other DataModule arguments (root, split...)
     config: dict[str, Any] | None  # the training run's whole Hydra config, as a record
     shift: ShiftReference | None = None  # what its training images looked like (None: older)
+    # named operating thresholds chosen on validation (decision.operating_thresholds)
+    thresholds: dict[str, dict[str, float]] | None = None
 
     @property
     def threshold(self) -> float:
         return float(self.model.threshold)
+
+    def use_threshold(self, choice: str | float | None) -> None:
+        """Decide at another threshold than the stored one: a name of the checkpoint's table
+        (``spec95``: the threshold that reached 95% specificity on validation), or a number.
+        None keeps the stored one. The decision record then names it as its rule.
+
+        Raises:
+            InputValueError: an unknown name (the names are listed) or a number outside (0, 1).
+        """
+        if choice is None or choice == "stored":
+            return
+        table = self.thresholds or {}
+        if isinstance(choice, (int, float)) and not isinstance(choice, bool):
+            if not 0 < float(choice) < 1:
+                raise InputValueError(f"threshold={choice}: a threshold is a probability in (0, 1)")
+            value = float(choice)
+        elif str(choice) in table:
+            value = float(table[str(choice)]["threshold"])
+        else:
+            names = ", ".join(sorted(table)) or "none (a checkpoint of an older version)"
+            raise InputValueError(
+                f"threshold={choice} is not a threshold of {self.path.name}: its named thresholds "
+                f"are {names}; or give a number in (0, 1), or leave it out for the stored one "
+                f"({self.threshold:.3f})."
+            )
+        self.model.threshold.fill_(value)
+        self.model.hparams.threshold_rule = choice if isinstance(choice, str) else value
 
     @property
     def class_names(self) -> list[str]:
@@ -191,6 +220,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         data_args=data_args,
         config=meta.get("config"),
         shift=ShiftReference.from_record(meta.get("shift")),
+        thresholds=meta.get("thresholds"),
     )
 
 

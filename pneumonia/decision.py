@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -207,3 +208,40 @@ def fit_on_validation(
     )
     fitted = replace(decision, temperature=temperature, threshold=threshold)
     return ValidationFit(fitted, probs, nll(raw, targets), brier(raw, targets))
+
+
+# Named operating thresholds chosen on validation and stored in the checkpoint, selectable by
+# name (``threshold=spec95`` in evaluate and predict): specXX reaches a specificity of XX%,
+# sensXX a sensitivity of XX%.
+OPERATING_LEVELS = (0.90, 0.95)
+
+
+def operating_thresholds(
+    probs: torch.Tensor, targets: torch.Tensor, levels: tuple[float, ...] = OPERATING_LEVELS
+) -> dict[str, dict[str, float]]:
+    """For the rule "PNEUMONIA above t": ``specXX``, the lowest threshold whose specificity
+    is at least XX% (the most sensitive rule that reaches it), and ``sensXX``, the highest
+    threshold whose sensitivity is at least XX% (the most specific one), each with the
+    sensitivity and specificity it gives on these images. Empty without both classes."""
+    p, t = probs.double().flatten(), targets.long().flatten()
+    pos, neg = torch.sort(p[t == 1]).values, torch.sort(p[t == 0]).values
+    if not len(pos) or not len(neg):
+        return {}
+
+    def record(threshold: float) -> dict[str, float]:
+        return {
+            "threshold": threshold,
+            "sensitivity": float((pos > threshold).double().mean()),
+            "specificity": float((neg <= threshold).double().mean()),
+        }
+
+    table = {}
+    for level in levels:
+        name = f"{level:.0%}".rstrip("%")
+        k = math.ceil(level * len(neg) - 1e-9)  # negatives at or below t
+        table[f"spec{name}"] = record(float(neg[max(k, 1) - 1]))
+        m = math.ceil(level * len(pos) - 1e-9)  # positives above t
+        wanted = float(pos[len(pos) - max(m, 1)])  # the m-th highest positive
+        below = p[p < wanted]
+        table[f"sens{name}"] = record(float(below.max()) if len(below) else 0.0)
+    return table

@@ -34,6 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)
+    ckpt.use_threshold(cfg.get("threshold"))  # a named or given threshold instead of the stored
     device = resolve_device(cfg.accelerator)
     result, preds = evaluate_checkpoint(
         ckpt,

@@ -29,6 +29,7 @@ def predict(cfg: DictConfig) -> Path:
     out = Path(cfg.output_dir)
     check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)
+    ckpt.use_threshold(cfg.get("threshold"))  # a named or given threshold instead of the stored
     source = Path(cfg.input).expanduser()
     files = list_images(source)
     device = resolve_device(cfg.accelerator)

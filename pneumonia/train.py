@@ -22,6 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import add_to_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
+from pneumonia.decision import operating_thresholds
 from pneumonia.files import write_text
 from pneumonia.launch import detect, lightning_ranks_run_this_job
 from pneumonia.metrics import confusion_matrix
@@ -150,6 +151,10 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
             model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
         )
     )
+    validation = model.epoch_predictions.get("val")
+    if validation is not None:  # named operating thresholds of the best checkpoint
+        metrics["thresholds"] = operating_thresholds(validation.probs, validation.targets)
+        _store_in_checkpoint(cfg, best, trainer, "thresholds", metrics["thresholds"])
     if cfg.get("test"):
         if datamodule.has_split("test"):
             results = trainer.test(
@@ -201,6 +206,18 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     return metrics
 
 
+def _store_in_checkpoint(cfg, best: str, trainer, key: str, record: dict) -> str:
+    """Store ``record`` as ``key`` in the best checkpoint (else last.ckpt), on rank 0; the
+    checkpoint's path, or "" where there is none."""
+    if trainer is not None and not trainer.is_global_zero:
+        return ""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    target = best or (str(last) if last.is_file() else "")
+    if target:
+        add_to_checkpoint(target, key, record)
+    return target
+
+
 def _fit_shift_reference(cfg, model, datamodule, device, precision: str, best: str):
     """Fit the shift reference of the trained weights and store it in their checkpoint (the
     best one, else last.ckpt), where evaluate, predict, export and the API find it."""
@@ -214,10 +231,7 @@ def _fit_shift_reference(cfg, model, datamodule, device, precision: str, best: s
         method=cfg.shift.method,
         flag_rate=cfg.shift.flag_rate,
     )
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    target = best or (str(last) if last.is_file() else "")
-    if target:
-        add_to_checkpoint(target, "shift", reference.to_record())
+    target = _store_in_checkpoint(cfg, best, None, "shift", reference.to_record())
     log.info(
         "Shift reference (%s) stored in %s: a shift score above %.4g flags an image as unlike "
         "the training images (%.0f%% of the validation images)",

@@ -202,3 +202,59 @@ def test_subgroups_by_pathogen_and_attributes_with_a_warning_for_small_ones() ->
     assert "| PA | 10 | " in page
     assert "fewer than 15" in page
     assert "**Bacterial and viral pneumonia" in page
+
+
+def test_operating_thresholds_are_the_extreme_thresholds_that_reach_each_level() -> None:
+    from pneumonia.decision import operating_thresholds
+
+    probs, targets = _drawn(150, 8)
+    probs = torch.round(probs * 40) / 40  # ties, as real probabilities have
+    table = operating_thresholds(probs, targets)
+    p, y = probs.tolist(), targets.tolist()
+    candidates = sorted({0.0, *p})
+
+    def rates(t: float) -> tuple[float, float]:  # "PNEUMONIA above t"
+        pos = [a for a, b in zip(p, y, strict=True) if b]
+        neg = [a for a, b in zip(p, y, strict=True) if not b]
+        return sum(a > t for a in pos) / len(pos), sum(a <= t for a in neg) / len(neg)
+
+    for level in (90, 95):
+        spec = min(t for t in candidates if rates(t)[1] >= level / 100)
+        sens = max(t for t in candidates if rates(t)[0] >= level / 100)
+        assert table[f"spec{level}"]["threshold"] == pytest.approx(spec)
+        assert table[f"sens{level}"]["threshold"] == pytest.approx(sens)
+        assert table[f"spec{level}"]["specificity"] == pytest.approx(rates(spec)[1])
+        assert table[f"sens{level}"]["sensitivity"] == pytest.approx(rates(sens)[0])
+    assert operating_thresholds(probs, torch.ones_like(targets)) == {}
+
+
+@pytest.mark.slow
+def test_predict_selects_a_named_threshold_stored_in_the_checkpoint(
+    trained: dict, tmp_path: Path, tiny_root: Path
+) -> None:
+    import csv
+
+    from pneumonia.checkpoint import load_checkpoint
+    from pneumonia.config import compose
+    from pneumonia.errors import InputValueError
+    from pneumonia.predict import predict
+
+    table = load_checkpoint(trained["ckpt"]).thresholds
+    assert set(table) == {"spec90", "spec95", "sens90", "sens95"}
+    assert trained["metrics"]["thresholds"] == table
+
+    def run(*overrides: str) -> list[dict]:
+        given = [f"ckpt_path={trained['ckpt']}", f"input={tiny_root / 'test'}", "precision=32-true"]
+        cfg = compose("predict", [*given, *overrides], output_dir=tmp_path / "p")
+        predict(cfg)
+        with open(tmp_path / "p" / "predictions.csv") as f:
+            return list(csv.DictReader(f))
+
+    rows = run("threshold=sens95")
+    assert [float(r["threshold"]) for r in rows] == pytest.approx(
+        [table["sens95"]["threshold"]] * len(rows)
+    )
+    called = [r["prediction"] == "PNEUMONIA" for r in rows]
+    assert called == [float(r["probability"]) > table["sens95"]["threshold"] for r in rows]
+    with pytest.raises(InputValueError, match=r"are sens90, sens95, spec90, spec95"):
+        run("threshold=spec99")
