@@ -16,6 +16,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from pneumonia.data.batch_augment import PaddedCollate, as_is, batch_augment
 from pneumonia.data.cache import default_cache_dir
 from pneumonia.data.dataset import ChestXRayDataset, image_loader
 from pneumonia.data.index import (
@@ -53,7 +54,10 @@ class ChestXRayDataModule(pl.LightningDataModule):
     - ``val_split``: ``patient`` pools train+val and carves a patient-grouped, stratified
       ``val_fraction``; ``official`` takes ``val/`` as it is.
     - ``crop``, ``hflip_prob``, ``rotation_degrees``, ``translate`` and ``augment`` (keyword
-      arguments of :func:`~pneumonia.data.transforms.train_transforms`): training augmentation.
+      arguments of :func:`~pneumonia.data.transforms.train_transforms`): training augmentation,
+      per image in the loader's workers (``augment_on=loader``) or of whole uint8 batches on
+      the training device (``device``: :mod:`pneumonia.data.batch_augment`, the same
+      distribution; for GPUs whose CPU cores cannot keep up).
       No horizontal flip by default: a chest is not mirror-symmetric.
     - ``holdout_root``: a labelled folder kept out of training: its patients leave the train
       and val pool, and its images form the ``holdout`` split, read from their own files.
@@ -91,6 +95,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         rotation_degrees: float = 10.0,
         translate: float = 0.05,
         augment: dict[str, float] | None = None,
+        augment_on: Literal["loader", "device"] = "loader",
         mean: Sequence[float] = Preprocessing.mean,
         std: Sequence[float] = Preprocessing.std,
         on_bad_image: BadImagePolicy = "error",
@@ -138,14 +143,10 @@ class ChestXRayDataModule(pl.LightningDataModule):
             self.hparams.holdout_root = str(self.holdout_root.resolve())
         arguments = locals()  # the preprocessing: the arguments named as its fields
         self.preprocessing = Preprocessing(**{k: arguments[k] for k in PREPROCESSING_FIELDS})
-        self.train_transform = train_transforms(
-            crop_size=crop_size,
-            crop=crop,
-            hflip_prob=hflip_prob,
-            rotation_degrees=rotation_degrees,
-            translate=translate,
-            **(augment or {}),
-        )
+        geometry = {"crop_size": crop_size, "crop": crop, "hflip_prob": hflip_prob,
+                    "rotation_degrees": rotation_degrees, "translate": translate}  # fmt: skip
+        self.train_transform = train_transforms(**geometry, **(augment or {}))
+        self.batch_augment = batch_augment(augment_on, geometry, augment, mean, std)
         self.eval_transform = self.preprocessing.eval_transform
         self.collate = self.preprocessing.collate
         self._listed: DataIndex | None = None
@@ -318,14 +319,16 @@ class ChestXRayDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device.type == "cuda" if trainer else torch.cuda.is_available()
 
-    def _loader(self, split: str, transform, *, shuffle: bool, shard: bool) -> DataLoader:
+    def _loader(
+        self, split: str, transform, *, shuffle: bool, shard: bool, collate=None
+    ) -> DataLoader:
         data = self._split(split)
         decode = self._decoders["holdout" if split == "holdout" else "root"]
         on_gpu = self._on_gpu()
         workers = self.num_workers if self.num_workers is not None else loader_workers(on_gpu)
         return image_loader(
             ChestXRayDataset(data.files, data.labels, transform, decode),
-            collate=self.collate,
+            collate=collate or self.collate,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=workers,
@@ -339,7 +342,16 @@ class ChestXRayDataModule(pl.LightningDataModule):
         return self._loader(split, transform, shuffle=False, shard=False)
 
     def train_dataloader(self) -> DataLoader:
+        if self.batch_augment is not None:  # whole uint8 batches, augmented on the device
+            return self._loader("train", as_is, shuffle=True, shard=True, collate=PaddedCollate())
         return self._loader("train", self.train_transform, shuffle=True, shard=True)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """``augment_on=device``: the training batch, now on the device, augmented there."""
+        if self.batch_augment is None or len(batch) != 3:  # (images, sizes, labels): training
+            return batch
+        images, sizes, labels = batch
+        return self.batch_augment.to(images.device)(images, sizes), labels
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_transform, shuffle=False, shard=True)
