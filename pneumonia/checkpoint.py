@@ -224,6 +224,16 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     )
 
 
+def add_to_run_checkpoint(run_dir: str | Path, best: str | None, key: str, record: dict) -> str:
+    """:func:`add_to_checkpoint` on a training run's best checkpoint (else its last.ckpt);
+    the path written to, or "" where the run has neither."""
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    target = best or (str(last) if last.is_file() else "")
+    if target:
+        add_to_checkpoint(target, key, record)
+    return target
+
+
 def add_to_checkpoint(path: str | Path, key: str, record: dict[str, Any]) -> None:
     """Store ``record`` as ``key`` of the checkpoint's "pneumonia" section, atomically (the
     file is whole before or after, never half-written)."""

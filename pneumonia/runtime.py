@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import functools
@@ -10,6 +11,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 # autocast made ResNet training about 13x slower than fp32 on an AVX2-only AMD EPYC (Zen 3).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 PROBE_SPEEDUP = 1.2  # bf16 must beat fp32 by this much in the probe to be chosen
+# On a GPU with bf16, a probe of the training step decides: a launch-bound step (small batches
+# on a large GPU) ran slower in bf16-mixed than in fp32 on an H200 (benchmarks/RESULTS.md, G).
+GPU_STEP_SPEEDUP = 1.05
 
 
 def usable_cpus() -> int:
@@ -134,20 +139,32 @@ class PrecisionChoice:
     reason: str
 
 
-def resolve_precision(requested: str | int, device: torch.device | str) -> PrecisionChoice:
+def resolve_precision(
+    requested: str | int,
+    device: torch.device | str,
+    step_probe: Callable[[], float] | None = None,
+) -> PrecisionChoice:
     """``auto`` -> the fastest safe precision for ``device``; anything else is kept as asked.
 
-    ``auto`` is bf16-mixed on CUDA GPUs with bf16 (16-mixed on older ones), bf16-mixed on CPUs
-    where it pays off (:func:`cpu_bf16_pays_off`: a native-bf16 flag and a probe that shows bf16
-    faster) and 32-true otherwise. An explicit bf16 where it does not pay off warns.
+    ``auto`` on a CUDA GPU with bf16: bf16-mixed, unless ``step_probe`` (the training step's
+    fp32 time over its bf16-mixed time, :func:`step_speedup`) shows bf16 no faster, then
+    32-true; 16-mixed on GPUs without bf16. On CPUs bf16-mixed where it pays off
+    (:func:`cpu_bf16_pays_off`: a native-bf16 flag and a probe that shows bf16 faster) and
+    32-true otherwise. An explicit bf16 where it does not pay off warns.
     """
     requested = str(requested)
     kind = torch.device(device).type
     if requested == "auto":
         if kind == "cuda":
-            if torch.cuda.is_bf16_supported():
+            if not torch.cuda.is_bf16_supported():
+                return PrecisionChoice("16-mixed", "this GPU has no bf16: fp16 with loss scaling")
+            if step_probe is None:
                 return PrecisionChoice("bf16-mixed", "this GPU supports bf16")
-            return PrecisionChoice("16-mixed", "this GPU has no bf16: fp16 with loss scaling")
+            speedup = step_probe()
+            verdict = f"a probe of the training step ran bf16-mixed at {speedup:.2f}x fp32"
+            if speedup >= GPU_STEP_SPEEDUP:
+                return PrecisionChoice("bf16-mixed", f"this GPU supports bf16 and {verdict}")
+            return PrecisionChoice("32-true", f"this GPU supports bf16, but {verdict}")
         if kind == "cpu":
             pays, why = cpu_bf16_pays_off()
             return PrecisionChoice("bf16-mixed" if pays else "32-true", why)
@@ -161,6 +178,35 @@ def resolve_precision(requested: str | int, device: torch.device | str) -> Preci
                 stacklevel=2,
             )
     return PrecisionChoice(requested, "set explicitly")
+
+
+def step_speedup(
+    model: torch.nn.Module, batch_size: int, size: int, device: torch.device, repeats: int = 3
+) -> float:
+    """The training step's fp32 time over its bf16-autocast time: forward and backward of a
+    (batch_size, 3, size, size) batch through a copy of ``model`` on ``device`` (the model's
+    weights and statistics are not touched), best of ``repeats`` after two warm-ups each."""
+    probe = copy.deepcopy(model).to(device).train()
+    images = torch.randn(batch_size, 3, size, size, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def best(bf16: bool) -> float:
+        times = []
+        for _ in range(repeats + 2):
+            probe.zero_grad(set_to_none=True)
+            sync()
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = probe(images)
+            out.float().sum().backward()
+            sync()
+            times.append(time.perf_counter() - start)
+        return min(times[2:])
+
+    return best(False) / best(True)
 
 
 def tune_malloc() -> bool:

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pneumonia.budget import TimeBudget
-from pneumonia.checkpoint import add_to_checkpoint, read_checkpoint
+from pneumonia.checkpoint import add_to_run_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
 from pneumonia.decision import operating_thresholds
 from pneumonia.files import write_text
@@ -40,6 +40,7 @@ from pneumonia.runtime import (
     quiet_libraries,
     resolve_device,
     resolve_precision,
+    step_speedup,
     tune_malloc,
 )
 
@@ -111,7 +112,8 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     if not datamodule.synthetic:  # (demo data is generated once, by rank 0, in prepare_data)
         datamodule.listed()  # fail before building a model when the data is not there
-    choice = resolve_precision(cfg.trainer.precision, resolve_device(cfg.trainer.accelerator))
+    device = resolve_device(cfg.trainer.accelerator)
+    choice = resolve_precision(cfg.trainer.precision, device, _step_probe(cfg, device))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     checks = cfg.get("checks") or {}
     for cb in callbacks:
@@ -154,7 +156,8 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     validation = model.epoch_predictions.get("val")
     if validation is not None:  # named operating thresholds of the best checkpoint
         metrics["thresholds"] = operating_thresholds(validation.probs, validation.targets)
-        _store_in_checkpoint(cfg, best, trainer, "thresholds", metrics["thresholds"])
+        if trainer.is_global_zero:
+            add_to_run_checkpoint(output_dir, best, "thresholds", metrics["thresholds"])
     if cfg.get("test"):
         if datamodule.has_split("test"):
             results = trainer.test(
@@ -167,7 +170,6 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
             ).tolist()
         else:
             log.warning("No test split under %s: skipping the test.", datamodule.root)
-    device = resolve_device(cfg.trainer.accelerator)
     reference = None
     if (cfg.get("shift") or {}).get("enabled") and trainer.is_global_zero:
         reference = _fit_shift_reference(cfg, model, datamodule, device, choice.precision, best)
@@ -206,16 +208,18 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     return metrics
 
 
-def _store_in_checkpoint(cfg, best: str, trainer, key: str, record: dict) -> str:
-    """Store ``record`` as ``key`` in the best checkpoint (else last.ckpt), on rank 0; the
-    checkpoint's path, or "" where there is none."""
-    if trainer is not None and not trainer.is_global_zero:
-        return ""
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    target = best or (str(last) if last.is_file() else "")
-    if target:
-        add_to_checkpoint(target, key, record)
-    return target
+def _step_probe(cfg: DictConfig, device: torch.device):
+    """On a GPU, ``precision: auto``'s probe of this run's training step (its model, batch
+    size and crop), on a model of its own built with the random streams put back after."""
+    if device.type != "cuda" or str(cfg.trainer.precision) != "auto":
+        return None
+
+    def probe() -> float:
+        with torch.random.fork_rng(devices=[device]):
+            model = hydra.utils.instantiate(cfg.model, _convert_="all")
+            return step_speedup(model, cfg.data.batch_size, cfg.data.crop_size, device)
+
+    return probe
 
 
 def _fit_shift_reference(cfg, model, datamodule, device, precision: str, best: str):
@@ -231,7 +235,7 @@ def _fit_shift_reference(cfg, model, datamodule, device, precision: str, best: s
         method=cfg.shift.method,
         flag_rate=cfg.shift.flag_rate,
     )
-    target = _store_in_checkpoint(cfg, best, None, "shift", reference.to_record())
+    target = add_to_run_checkpoint(cfg.paths.output_dir, best, "shift", reference.to_record())
     log.info(
         "Shift reference (%s) stored in %s: a shift score above %.4g flags an image as unlike "
         "the training images (%.0f%% of the validation images)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -85,6 +86,37 @@ def test_auto_on_a_gpu_follows_its_bf16_support(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     assert runtime.resolve_precision("auto", "cuda").precision == expected
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(0.91, "32-true"), (1.4, "bf16-mixed")])
+def test_auto_on_a_bf16_gpu_follows_a_probe_of_the_training_step(
+    monkeypatch: pytest.MonkeyPatch, speedup: float, expected: str
+) -> None:
+    """The H200 ran a launch-bound ResNet50 step slower in bf16 than in fp32: the flag alone
+    would have chosen the slower precision."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    choice = runtime.resolve_precision("auto", "cuda", step_probe=lambda: speedup)
+    assert choice.precision == expected
+    assert f"{speedup:.2f}x fp32" in choice.reason
+    given = runtime.resolve_precision("bf16-mixed", "cuda", step_probe=lambda: 0.5)
+    assert given.precision == "bf16-mixed"  # asked for explicitly: no probe overrides it
+
+
+def test_the_step_probe_times_a_copy_and_leaves_the_model_as_it_was() -> None:
+    """The probe's code runs on a CPU as on a GPU (autocast on the device's type)."""
+    import copy
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 2),
+    )  # fmt: skip
+    before = copy.deepcopy(model.state_dict())
+    speedup = runtime.step_speedup(model, 4, 16, torch.device("cpu"), repeats=1)
+    assert math.isfinite(speedup)
+    assert speedup > 0
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics untouched
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_an_explicit_precision_wins_with_a_warning_when_it_is_the_slow_one(cpu_with) -> None:
