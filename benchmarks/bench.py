@@ -4,6 +4,8 @@
     python benchmarks/bench.py --device cuda   # the GPU path (precision auto, workers, cache)
     python benchmarks/bench.py --quick         # a smoke run of every case
     python benchmarks/bench.py --cases matmul,step_only   # a subset
+    python benchmarks/bench.py --out DIR       # each case's figures to DIR/<case>.json as it ends
+    bash benchmarks/gpu.sh                     # the prepared GPU run (writes to $OUT)
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench.py ...
         # an AVX512 CPU standing in for an AVX2-only one: no native bf16, AVX2 kernels
 
@@ -13,7 +15,10 @@ kind, ratios measured side by side in one run carry over better. The project and
 hand-tuned loop run at the precision ``auto`` picks, and again at the other one for reference.
 
 Each case runs in a fresh subprocess (allocator state and malloc tuning cannot leak between
-cases); each figure is the median over ``--repeats`` epochs or passes of that process. Data:
+cases); each figure is the median over ``--repeats`` epochs or passes of that process. With
+``--out`` (or ``$OUT``), every case's figures are written the moment it ends, and a case that
+fails is recorded there and the run goes on: a run cut short keeps what it measured. On a GPU,
+``nvidia-smi`` is sampled during each case for the GPU's mean utilisation. Data:
 the real originals in ../shared/data/originals (large, mostly grayscale JPEGs) or, when absent,
 a synthetic folder of the same sizes. The model is ResNet50 at 224 px, random init (no
 download here; the FLOPs are those of the pretrained one).
@@ -22,6 +27,8 @@ download here; the FLOPs are those of the pretrained one).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -224,7 +231,7 @@ class EpochTimer(pl.Callback):
         EpochTimer.rates.append(self.n / (time.perf_counter() - self.t))
 
 
-def case_train_project(a, root, work, *, other: bool = False):
+def case_train_project(a, root, work, *, other: bool = False, extra: tuple[str, ...] = ()):
     """``python -m pneumonia.train`` as a user runs it, timed per training epoch."""
     from omegaconf import open_dict
 
@@ -260,6 +267,7 @@ def case_train_project(a, root, work, *, other: bool = False):
         "~callbacks.last_checkpoint",
         "+trainer.enable_checkpointing=false",
         "optimized_metric=null",
+        *extra,
     ]
     cfg = pneumonia.compose("train", overrides, output_dir=work / f"run-{os.getpid()}")
     with open_dict(cfg):
@@ -354,6 +362,10 @@ CASES = {
     "train_project": case_train_project,
     "train_project_other": lambda a, r, w: case_train_project(a, r, w, other=True),
     "train_project_glibc": case_train_project,
+    # the same run, its augmentation done on whole batches on the device (data.augment_on)
+    "train_project_device_augment": lambda a, r, w: case_train_project(
+        a, r, w, extra=("data.augment_on=device",)
+    ),
     "infer_fp32": lambda a, r, w: case_infer(a, r, w, "32-true"),
     "infer_bf16": lambda a, r, w: case_infer(a, r, w, "bf16-mixed"),
     "step_only": case_step_only,
@@ -378,6 +390,42 @@ def worker(a) -> None:
     print("RESULT " + json.dumps(result))
 
 
+class GpuUtilisation:
+    """``nvidia-smi``'s utilisation of GPU 0, sampled every ``period`` s while a case runs
+    (None where there is no nvidia-smi)."""
+
+    def __init__(self, period: float = 0.5) -> None:
+        import shutil
+        import threading
+
+        self.samples: list[float] = []
+        self.period, self.stop = period, threading.Event()
+        self.smi = shutil.which("nvidia-smi")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period):
+            out = subprocess.run([self.smi, "--query-gpu=utilization.gpu",
+                                  "--format=csv,noheader,nounits", "-i", "0"],
+                                 capture_output=True, text=True)  # fmt: skip
+            if out.returncode == 0 and out.stdout.strip().isdigit():
+                self.samples.append(float(out.stdout.strip()))
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.smi:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.smi:
+            self.thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.samples) if self.samples else None
+
+
 def run_case(name: str, a) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if name in NO_MALLOC_TUNING:
@@ -397,18 +445,40 @@ def run_case(name: str, a) -> dict:
         str(a.batch_size),
     ]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    with GpuUtilisation() if a.device == "cuda" else contextlib.nullcontext() as gpu:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"case {name} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(lines[-1][len("RESULT ") :])
     result["wall_s"] = time.perf_counter() - t
+    result["gpu_utilisation_mean"] = gpu.mean if gpu is not None else None
+    util = f", GPU busy {gpu.mean:.0f}%" if gpu is not None and gpu.mean is not None else ""
     print(
         f"  {name:24s} {statistics.median(result['rates']) if 'rates' in result else '':>8}"
-        f"  ({result['wall_s']:.0f} s)",
+        f"  ({result['wall_s']:.0f} s{util})",
         flush=True,
     )
     return result
+
+
+def run_cases(names: list[str], a) -> dict[str, dict]:
+    """Every case in turn; with ``a.out``, each one's figures (or its error) written as it
+    ends, so that a run cut short keeps what it measured."""
+    results = {}
+    for name in names:
+        try:
+            results[name] = run_case(name, a)
+        except RuntimeError as e:
+            print(f"  {name:24s} FAILED (recorded; the run goes on)", flush=True)
+            if a.out:
+                (Path(a.out) / f"{name}.error.txt").write_text(str(e))
+            continue
+        if a.out:
+            record = {"case": name, "args": {k: v for k, v in vars(a).items() if k != "out"},
+                      **results[name]}  # fmt: skip
+            (Path(a.out) / f"{name}.json").write_text(json.dumps(record, indent=2))
+    return results
 
 
 def main() -> None:
@@ -420,6 +490,8 @@ def main() -> None:
     p.add_argument("--workdir", default=None)
     p.add_argument("--json", default=None, help="also write all figures to this JSON file")
     p.add_argument("--cases", default=None, help="comma-separated subset of the cases")
+    p.add_argument("--out", default=os.environ.get("OUT"),
+                   help="write each case's figures here as it ends (default: $OUT)")  # fmt: skip
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -431,7 +503,11 @@ def main() -> None:
     a.workdir = a.workdir or tmp.name
     prepare_data(Path(a.workdir))
     source = "originals" if (ORIGINALS / "NORMAL").is_dir() else "synthetic stand-ins"
-    print(machine(a.device), flush=True)
+    described = machine(a.device)
+    print(described, flush=True)
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "machine.txt").write_text(described + "\n")
     print(
         f"torch {torch.__version__}, device {a.device}, data: {source}, "
         f"batch {a.batch_size}, median of {a.repeats}",
@@ -442,7 +518,34 @@ def main() -> None:
     unknown = sorted(set(names) - set(CASES))
     if unknown:
         raise SystemExit(f"--cases: unknown {unknown}; valid: {', '.join(CASES)}")
-    r = {name: run_case(name, a) for name in names}
+    r = run_cases(names, a)
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(Tee(sys.stdout, summary)):
+        report(r, a, t0)
+    if a.out:
+        (Path(a.out) / "summary.md").write_text(summary.getvalue())
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "results": r}, indent=2))
+
+
+class Tee:
+    """Writes to several streams: the summary goes to the terminal and to ``--out``."""
+
+    def __init__(self, *streams) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def report(r: dict[str, dict], a, t0: float) -> None:
+    """The side-by-side table of the cases that ran."""
     med = {k: statistics.median(v["rates"]) for k, v in r.items() if "rates" in v}
     step_gflop = 3 * RESNET50_FWD_GFLOP
     used, other = ("bf16", "fp32") if auto_is_bf16(a.device) else ("fp32", "bf16")
@@ -460,6 +563,8 @@ def main() -> None:
          "train_project_other"),
         (f"   auto ({used}) against {other}", f"python -m pneumonia.train, {other}",
          "train_project_other", f"python -m pneumonia.train, auto = {used}", "train_project"),
+        ("   augmentation on the device", "pneumonia.train, per image in the loader",
+         "train_project", "data.augment_on=device", "train_project_device_augment"),
         ("3. inference (predict), img/s", "fp32", "infer_fp32", "bf16", "infer_bf16"),
         ("5. glibc malloc, training img/s", "hand-tuned, glibc default", "train_handtuned_glibc",
          "hand-tuned, mallopt tuned", "train_handtuned"),
@@ -503,9 +608,12 @@ def main() -> None:
             f"   one-time cache build: {d['cache_build_s']:.1f} s; reopening it: "
             f"{d['cache_reopen_s']:.2f} s."
         )
+    utilisation = {k: v["gpu_utilisation_mean"] for k, v in r.items()
+                   if v.get("gpu_utilisation_mean") is not None}  # fmt: skip
+    if utilisation:
+        print("GPU busy (nvidia-smi, mean over each case): " + ", ".join(
+            f"{k} {v:.0f}%" for k, v in utilisation.items()))  # fmt: skip
     print(f"Total benchmark time {time.perf_counter() - t0:.0f} s.")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "results": r}, indent=2))
 
 
 if __name__ == "__main__":
