@@ -61,8 +61,16 @@ class Classifier:
     """A trained checkpoint, on a device, at a precision."""
 
     def __init__(
-        self, ckpt: LoadedCheckpoint, *, device: str = "auto", precision: str = "auto"
+        self,
+        ckpt: LoadedCheckpoint,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        threshold: str | float | None = None,
     ) -> None:
+        """``threshold``: None for the stored one, a name of the checkpoint's table chosen on
+        validation (``"spec95"``, ``"sens90"``, ... : ``ckpt.thresholds``), or a number."""
+        ckpt.use_threshold(threshold)
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.precision = inference_precision(precision, self.device)
@@ -238,6 +246,16 @@ class Classifier:
         return result, _table(preds.rows(self.class_names, self.ckpt.positive_index))
 
 
-def load(path: str | Path, *, device: str = "auto", precision: str = "auto") -> Classifier:
-    """A checkpoint of a ``pneumonia`` training run, ready to predict (safe loading)."""
-    return Classifier(load_checkpoint(path), device=device, precision=precision)
+def load(
+    path: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    threshold: str | float | None = None,
+) -> Classifier:
+    """A checkpoint of a ``pneumonia`` training run, ready to predict (safe loading), deciding
+    at its stored threshold or at ``threshold`` (a name of its table, ``"spec95"``, or a
+    number)."""
+    return Classifier(
+        load_checkpoint(path), device=device, precision=precision, threshold=threshold
+    )

@@ -146,3 +146,14 @@ def test_prior_shift_em_in_predict_and_evaluate(clf, forty_test_images: Path) ->
     # tensors take the same path
     from_tensors = clf.predict(clf.batch(files), prior_shift="em")["probability"].to_numpy()
     np.testing.assert_allclose(from_tensors, shifted, atol=1e-5)
+
+
+def test_a_named_threshold_is_chosen_at_load(trained: dict) -> None:
+    table = load_checkpoint(trained["ckpt"]).thresholds
+    spec = pneumonia.load(trained["ckpt"], device="cpu", precision="32-true", threshold="spec95")
+    assert spec.threshold == pytest.approx(table["spec95"]["threshold"])
+    assert spec.ckpt.decision.threshold_rule == "spec95"
+    stored = pneumonia.load(trained["ckpt"], device="cpu", precision="32-true")
+    assert stored.threshold == pytest.approx(trained["metrics"]["threshold"])
+    with pytest.raises(ValueError, match="spec95"):
+        pneumonia.load(trained["ckpt"], device="cpu", threshold="spec99")
