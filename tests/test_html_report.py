@@ -78,6 +78,17 @@ def test_report_html_shows_every_figure_and_the_metrics_on_a_laptop_screen(
     page.screenshot(path=str(tmp_path / "report_screenshot.png"), full_page=True)
     assert (tmp_path / "report_screenshot.png").stat().st_size > 10_000
 
+    # pneumonia-compare writes the same kind of page (here: the predictions against themselves)
+    from pneumonia.compare import main as compare
+
+    rows = out / "predictions.csv"
+    assert compare([str(rows), str(rows), "--out", str(tmp_path / "cmp"), "--resamples", "50"]) == 0
+    page = _open(browser, tmp_path / "cmp" / "compare.html")
+    images = _images(page)
+    assert images
+    assert all(complete and width > 0 for _, complete, width in images)
+    assert "AUROC" in page.inner_text("table")
+
 
 def test_a_figure_the_page_lacks_is_said_to_be_missing_not_broken(tmp_path: Path, browser):
     from pneumonia.pages import write_page
