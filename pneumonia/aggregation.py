@@ -167,15 +167,13 @@ def out_of_fold(pooled: Mapping[str, pd.DataFrame], confidence: float = CONFIDEN
     seeds."""
     seeds = {}
     for seed, table in pooled.items():
-        positive = positive_class(table)
-        targets = torch.tensor((table["label"] == positive).to_numpy(), dtype=torch.long)
-        predicted = (table["prediction"] == positive).to_numpy()
+        probs, targets = _scores(table)
+        predicted = (table["prediction"] == positive_class(table)).to_numpy()
         truth = targets.numpy().astype(bool)
-        probs = torch.tensor(table["probability"].to_numpy(), dtype=torch.float64)
         seeds[seed] = {
             "num_images": len(table),
             "calibration": reliability(probs, targets),
-            "auroc": float(binary_auroc(torch.tensor(table["probability"].to_numpy()), targets)),
+            "auroc": float(binary_auroc(probs, targets)),
             "confusion_matrix": [
                 [int((~truth & ~predicted).sum()), int((~truth & predicted).sum())],
                 [int((truth & ~predicted).sum()), int((truth & predicted).sum())],
@@ -186,6 +184,12 @@ def out_of_fold(pooled: Mapping[str, pd.DataFrame], confidence: float = CONFIDEN
         "auroc": mean_interval([s["auroc"] for s in seeds.values()], confidence),
         "ece": mean_interval([s["calibration"]["ece"] for s in seeds.values()], confidence),
     }
+
+
+def _scores(table: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    """A predictions table's (N,) positive-class probabilities and (N,) 0/1 targets."""
+    targets = torch.tensor((table["label"] == positive_class(table)).to_numpy(), dtype=torch.long)
+    return torch.tensor(table["probability"].to_numpy(), dtype=torch.float64), targets
 
 
 def positive_class(table: pd.DataFrame) -> str:
@@ -235,8 +239,7 @@ def aggregate(
 def _roc(table: pd.DataFrame, path: Path) -> str:
     from pneumonia.plots import roc_figure, save_figure
 
-    targets = torch.tensor((table["label"] == positive_class(table)).to_numpy(), dtype=torch.long)
-    probs = torch.tensor(table["probability"].to_numpy(), dtype=torch.float32)
+    probs, targets = _scores(table)
     save_figure(roc_figure(probs, targets, f"out of fold, {len(table)} images"), path)
     return path.name
 
@@ -244,7 +247,6 @@ def _roc(table: pd.DataFrame, path: Path) -> str:
 def _calibration(table: pd.DataFrame, path: Path) -> str:
     from pneumonia.plots import reliability_figure, save_figure
 
-    targets = torch.tensor((table["label"] == positive_class(table)).to_numpy(), dtype=torch.long)
-    curve = reliability(torch.tensor(table["probability"].to_numpy()), targets)
+    curve = reliability(*_scores(table))
     save_figure(reliability_figure(curve, f"out of fold, {len(table)} images"), path)
     return path.name

@@ -150,15 +150,11 @@ def brier_decomposition(
             k: math.nan for k in ("brier", "reliability", "resolution", "uncertainty", "within")
         }
     base = float(t.mean())
-    index = torch.clamp((p * bins).long(), max=bins - 1)
-    reliability_term = resolution = 0.0
-    for k in range(bins):
-        inside = index == k
-        m = int(inside.sum())
-        if m:
-            mean_p, observed = float(p[inside].mean()), float(t[inside].mean())
-            reliability_term += m * (mean_p - observed) ** 2 / n
-            resolution += m * (observed - base) ** 2 / n
+    full = [b for b in reliability(p, t.long(), bins)["bins"] if b["count"]]  # its binning
+    reliability_term = (
+        sum(b["count"] * (b["mean_probability"] - b["observed"]) ** 2 for b in full) / n
+    )
+    resolution = sum(b["count"] * (b["observed"] - base) ** 2 for b in full) / n
     total = brier(p, t)
     uncertainty = base * (1 - base)
     return {

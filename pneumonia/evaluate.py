@@ -65,9 +65,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for name, fig in figures.items():
         save_figure(fig, out / f"{name}.png")
     mistakes = _confident_mistakes(ckpt, preds, cfg, device, out)
-    write_text(out / "report.md", markdown(result, [f"{n}.png" for n in figures], mistakes))
+    page = markdown(result, [f"{n}.png" for n in figures], mistakes)
+    write_text(out / "report.md", page)
     write_page(out / "report.md", f"Evaluation of {Path(cfg.ckpt_path).name}")
-    log.info("\n%s", markdown(result))
+    log.info("\n%s", page)
     log.info("Report (report.md, report.html), figures and predictions.csv: %s", out)
     return result
 

@@ -93,9 +93,9 @@ class PredictiveValue(Metric):
         return (hits / (hits + misses)).float()
 
 
-class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
-    """torchmetrics' sensitivity at a minimum specificity, its value alone (bootstrappable);
-    :meth:`threshold_reached` gives the threshold that reaches it."""
+class _ValueAtThreshold:
+    """torchmetrics' "X at a minimum Y" metric, its value alone (so that BootStrapper can
+    resample it); :meth:`threshold_reached` gives the threshold that reaches it."""
 
     def compute(self) -> torch.Tensor:
         return super().compute()[0]
@@ -104,15 +104,12 @@ class SensitivityAtSpecificity(BinarySensitivityAtSpecificity):
         return float(super().compute()[1])
 
 
-class SpecificityAtSensitivity(BinarySpecificityAtSensitivity):
-    """torchmetrics' specificity at a minimum sensitivity, its value alone (bootstrappable);
-    :meth:`threshold_reached` gives the threshold that reaches it."""
+class SensitivityAtSpecificity(_ValueAtThreshold, BinarySensitivityAtSpecificity):
+    """Sensitivity where specificity is at least ``min_specificity``."""
 
-    def compute(self) -> torch.Tensor:
-        return super().compute()[0]
 
-    def threshold_reached(self) -> float:
-        return float(super().compute()[1])
+class SpecificityAtSensitivity(_ValueAtThreshold, BinarySpecificityAtSensitivity):
+    """Specificity where sensitivity is at least ``min_sensitivity``."""
 
 
 def operating_point_metrics(

@@ -43,16 +43,7 @@ def confusion_matrix_figure(
 
 def roc_figure(probs: torch.Tensor, targets: torch.Tensor, title: str = "") -> Figure:
     """ROC curve of PNEUMONIA probabilities against binary targets, with its AUROC."""
-    fpr, tpr, _ = binary_roc(probs.float(), targets.long())
-    auroc = binary_auroc(probs.float(), targets.long()).item()
-    fig = Figure(figsize=(4.2, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(fpr.numpy(), tpr.numpy(), lw=2, label=f"AUROC = {auroc:.3f}")
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right")
-    return fig
+    return _roc_curves([(probs, "")], targets, title, size=4.2, diagonal="--")
 
 
 def roc_pair_figure(
@@ -63,14 +54,26 @@ def roc_pair_figure(
 ) -> Figure:
     """Models' ROC curves on the same images, each with its AUROC; every curve after the
     first dashed, so that curves on top of each other all show."""
-    fig = Figure(figsize=(4.8, 4.8), layout="constrained")
+    curves = [(p, f"{label}: ") for p, label in zip(probs, labels, strict=True)]
+    return _roc_curves(curves, targets, title, size=4.8, diagonal=":")
+
+
+def _roc_curves(
+    curves: Sequence[tuple[torch.Tensor, str]],
+    targets: torch.Tensor,
+    title: str,
+    *,
+    size: float,
+    diagonal: str,
+) -> Figure:
+    fig = Figure(figsize=(size, size), layout="constrained")
     ax = fig.add_subplot()
-    for i, (p, label) in enumerate(zip(probs, labels, strict=True)):
+    for i, (p, prefix) in enumerate(curves):
         fpr, tpr, _ = binary_roc(p.float(), targets.long())
         auroc = binary_auroc(p.float(), targets.long()).item()
         ax.plot(fpr.numpy(), tpr.numpy(), lw=2, ls="--" if i else "-",
-                label=f"{label}: AUROC = {auroc:.3f}")  # fmt: skip
-    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+                label=f"{prefix}AUROC = {auroc:.3f}")  # fmt: skip
+    ax.plot([0, 1], [0, 1], ls=diagonal, c="grey", lw=1)
     ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", xlim=(0, 1), ylim=(0, 1.01))
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right")
