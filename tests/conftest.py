@@ -84,6 +84,9 @@ def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
         "trainer.precision=32-true",
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar.refresh_rate=0",
+        # The checks after training bootstrap 7 intervals; 1,000 resamples each (torchmetrics'
+        # BootStrapper: 1,000 metric copies) took 40% of a tiny run. 100 still draw an interval.
+        "checks.resamples=100",
     ]
 
 

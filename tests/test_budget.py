@@ -59,15 +59,15 @@ def read_scalars(run: Path, tag: str) -> list[float]:
 
 @pytest.fixture
 def a_slow_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The machine's measured speed, faked: 0.5 s a training step, 10 ms an evaluated image.
+    """The machine's measured speed, faked: 3 s a training step, 50 ms an evaluated image.
 
     A plan from a real measurement depends on the machine and on what else runs on it; this
-    one gives every machine a few epochs of a 1-minute budget, which its real steps (tiny
-    images) then run in seconds.
+    one gives every machine a few epochs (3-6) of a budget of a minute or less, which its real
+    steps (tiny images) then run in seconds.
     """
     import pneumonia.budget as budget_module
 
-    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (0.5, 0.01))
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (3.0, 0.05))
 
 
 @pytest.mark.slow
@@ -129,8 +129,8 @@ def test_the_checks_after_training_count_against_the_budget(
 ) -> None:
     import pneumonia.budget as budget_module
 
-    # 1 s a step and 0.5 s an evaluated image: seven more passes over validation cost epochs.
-    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (1.0, 0.5))
+    # 3 s a step and 0.5 s an evaluated image: seven more passes over validation cost epochs.
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (3.0, 0.5))
     plans = {}
     for enabled in (False, True):
         cfg = compose_train_cfg(
