@@ -64,9 +64,15 @@ def originals() -> Path:
     return ORIGINALS
 
 
-def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
-    """Command-line overrides for a CPU run on tiny images, writing under tmp_path."""
+def tiny_overrides(tmp_path: Path, data_root: Path, *, figures: bool = False) -> list[str]:
+    """Command-line overrides for a CPU run on tiny images, writing under tmp_path.
+
+    Without ``figures``, no TensorBoard figures at every validation (the evaluation_figures
+    callback: about half a second an epoch, a sixth of a tiny run); the tests of those figures
+    ask for them.
+    """
     return [
+        *([] if figures else ["~callbacks.evaluation_figures"]),
         "experiment=demo",
         f"paths.root_dir={tmp_path}",
         f"data.root={data_root}",
@@ -90,11 +96,11 @@ def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
     ]
 
 
-def compose_train_cfg(tmp_path: Path, data_root: Path, *overrides: str):
+def compose_train_cfg(tmp_path: Path, data_root: Path, *overrides: str, figures: bool = False):
     """The real train config, overridden for a CPU, tiny images and tmp_path outputs."""
     from pneumonia.config import compose
 
-    base = tiny_overrides(tmp_path, data_root)
+    base = tiny_overrides(tmp_path, data_root, figures=figures)
     return compose("train", [*base, *overrides], output_dir=tmp_path / "run")
 
 
