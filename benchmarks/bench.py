@@ -276,7 +276,7 @@ def case_train_project(a, root, work, *, other: bool = False, extra: tuple[str, 
     train(cfg)
     rates = EpochTimer.rates
     # the first epoch includes one-off warm-up
-    return {"rates": rates[1:] or rates, "bf16": bf16}
+    return {"rates": rates[1:] or rates, "warmup_img_s": rates[0], "bf16": bf16}
 
 
 def case_infer(a, root, work, precision: str):
@@ -311,15 +311,23 @@ def case_infer(a, root, work, precision: str):
 def case_step_only(a, root, work):
     """ResNet50 training steps on one resident batch: the compute ceiling of each setting."""
     out = {}
-    x = torch.randn(a.batch_size, 3, 224, 224)
-    y = torch.randint(0, 2, (a.batch_size,))
-    for name, bf16, cl in (
-        ("fp32", False, False),
-        ("fp32_cl", False, True),
-        ("bf16_cl", True, True),
-    ):
+    settings = [  # name, bf16, channels_last, batch size, cudnn.benchmark
+        ("fp32", False, False, a.batch_size, False),
+        ("fp32_cl", False, True, a.batch_size, False),
+        ("bf16_cl", True, True, a.batch_size, False),
+    ]
+    if a.device == "cuda":  # the GPU levers of issue 22, each beside bf16_cl
+        settings += [
+            ("bf16_cl_cudnn_benchmark", True, True, a.batch_size, True),
+            ("bf16_cl_2x_batch", True, True, 2 * a.batch_size, False),
+        ]
+    for name, bf16, cl, batch, benchmark in settings:
+        torch.backends.cudnn.benchmark = benchmark
+        x = torch.randn(batch, 3, 224, 224)
+        y = torch.randint(0, 2, (batch,))
         step = make_step(a.device, bf16=bf16, channels_last=cl, weight=torch.ones(2))
         step(x, y)
+        step(x, y)  # cudnn.benchmark tries its algorithms on the first calls
         times = []
         for _ in range(a.repeats):
             t = time.perf_counter()
@@ -327,7 +335,8 @@ def case_step_only(a, root, work):
             if a.device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        out[name] = a.batch_size / statistics.median(times)
+        out[name] = batch / statistics.median(times)
+    torch.backends.cudnn.benchmark = False
     return {"step_img_s": out}
 
 
@@ -365,6 +374,10 @@ CASES = {
     # the same run, its augmentation done on whole batches on the device (data.augment_on)
     "train_project_device_augment": lambda a, r, w: case_train_project(
         a, r, w, extra=("data.augment_on=device",)
+    ),
+    # torch.compile: its compiling is in the first epoch's rate (warmup_img_s), not in "rates"
+    "train_project_compile": lambda a, r, w: case_train_project(
+        a, r, w, extra=("model.compile=true",)
     ),
     "infer_fp32": lambda a, r, w: case_infer(a, r, w, "32-true"),
     "infer_bf16": lambda a, r, w: case_infer(a, r, w, "bf16-mixed"),

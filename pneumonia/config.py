@@ -129,6 +129,7 @@ OPTIONAL_PREVALENCE = _rule(
 TRAIN_RULES = {
     "seed": _rule(_integer, "a whole number"),
     "model.lr": POSITIVE,
+    "model.lr_batch_size": OPTIONAL_COUNT,
     "model.weight_decay": NON_NEGATIVE,
     "model.momentum": FRACTION,
     "model.label_smoothing": FRACTION,

@@ -24,7 +24,12 @@ from pneumonia.metrics import (
     ranking_metrics,
     thresholded_metrics,
 )
-from pneumonia.optim import check_names, check_schedule_covers_run, lightning_optimizers
+from pneumonia.optim import (
+    LRScaling,
+    check_names,
+    check_schedule_covers_run,
+    lightning_optimizers,
+)
 from pneumonia.predictions import Predictions
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,8 @@ class PneumoniaClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         optimizer: Literal["adam", "adamw", "sgd"] = "adam",
         lr: float = 1e-4,
+        lr_batch_size: int | None = None,
+        lr_scaling: Literal["auto", "linear", "sqrt"] = "auto",
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         scheduler: Literal["none", "cosine", "onecycle", "plateau"] = "none",
@@ -73,7 +80,7 @@ class PneumoniaClassifier(pl.LightningModule):
         super().__init__()
         if num_classes != 2:
             raise InputValueError(f"Binary classifier: expects 2 classes, got {num_classes}")
-        check_names(optimizer, scheduler)
+        check_names(optimizer, scheduler, lr_scaling)
         check_decision(threshold_rule, target_sensitivity, cost_ratio, prevalence)
         self.save_hyperparameters(logger=False)
         # Provisional until setup() reads the data's class folders (where positive_class is
@@ -110,6 +117,9 @@ class PneumoniaClassifier(pl.LightningModule):
         # Saved in every checkpoint: the DataModule's eval preprocessing, the run's config.
         self.preprocessing: dict[str, Any] | None = None
         self.run_config: dict[str, Any] | None = None
+        # model.lr scaled to the run's global batch (model.lr_batch_size), set by
+        # configure_optimizers; None: model.lr as given.
+        self.lr_scaled: LRScaling | None = None
 
     def _positive_index(self, classes: list[str]) -> int:
         positive = self.hparams.positive_class

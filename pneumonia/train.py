@@ -198,6 +198,8 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     metrics["threshold"] = float(model.threshold)
     metrics["best_model_path"] = best or None
     metrics["precision"] = {"used": choice.precision, "reason": choice.reason}
+    if getattr(model, "lr_scaled", None) is not None:
+        metrics["lr_scaling"] = model.lr_scaled.to_dict()
     plans = [cb.plan for cb in trainer.callbacks if isinstance(cb, TimeBudget) and cb.plan]
     if plans:
         metrics["time_budget"] = {

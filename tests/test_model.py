@@ -47,6 +47,7 @@ def test_channels_last_and_compile_keep_state_dict_keys() -> None:
     [
         ({"optimizer": "adagrad"}, "model.optimizer"),
         ({"scheduler": "step"}, "model.scheduler"),
+        ({"lr_scaling": "cubic"}, r"model.lr_scaling='cubic'; valid: auto, linear, sqrt"),
         ({"threshold_rule": "median"}, "model.threshold_rule"),
         ({"threshold_rule": 1.5}, "model.threshold_rule"),
         (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -45,8 +46,8 @@ def val_split_size(cfg) -> int:
 
 
 @pytest.mark.slow
-def test_two_epoch_demo_run_leaves_everything_it_promises(train_cfg, tiny_root: Path) -> None:
-    cfg = train_cfg("trainer.max_epochs=2")
+def test_two_epoch_demo_run_leaves_everything_it_promises(tmp_path: Path, tiny_root: Path) -> None:
+    cfg = compose_train_cfg(tmp_path, tiny_root, "trainer.max_epochs=2", figures=True)
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
 
@@ -213,6 +214,41 @@ def test_schedulers_step(train_cfg, scheduler: str) -> None:
         assert lrs[8:] == [pytest.approx(0.1 * cfg.model.lr)] * 2
     else:
         assert len(set(lrs)) > 1  # the schedule moved the learning rate
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "accumulate", "rule", "factor"),
+    [("adamw", 1, "sqrt", 2.0), ("sgd", 2, "linear", 8.0)],  # global batch 8 or 16, lr for 2
+)
+def test_the_learning_rate_follows_the_global_batch_by_the_stated_rule(
+    train_cfg, optimizer: str, accumulate: int, rule: str, factor: float, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
+    cfg = train_cfg(
+        f"model.optimizer={optimizer}",
+        "model.lr_batch_size=2",
+        f"trainer.accumulate_grad_batches={accumulate}",
+        "model.scheduler=none",
+        "trainer.limit_train_batches=2",
+        "test=false",
+        "checks.enabled=false",
+        "shift.enabled=false",
+    )
+    assert cfg.data.batch_size == 8
+    metrics = train(cfg)
+    scaled = cfg.model.lr * factor
+    assert metrics["lr_scaling"] == {
+        "given": cfg.model.lr,
+        "lr_batch_size": 2,
+        "global_batch": 8 * accumulate,
+        "rule": rule,
+        "lr": pytest.approx(scaled),
+    }
+    run = Path(cfg.paths.output_dir)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(scaled)
+    assert last["hyper_parameters"]["lr"] == cfg.model.lr  # as given: a rerun scales it once
+    assert f"trains at {scaled:.4g} ({rule} scaling)" in caplog.text  # said before training
 
 
 class SimulatedKillError(Exception):
