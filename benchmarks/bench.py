@@ -578,6 +578,8 @@ def report(r: dict[str, dict], a, t0: float) -> None:
          "train_project_other", f"python -m pneumonia.train, auto = {used}", "train_project"),
         ("   augmentation on the device", "pneumonia.train, per image in the loader",
          "train_project", "data.augment_on=device", "train_project_device_augment"),
+        ("   torch.compile", "pneumonia.train, eager", "train_project",
+         "model.compile=true, after its first epoch", "train_project_compile"),
         ("3. inference (predict), img/s", "fp32", "infer_fp32", "bf16", "infer_bf16"),
         ("5. glibc malloc, training img/s", "hand-tuned, glibc default", "train_handtuned_glibc",
          "hand-tuned, mallopt tuned", "train_handtuned"),
@@ -590,6 +592,9 @@ def report(r: dict[str, dict], a, t0: float) -> None:
         if b in med and c in med:
             ratio = med[c] / med[b]
             print(f"| {title} | {base} | {med[b]:.1f} | {cand} | {med[c]:.1f} | {ratio:.2f}x |")
+    if "train_project_compile" in r:  # its compiling, apart from its rate
+        warm = r["train_project_compile"]["warmup_img_s"]
+        print(f"torch.compile's first epoch, its compiling included: {warm:.1f} img/s")
     if "step_only" in r:
         steps = r["step_only"]["step_img_s"]
         ceiling_step = steps["bf16_cl"] if used == "bf16" else steps["fp32_cl"]
@@ -599,6 +604,9 @@ def report(r: dict[str, dict], a, t0: float) -> None:
             f"{steps['bf16_cl']:.1f}; bf16 against fp32 channels_last: "
             f"{steps['bf16_cl'] / steps['fp32_cl']:.2f}x"
         )
+        for lever in ("bf16_cl_cudnn_benchmark", "bf16_cl_2x_batch"):  # the GPU's extra levers
+            if lever in steps:
+                print(f"   {lever}: {steps[lever]:.1f} ({steps[lever] / steps['bf16_cl']:.2f}x)")
         if "train_notebook" in med and "train_project" in med:
             print(
                 f"   at {used}, at most {ceiling_step / med['train_notebook']:.2f}x the "
