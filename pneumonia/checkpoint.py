@@ -37,7 +37,7 @@ class LoadedCheckpoint:
     config: dict[str, Any] | None  # the training run's whole Hydra config, as a record
     shift: ShiftReference | None = None  # what its training images looked like (None: older)
     # named operating thresholds chosen on validation (decision.operating_thresholds)
-    thresholds: dict[str, dict[str, float]] | None = None
+    thresholds: dict[str, dict[str, Any]] | None = None
 
     @property
     def threshold(self) -> float:

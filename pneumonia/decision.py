@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
+from scipy.stats import binomtest
 from torchmetrics.functional.classification import binary_roc
 
 from pneumonia.calibration import (
@@ -214,34 +215,62 @@ def fit_on_validation(
 # name (``threshold=spec95`` in evaluate and predict): specXX reaches a specificity of XX%,
 # sensXX a sensitivity of XX%.
 OPERATING_LEVELS = (0.90, 0.95)
+RATE_CONFIDENCE = 0.95  # of the interval stored with each named threshold
 
 
 def operating_thresholds(
     probs: torch.Tensor, targets: torch.Tensor, levels: tuple[float, ...] = OPERATING_LEVELS
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """For the rule "PNEUMONIA above t": ``specXX``, the lowest threshold whose specificity
     is at least XX% (the most sensitive rule that reaches it), and ``sensXX``, the highest
     threshold whose sensitivity is at least XX% (the most specific one), each with the
-    sensitivity and specificity it gives on these images. Empty without both classes."""
+    sensitivity and specificity it gives on these images, the number of images that chose it
+    (negatives for spec, positives for sens) and the exact 95% interval of the rate it reached
+    on them. Empty without both classes."""
     p, t = probs.double().flatten(), targets.long().flatten()
     pos, neg = torch.sort(p[t == 1]).values, torch.sort(p[t == 0]).values
     if not len(pos) or not len(neg):
         return {}
 
-    def record(threshold: float) -> dict[str, float]:
-        return {
+    def record(threshold: float, rate: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {
             "threshold": threshold,
             "sensitivity": float((pos > threshold).double().mean()),
             "specificity": float((neg <= threshold).double().mean()),
         }
+        n = len(neg) if rate == "specificity" else len(pos)  # the images that chose it
+        interval = binomtest(round(entry[rate] * n), n).proportion_ci(
+            RATE_CONFIDENCE, method="exact"
+        )
+        return entry | {"images": n, "interval": [float(interval.low), float(interval.high)]}
 
     table = {}
     for level in levels:
         name = f"{level:.0%}".rstrip("%")
         k = math.ceil(level * len(neg) - 1e-9)  # negatives at or below t
-        table[f"spec{name}"] = record(float(neg[max(k, 1) - 1]))
+        table[f"spec{name}"] = record(float(neg[max(k, 1) - 1]), "specificity")
         m = math.ceil(level * len(pos) - 1e-9)  # positives above t
         wanted = float(pos[len(pos) - max(m, 1)])  # the m-th highest positive
         below = p[p < wanted]
-        table[f"sens{name}"] = record(float(below.max()) if len(below) else 0.0)
+        table[f"sens{name}"] = record(float(below.max()) if len(below) else 0.0, "sensitivity")
     return table
+
+
+def uncertain_thresholds(table: dict[str, dict[str, Any]], slack: float = 0.10) -> list[str]:
+    """A warning for each named threshold whose rate, on new patients, could lie more than
+    ``slack`` below its level: the lower end of the exact (Clopper-Pearson) interval of the rate
+    it reached on the images that chose it. 95% specificity on 5 NORMAL images could be 48%."""
+    warnings = []
+    for name, entry in table.items():
+        rate = "specificity" if name.startswith("spec") else "sensitivity"
+        level = int(name[4:]) / 100
+        low, high = entry.get("interval", (1.0, 1.0))
+        if low < level - slack:
+            warnings.append(
+                f"The threshold {name} was chosen on {entry['images']} "
+                f"{'negative' if rate == 'specificity' else 'positive'} validation images: its "
+                f"{rate} on new patients could be as low as {low:.0%} ({RATE_CONFIDENCE:.0%} "
+                f"interval {low:.0%}-{high:.0%}). A larger validation split "
+                "(data.val_fraction, data.val_split) pins it down."
+            )
+    return warnings

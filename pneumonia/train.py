@@ -22,7 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pneumonia.budget import TimeBudget
 from pneumonia.checkpoint import add_to_run_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
-from pneumonia.decision import operating_thresholds
+from pneumonia.decision import operating_thresholds, uncertain_thresholds
 from pneumonia.files import write_text
 from pneumonia.launch import detect, lightning_ranks_run_this_job
 from pneumonia.metrics import confusion_matrix
@@ -156,6 +156,8 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     validation = model.epoch_predictions.get("val")
     if validation is not None:  # named operating thresholds of the best checkpoint
         metrics["thresholds"] = operating_thresholds(validation.probs, validation.targets)
+        for warning in uncertain_thresholds(metrics["thresholds"]):
+            log.warning(warning)
         if trainer.is_global_zero:
             add_to_run_checkpoint(output_dir, best, "thresholds", metrics["thresholds"])
     if cfg.get("test"):

@@ -228,6 +228,25 @@ def test_operating_thresholds_are_the_extreme_thresholds_that_reach_each_level()
     assert operating_thresholds(probs, torch.ones_like(targets)) == {}
 
 
+def test_each_named_threshold_says_how_well_its_images_pin_it_down() -> None:
+    from pneumonia.decision import operating_thresholds, uncertain_thresholds
+
+    # 5 negatives, all below 300 positives: 100% specificity on 5 images says little
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.45] + [0.6 + 0.001 * i for i in range(300)])
+    table = operating_thresholds(probs, torch.tensor([0] * 5 + [1] * 300))
+    spec = table["spec95"]
+    assert (spec["images"], spec["specificity"]) == (5, 1.0)
+    # the exact interval of 5 out of 5 has the closed form ((1 - 0.95) / 2) ** (1 / 5)
+    assert spec["interval"] == [pytest.approx(0.025 ** (1 / 5)), 1.0]
+    sens = table["sens95"]
+    assert (sens["images"], sens["sensitivity"]) == (300, 0.95)
+    assert sens["interval"][0] < 0.95 < sens["interval"][1]
+    warnings = uncertain_thresholds(table)
+    assert [w.split()[2] for w in warnings] == ["spec90", "spec95"]  # not the 300 positives'
+    assert "chosen on 5 negative validation images" in warnings[1]
+    assert "could be as low as 48%" in warnings[1]
+
+
 @pytest.mark.slow
 def test_predict_selects_a_named_threshold_stored_in_the_checkpoint(
     trained: dict, tmp_path: Path, tiny_root: Path
