@@ -143,3 +143,18 @@ def test_a_run_trains_with_augment_on_device(tmp_path, tiny_root) -> None:
     metrics = train(cfg)
     assert math.isfinite(metrics["val/loss"])
     assert metrics["val/num_samples"] > 0
+
+
+def test_the_batch_augmentation_takes_the_per_image_settings_with_their_defaults() -> None:
+    """The two paths take one list of settings: a setting or a default changed in one and not
+    the other would make the device path draw another distribution, unseen."""
+    import inspect
+
+    def settings(f) -> dict:
+        return {
+            name: p.default
+            for name, p in inspect.signature(f).parameters.items()
+            if name not in ("self", "mean", "std")
+        }
+
+    assert settings(BatchAugment.__init__) == settings(train_transforms)
