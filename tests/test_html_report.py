@@ -99,3 +99,29 @@ def test_a_figure_the_page_lacks_is_said_to_be_missing_not_broken(tmp_path: Path
     assert _images(page) == []
     assert "(roc.png was not written)" in page.inner_text("body")
     assert page.inner_text("td") == "AUROC"
+
+
+def test_aggregate_html_shows_the_pooled_figures_and_the_table(tmp_path: Path, browser) -> None:
+    """A 3-fold sweep's out-of-fold predictions pooled: the page's ROC and calibration load."""
+    from pneumonia.aggregate import main as aggregate
+
+    from .test_aggregate import fold_rows, job
+
+    labels = ["PNEUMONIA" if i % 3 else "NORMAL" for i in range(30)]
+    probs = [(0.6 if y == "PNEUMONIA" else 0.4) + (i % 5) * 0.05 for i, y in enumerate(labels)]
+    root = tmp_path / "cv"
+    for fold in range(3):
+        job(
+            root / str(fold), [f"data.fold={fold}", "data.folds=3"], {"val/auroc": 0.8 + fold / 100}
+        )
+        part = list(range(fold, 30, 3))
+        fold_rows(root / str(fold), [f"img{i:02d}.png" for i in part], [probs[i] for i in part],
+                  [labels[i] for i in part])  # fmt: skip
+    assert aggregate([str(root)]) == 0
+    page = _open(browser, root / "aggregate.html")
+    images = _images(page)
+    assert len(images) >= 2  # the pooled ROC and calibration curve
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert "val/auroc" in page.inner_text("body")
+    assert "was not written" not in page.inner_text("body")
+    assert page.evaluate("document.documentElement.scrollWidth") <= LAPTOP["width"]
