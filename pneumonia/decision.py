@@ -256,21 +256,24 @@ def operating_thresholds(
     return table
 
 
-def uncertain_thresholds(table: dict[str, dict[str, Any]], slack: float = 0.10) -> list[str]:
-    """A warning for each named threshold whose rate, on new patients, could lie more than
-    ``slack`` below its level: the lower end of the exact (Clopper-Pearson) interval of the rate
-    it reached on the images that chose it. 95% specificity on 5 NORMAL images could be 48%."""
-    warnings = []
+def uncertain_thresholds(
+    table: dict[str, dict[str, Any]], classes: tuple[str, str], slack: float = 0.10
+) -> str | None:
+    """One warning naming each named threshold whose rate, on new patients, could lie more than
+    ``slack`` below its level (the lower end of the exact, Clopper-Pearson, interval of the rate
+    it reached on the images that chose it); None when none could. ``classes``: the negative
+    and the positive class's names. 95% specificity on 5 NORMAL images could be 48%."""
+    loose = []
     for name, entry in table.items():
         rate = "specificity" if name.startswith("spec") else "sensitivity"
-        level = int(name[4:]) / 100
-        low, high = entry.get("interval", (1.0, 1.0))
-        if low < level - slack:
-            warnings.append(
-                f"The threshold {name} was chosen on {entry['images']} "
-                f"{'negative' if rate == 'specificity' else 'positive'} validation images: its "
-                f"{rate} on new patients could be as low as {low:.0%} ({RATE_CONFIDENCE:.0%} "
-                f"interval {low:.0%}-{high:.0%}). A larger validation split "
-                "(data.val_fraction, data.val_split) pins it down."
-            )
-    return warnings
+        low, high = entry["interval"]
+        if low < int(name[4:]) / 100 - slack:
+            images = f"{entry['images']} {classes[rate == 'sensitivity']}"
+            loose.append(f"{name} ({images}: {rate} {low:.0%}-{high:.0%})")
+    if not loose:
+        return None
+    return (
+        f"Named thresholds chosen on few validation images: {', '.join(loose)}, the "
+        f"{RATE_CONFIDENCE:.0%} intervals of the rates each could hold on new patients. A larger "
+        "validation split (data.val_fraction, data.val_split) pins them down."
+    )

@@ -156,7 +156,11 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     validation = model.epoch_predictions.get("val")
     if validation is not None:  # named operating thresholds of the best checkpoint
         metrics["thresholds"] = operating_thresholds(validation.probs, validation.targets)
-        for warning in uncertain_thresholds(metrics["thresholds"]):
+        names = model.class_names
+        negative = names[1 - model.positive_index]
+        if warning := uncertain_thresholds(
+            metrics["thresholds"], (negative, names[model.positive_index])
+        ):
             log.warning(warning)
         if trainer.is_global_zero:
             add_to_run_checkpoint(output_dir, best, "thresholds", metrics["thresholds"])

@@ -241,10 +241,16 @@ def test_each_named_threshold_says_how_well_its_images_pin_it_down() -> None:
     sens = table["sens95"]
     assert (sens["images"], sens["sensitivity"]) == (300, 0.95)
     assert sens["interval"][0] < 0.95 < sens["interval"][1]
-    warnings = uncertain_thresholds(table)
-    assert [w.split()[2] for w in warnings] == ["spec90", "spec95"]  # not the 300 positives'
-    assert "chosen on 5 negative validation images" in warnings[1]
-    assert "could be as low as 48%" in warnings[1]
+    warning = uncertain_thresholds(table, ("NORMAL", "PNEUMONIA"))
+    assert "spec90 (5 NORMAL: specificity 48%-100%)" in warning
+    assert "spec95 (5 NORMAL: specificity 48%-100%)" in warning
+    assert "sens" not in warning  # 95% of 300 PNEUMONIA images holds within 10 points
+    table["sens95"]["interval"] = [0.84, 0.99]
+    assert "sens95 (300 PNEUMONIA: sensitivity 84%-99%)" in uncertain_thresholds(
+        table, ("NORMAL", "PNEUMONIA")
+    )
+    del table["spec90"], table["spec95"], table["sens95"]
+    assert uncertain_thresholds(table, ("NORMAL", "PNEUMONIA")) is None
 
 
 @pytest.mark.slow
