@@ -276,7 +276,8 @@ def case_train_project(a, root, work, *, other: bool = False, extra: tuple[str, 
     train(cfg)
     rates = EpochTimer.rates
     # the first epoch includes one-off warm-up
-    return {"rates": rates[1:] or rates, "warmup_img_s": rates[0], "bf16": bf16}
+    warmup = rates[0] if rates else None
+    return {"rates": rates[1:] or rates, "warmup_img_s": warmup, "bf16": bf16}
 
 
 def case_infer(a, root, work, precision: str):
@@ -323,20 +324,22 @@ def case_step_only(a, root, work):
         ]
     for name, bf16, cl, batch, benchmark in settings:
         torch.backends.cudnn.benchmark = benchmark
-        x = torch.randn(batch, 3, 224, 224)
-        y = torch.randint(0, 2, (batch,))
-        step = make_step(a.device, bf16=bf16, channels_last=cl, weight=torch.ones(2))
-        step(x, y)
-        step(x, y)  # cudnn.benchmark tries its algorithms on the first calls
-        times = []
-        for _ in range(a.repeats):
-            t = time.perf_counter()
+        try:
+            x = torch.randn(batch, 3, 224, 224)
+            y = torch.randint(0, 2, (batch,))
+            step = make_step(a.device, bf16=bf16, channels_last=cl, weight=torch.ones(2))
             step(x, y)
-            if a.device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        out[name] = batch / statistics.median(times)
-    torch.backends.cudnn.benchmark = False
+            step(x, y)  # cudnn.benchmark tries its algorithms on the first calls
+            times = []
+            for _ in range(a.repeats):
+                t = time.perf_counter()
+                step(x, y)
+                if a.device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            out[name] = batch / statistics.median(times)
+        finally:  # a failing setting (out of memory at 2x) leaves the next ones as they were
+            torch.backends.cudnn.benchmark = False
     return {"step_img_s": out}
 
 
@@ -592,8 +595,8 @@ def report(r: dict[str, dict], a, t0: float) -> None:
         if b in med and c in med:
             ratio = med[c] / med[b]
             print(f"| {title} | {base} | {med[b]:.1f} | {cand} | {med[c]:.1f} | {ratio:.2f}x |")
-    if "train_project_compile" in r:  # its compiling, apart from its rate
-        warm = r["train_project_compile"]["warmup_img_s"]
+    warm = r.get("train_project_compile", {}).get("warmup_img_s")  # its compiling, apart
+    if warm is not None:
         print(f"torch.compile's first epoch, its compiling included: {warm:.1f} img/s")
     if "step_only" in r:
         steps = r["step_only"]["step_img_s"]

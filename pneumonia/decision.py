@@ -262,7 +262,8 @@ def uncertain_thresholds(
     """One warning naming each named threshold whose rate, on new patients, could lie more than
     ``slack`` below its level (the lower end of the exact, Clopper-Pearson, interval of the rate
     it reached on the images that chose it); None when none could. ``classes``: the negative
-    and the positive class's names. 95% specificity on 5 NORMAL images could be 48%."""
+    and the positive class's names. 95% specificity on 5 NORMAL images could be 48%. The
+    threshold was chosen on the same images, so the interval leans optimistic, if anything."""
     loose = []
     for name, entry in table.items():
         rate = "specificity" if name.startswith("spec") else "sensitivity"

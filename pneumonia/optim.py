@@ -41,21 +41,33 @@ class LRScaling:
     global_batch: int
     rule: str
     lr: float
+    # A resumed run's optimizer continues at the rate its checkpoint holds, whatever lr says.
+    resumed: bool = False
 
     @classmethod
     def of(
-        cls, lr: float, optimizer: str, *, lr_batch_size: int, global_batch: int, scaling: str
+        cls,
+        lr: float,
+        optimizer: str,
+        *,
+        lr_batch_size: int,
+        global_batch: int,
+        scaling: str,
+        resumed: bool = False,
     ) -> LRScaling:
         rule = ("linear" if optimizer == "sgd" else "sqrt") if scaling == "auto" else scaling
         ratio = global_batch / lr_batch_size
         factor = ratio if rule == "linear" else math.sqrt(ratio)
-        return cls(lr, lr_batch_size, global_batch, rule, lr * factor)
+        return cls(lr, lr_batch_size, global_batch, rule, lr * factor, resumed)
 
     def describe(self) -> str:
-        return (
+        said = (
             f"model.lr={self.given:g} is for batches of {self.lr_batch_size}: this run's global "
             f"batch of {self.global_batch} trains at {self.lr:.4g} ({self.rule} scaling)"
         )
+        if self.resumed:
+            said += "; resumed, the optimizer continues at the rate its checkpoint holds"
+        return said
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +166,7 @@ def lightning_optimizers(module) -> dict[str, Any]:
             lr_batch_size=hp.lr_batch_size,
             global_batch=global_batch_size(module.trainer),
             scaling=hp.get("lr_scaling", "auto"),
+            resumed=bool(module.trainer.ckpt_path),
         )
         lr = module.lr_scaled.lr
         rank_zero_info(module.lr_scaled.describe())

@@ -158,9 +158,10 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
         metrics["thresholds"] = operating_thresholds(validation.probs, validation.targets)
         names = model.class_names
         negative = names[1 - model.positive_index]
-        if warning := uncertain_thresholds(
+        warning = uncertain_thresholds(
             metrics["thresholds"], (negative, names[model.positive_index])
-        ):
+        )
+        if warning and trainer.is_global_zero:
             log.warning(warning)
         if trainer.is_global_zero:
             add_to_run_checkpoint(output_dir, best, "thresholds", metrics["thresholds"])

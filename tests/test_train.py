@@ -243,12 +243,34 @@ def test_the_learning_rate_follows_the_global_batch_by_the_stated_rule(
         "global_batch": 8 * accumulate,
         "rule": rule,
         "lr": pytest.approx(scaled),
+        "resumed": False,
     }
     run = Path(cfg.paths.output_dir)
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(scaled)
     assert last["hyper_parameters"]["lr"] == cfg.model.lr  # as given: a rerun scales it once
     assert f"trains at {scaled:.4g} ({rule} scaling)" in caplog.text  # said before training
+
+
+def test_a_resumed_run_keeps_its_checkpoints_rate_and_says_so(tmp_path: Path, tiny_root: Path):
+    common = ["model.lr_batch_size=2", "model.scheduler=none", "trainer.limit_train_batches=2",
+              "test=false", "checks.enabled=false", "shift.enabled=false"]  # fmt: skip
+    first = compose_train_cfg(tmp_path / "a", tiny_root, *common)
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = compose_train_cfg(
+        tmp_path / "b", tiny_root, *common, "data.batch_size=4", "trainer.max_epochs=2",
+        f"ckpt_path={last}",
+    )  # fmt: skip
+    record = train(resumed)["lr_scaling"]
+    assert record["resumed"] is True
+    assert record["lr"] == pytest.approx(first.model.lr * 2**0.5)  # what batch 4 would get
+    ckpt = torch.load(
+        Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    assert ckpt["epoch"] == 1
+    # the rate batch 8 got (2 x), carried on from the checkpoint
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(first.model.lr * 2)
 
 
 class SimulatedKillError(Exception):
