@@ -156,14 +156,11 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     validation = model.epoch_predictions.get("val")
     if validation is not None:  # named operating thresholds of the best checkpoint
         metrics["thresholds"] = operating_thresholds(validation.probs, validation.targets)
-        names = model.class_names
-        negative = names[1 - model.positive_index]
-        warning = uncertain_thresholds(
-            metrics["thresholds"], (negative, names[model.positive_index])
-        )
-        if warning and trainer.is_global_zero:
-            log.warning(warning)
         if trainer.is_global_zero:
+            names, positive = model.class_names, model.positive_index
+            classes = (names[1 - positive], names[positive])
+            if warning := uncertain_thresholds(metrics["thresholds"], classes):
+                log.warning(warning)
             add_to_run_checkpoint(output_dir, best, "thresholds", metrics["thresholds"])
     if cfg.get("test"):
         if datamodule.has_split("test"):
@@ -205,7 +202,7 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     metrics["threshold"] = float(model.threshold)
     metrics["best_model_path"] = best or None
     metrics["precision"] = {"used": choice.precision, "reason": choice.reason}
-    if getattr(model, "lr_scaled", None) is not None:
+    if model.lr_scaled is not None:
         metrics["lr_scaling"] = model.lr_scaled.to_dict()
     plans = [cb.plan for cb in trainer.callbacks if isinstance(cb, TimeBudget) and cb.plan]
     if plans:
