@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data import ChestXRayDataModule, generate_synthetic_dataset
-from pneumonia.data.images import load_gray
+from pneumonia.data.images import BadImageError, load_gray
 from pneumonia.generalisation import DEGRADATIONS, degrade
 from pneumonia.shift import METHODS, fit_reference, separation_auroc
 
@@ -80,7 +80,17 @@ def shifted_sets(files: list[Path], pre, work: Path) -> dict[str, list[torch.Ten
     grays = [load_gray(f, pre.max_pixels) for f in files]
 
     def inputs(arrays) -> list[torch.Tensor]:
-        return [pre.load_image(Image.fromarray(np.ascontiguousarray(a))) for a in arrays]
+        """The model's inputs of those the preprocessing accepts (its own size rule); the
+        refused ones are counted, not dropped silently."""
+        loaded, refused = [], 0
+        for a in arrays:
+            try:
+                loaded.append(pre.load_image(Image.fromarray(np.ascontiguousarray(a))))
+            except BadImageError:
+                refused += 1
+        if refused:
+            print(f"{refused} images refused by the preprocessing (too small)", file=sys.stderr)
+        return loaded
 
     def crop(a: np.ndarray) -> np.ndarray:  # the middle 40%, blown up to the image's size
         h, w = a.shape
@@ -108,7 +118,7 @@ def shifted_sets(files: list[Path], pre, work: Path) -> dict[str, list[torch.Ten
             image = getattr(skimage_data, name, None)
             if image is not None:
                 photos.append(np.asarray(Image.fromarray(image()).convert("L")))
-        sets["photographs"] = inputs(p for p in photos if min(p.shape) >= pre.crop_size)
+        sets["photographs"] = inputs(photos)
     except ImportError:
         print("scikit-image is not installed: no photographs", file=sys.stderr)
     demo = generate_synthetic_dataset(work / "demo", {"test": (40, 40)}, seed=3)

@@ -67,10 +67,14 @@ class Classifier:
         device: str = "auto",
         precision: str = "auto",
         threshold: str | float | None = None,
+        max_upscale: float | None = None,
     ) -> None:
         """``threshold``: None for the stored one, a name of the checkpoint's table chosen on
-        validation (``"spec95"``, ``"sens90"``, ... : ``ckpt.thresholds``), or a number."""
+        validation (``"spec95"``, ``"sens90"``, ... : ``ckpt.thresholds``), or a number.
+        ``max_upscale``: None for the checkpoint's ``data.max_upscale`` (images the resize
+        would enlarge more along a side are refused), or a larger one for small images."""
         ckpt.use_threshold(threshold)
+        ckpt.use_max_upscale(max_upscale)
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.precision = inference_precision(precision, self.device)
@@ -252,10 +256,15 @@ def load(
     device: str = "auto",
     precision: str = "auto",
     threshold: str | float | None = None,
+    max_upscale: float | None = None,
 ) -> Classifier:
     """A checkpoint of a ``pneumonia`` training run, ready to predict (safe loading), deciding
     at its stored threshold or at ``threshold`` (a name of its table, ``"spec95"``, or a
-    number)."""
+    number), refusing images its ``data.max_upscale`` (or ``max_upscale``) refuses."""
     return Classifier(
-        load_checkpoint(path), device=device, precision=precision, threshold=threshold
+        load_checkpoint(path),
+        device=device,
+        precision=precision,
+        threshold=threshold,
+        max_upscale=max_upscale,
     )

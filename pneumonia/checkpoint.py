@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,17 @@ class LoadedCheckpoint:
     @property
     def threshold(self) -> float:
         return float(self.model.threshold)
+
+    def use_max_upscale(self, max_upscale: float | None) -> None:
+        """Refuse images by another enlargement limit than the training run's
+        (``data.max_upscale``: images the resize would enlarge more are bad images); None keeps
+        the run's. Only which images are accepted changes, never the pixels of one.
+
+        Raises:
+            InputValueError: a value below 1.
+        """
+        if max_upscale is not None:
+            self.preprocessing = replace(self.preprocessing, max_upscale=max_upscale)
 
     def use_threshold(self, choice: str | float | None) -> None:
         """Decide at another threshold than the stored one: a name of the checkpoint's table

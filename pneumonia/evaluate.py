@@ -35,6 +35,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)
     ckpt.use_threshold(cfg.get("threshold"))  # a named or given threshold instead of the stored
+    data = evaluation_data(cfg)
+    ckpt.use_max_upscale((data or {}).pop("max_upscale", None))  # a preprocessing field
     device = resolve_device(cfg.accelerator)
     result, preds = evaluate_checkpoint(
         ckpt,
@@ -44,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         tta=cfg.tta,
         prior_shift=cfg.prior_shift,
         batch_size=cfg.batch_size,
-        data=evaluation_data(cfg),
+        data=data,
         prevalence=cfg.get("prevalence"),
         min_subgroup=cfg.subgroups.min_size,
         **cfg.bootstrap,

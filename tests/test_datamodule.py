@@ -272,6 +272,35 @@ def test_real_originals_decode_to_the_training_resolution(originals: Path) -> No
         assert 20 < pixels.mean() < 235  # a real radiograph, not a blank decode
 
 
+@pytest.mark.real_data
+def test_the_default_training_config_accepts_every_real_original(
+    originals: Path, tmp_path: Path
+) -> None:
+    """The Kaggle originals as a user points the main job at them: all 180 are X-rays the
+    model can use, the 460 x 157 and 461 x 175 ones (narrower than the 224 crop) included."""
+    from hydra.utils import instantiate
+
+    from pneumonia.config import compose
+
+    root = tmp_path / "chest_xray"
+    root.mkdir()
+    (root / "train").symlink_to(originals.resolve(), target_is_directory=True)
+    cfg = compose("train", [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"],
+                  output_dir=tmp_path / "run")  # fmt: skip
+    assert cfg.data.on_bad_image == "error"  # a refused file would stop setup
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    used = {p.name for p in dm.files("train") + dm.files("val")}
+    assert used == {p.name for p in originals.rglob("*.jpeg")}
+    assert len(used) == 180
+    for name in ("person354_bacteria_1632.jpeg", "person1706_bacteria_4516.jpeg"):
+        path = originals / "PNEUMONIA" / name
+        with Image.open(path) as im:
+            assert min(im.size) < cfg.data.crop_size  # what the old rule refused
+        assert min(dm._decoders["root"](root / "train" / "PNEUMONIA" / name).shape) == 256
+        assert dm.preprocessing.load(path).shape == (1, 224, 224)
+
+
 def test_a_last_training_batch_of_one_image_is_not_made(tiny_root: Path, tmp_path: Path) -> None:
     # BatchNorm cannot train on a batch of one; evaluation keeps every image.
     dm = ChestXRayDataModule(tiny_root, cache_dir=tmp_path, resize_size=40, crop_size=32)

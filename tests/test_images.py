@@ -88,3 +88,62 @@ def test_data_max_pixels_is_the_one_limit_above_pillows_own(
         load_gray(path, max_pixels=4_000)  # above twice the limit: Pillow's own error, renamed
     with pytest.raises(BadImageError, match=r"data\.max_pixels"):
         load_gray(path, max_pixels=6_000)  # between once and twice: this project's check
+
+
+# ----------------------------------------------------------------------------- small images
+# (resize_size, max_upscale) -> the smallest shorter side accepted, worked out by hand:
+# ceil(resize_size / max_upscale), the side the resize enlarges exactly max_upscale times or less.
+EDGES = {(256, 4.0): 64, (144, 4.0): 36, (72, 4.0): 18, (40, 4.0): 10, (256, 3.0): 86}
+
+
+@pytest.mark.parametrize("mode", ["shorter", "square"])
+@pytest.mark.parametrize(("size", "max_upscale"), list(EDGES))
+def test_the_smallest_accepted_and_the_largest_refused_image(
+    tmp_path: Path, mode: str, size: int, max_upscale: float
+) -> None:
+    """The rule judges what the resize does (the enlargement of the shorter side), not the
+    stored size against the crop: an image narrower than the crop is accepted when the resize
+    enlarges it little, whichever side is the short one."""
+    from pneumonia.data import Preprocessing
+
+    smallest = EDGES[(size, max_upscale)]
+    pre = Preprocessing(resize_size=size, crop_size=size - 8, resize_mode=mode,
+                        max_upscale=max_upscale)  # fmt: skip
+    for long_side in (smallest, 3 * smallest + 1):
+        for shape in ((smallest, long_side), (long_side, smallest)):  # (H, W): either side short
+            accepted = tmp_path / f"ok_{shape[0]}x{shape[1]}.png"
+            Image.fromarray(np.full(shape, 90, np.uint8)).save(accepted)
+            assert min(pre.decode(accepted).shape) == size
+            assert pre.load(accepted).shape == (1, size - 8, size - 8)
+            with Image.open(accepted) as im:
+                assert pre.load_image(im).shape == (1, size - 8, size - 8)  # the API's path
+            short = tuple(smallest - 1 if s == smallest else s for s in shape)
+            refused = tmp_path / f"small_{short[0]}x{short[1]}.png"
+            Image.fromarray(np.full(short, 90, np.uint8)).save(refused)
+            with pytest.raises(BadImageError, match=r"data\.max_upscale") as info:
+                pre.decode(refused)
+            assert f"at least {smallest} px" in str(info.value)
+            with Image.open(refused) as im, pytest.raises(BadImageError, match="enlarge"):
+                pre.load_image(im)
+
+
+@pytest.mark.parametrize("mode", ["shorter", "square"])
+def test_thumbnails_are_still_refused_and_the_message_says_what_to_change(
+    tmp_path: Path, mode: str
+) -> None:
+    from pneumonia.data import Preprocessing
+
+    pre = Preprocessing(resize_mode=mode)  # the defaults: 256, crop 224, 4x
+    for side, times in ((1, "256x"), (8, "32x"), (32, "8.00x"), (63, "4.06x")):
+        path = tmp_path / f"icon{side}.png"
+        Image.fromarray(np.full((side, side), 128, np.uint8)).save(path)
+        with pytest.raises(BadImageError) as info:
+            pre.decode(path)
+        message = str(info.value)
+        assert f"{side}x{side} pixels" in message
+        assert f"enlarge it {times}" in message
+        assert "raise data.max_upscale" in message
+    path = tmp_path / "icon8.png"
+    assert Preprocessing(resize_mode=mode, max_upscale=32).decode(path).shape[0] == 256
+    with pytest.raises(ValueError, match=r"data\.max_upscale=0\.5 must be a number >= 1"):
+        Preprocessing(max_upscale=0.5)

@@ -180,3 +180,64 @@ def test_prior_shift_em_on_a_few_images_is_refused_before_any_work(
     files = sorted((trained["root"] / "test").rglob("*.jpeg"))[:3]
     with pytest.raises(ValueError, match=r"at least 30.*there are 3"):
         predict_files(ckpt, files, device=CPU, precision="32-true", prior_shift="em")
+
+
+def test_small_images_follow_one_rule_in_predict_evaluate_and_the_api(
+    trained: dict, tmp_path: Path
+) -> None:
+    """The checkpoint resizes to 40 px and crops 32, with data.max_upscale 4: a 10 x 10 image
+    (4x, narrower than the crop) is scored, an 8 x 8 one (5x) is refused, naming the setting,
+    until data.max_upscale=5 is given; evaluate and the API apply the same rule."""
+    import csv
+
+    import numpy as np
+
+    import pneumonia
+    from pneumonia.config import compose
+    from pneumonia.data import BadImagesError
+    from pneumonia.evaluate import evaluate
+    from pneumonia.predict import predict
+
+    folder = tmp_path / "small"
+    for label, side in (("NORMAL", 10), ("PNEUMONIA", 8)):
+        (folder / label).mkdir(parents=True)
+        for k in range(2):
+            pixels = np.random.default_rng(k).integers(0, 255, (side, side), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / label / f"IM-{side}{k}-0001.png")
+        for f in sorted((trained["root"] / "test" / label).glob("*.jpeg"))[:2]:
+            (folder / label / f.name).write_bytes(f.read_bytes())
+    common = [f"ckpt_path={trained['ckpt']}", "accelerator=cpu", "precision=32-true"]
+
+    def predicted(*overrides: str) -> dict[str, dict]:
+        out = tmp_path / f"p{len(overrides)}"
+        predict(compose("predict", [*common, f"input={folder}", f"output_dir={out}", *overrides],
+                        output_dir=tmp_path))  # fmt: skip
+        with open(out / "predictions.csv", newline="") as f:
+            return {Path(r["file"]).name: r for r in csv.DictReader(f)}
+
+    rows = predicted()
+    assert len(rows) == 8
+    for name, row in rows.items():
+        if name.startswith("IM-8"):
+            assert row["probability"] == ""
+            assert "8x8 pixels" in row["error"]
+            assert "data.max_upscale" in row["error"]
+        else:
+            assert row["error"] == ""
+            assert 0 <= float(row["probability"]) <= 1
+    assert all(r["error"] == "" for r in predicted("data.max_upscale=5").values())
+
+    evaluated = [f"data.root={folder}", "data.cache=false", "bootstrap.resamples=20", "mistakes=0"]
+    run = [*common, *evaluated]
+    with pytest.raises(BadImagesError, match=r"(?s)IM-80-0001\.png.*data\.max_upscale"):
+        evaluate(compose("evaluate", [*run, f"output_dir={tmp_path / 'e1'}"], output_dir=tmp_path))
+    result = evaluate(compose("evaluate", [*run, f"output_dir={tmp_path / 'e2'}",
+                                           "data.max_upscale=5"], output_dir=tmp_path))  # fmt: skip
+    assert result["num_images"] == 8
+
+    eight = folder / "PNEUMONIA" / "IM-80-0001.png"
+    table = pneumonia.load(trained["ckpt"], device="cpu", precision="32-true").predict([eight])
+    assert "data.max_upscale" in table["error"][0]
+    clf = pneumonia.load(trained["ckpt"], device="cpu", precision="32-true", max_upscale=5)
+    assert clf.predict([eight])["error"][0] == ""
+    assert load_checkpoint(trained["ckpt"]).preprocessing.max_upscale == 4.0  # the run's record

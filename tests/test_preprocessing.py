@@ -45,6 +45,10 @@ def test_a_record_round_trips_and_must_be_complete() -> None:
         Preprocessing.from_dict({**record, "hflip_prob": 0.5})
     with pytest.raises(PreprocessingError):
         Preprocessing.from_dict(None)
+    # checkpoints written before the enlargement rule (issue 26) get today's default
+    older = {k: v for k, v in record.items() if k != "max_upscale"}
+    assert Preprocessing.from_dict(older).max_upscale == 4.0
+    assert Preprocessing.from_dict({**record, "max_upscale": 8}).max_upscale == 8.0
 
 
 @pytest.mark.parametrize(

@@ -81,21 +81,34 @@ def test_an_unknown_policy_is_refused(tiny_root: Path) -> None:
         usable_images({}, PRE, cache_dir=None, policy="ignore", warn=print, where=tiny_root)
 
 
-def test_an_image_smaller_than_the_crop_is_a_bad_image(tiny_copy: Path, tmp_path: Path) -> None:
-    """A 1 x 1 file, upscaled, would be trained on as a flat grey field."""
+def test_an_image_the_resize_would_enlarge_too_much_is_a_bad_image(
+    tiny_copy: Path, tmp_path: Path
+) -> None:
+    """A 1 x 1 file, upscaled, would be trained on as a flat grey field; an image narrower than
+    the crop that the resize (here to 40 px) enlarges at most 4x is an image like any other."""
     import numpy as np
     from PIL import Image
 
-    tiny = tiny_copy / "train" / "NORMAL" / "IM-9998-0001.png"
+    normal = tiny_copy / "train" / "NORMAL"
+    tiny = normal / "IM-9998-0001.png"
     Image.fromarray(np.full((1, 1), 128, np.uint8)).save(tiny)
-    narrow = tiny_copy / "train" / "NORMAL" / "IM-9997-0001.png"
-    Image.fromarray(np.full((31, 200), 128, np.uint8)).save(narrow)  # one side under 32
+    narrow = normal / "IM-9997-0001.png"
+    Image.fromarray(np.full((9, 200), 128, np.uint8)).save(narrow)  # 40 / 9: 4.4x
+    fine = normal / "IM-9996-0001.png"
+    Image.fromarray(np.full((10, 200), 128, np.uint8)).save(fine)  # 4x, and under the 32 crop
     index = DataIndex.scan(tiny_copy)
     for cache_dir in (None, tmp_path / "cache"):
         with pytest.raises(BadImagesError) as info:
             usable_images(index.splits, PRE, cache_dir=cache_dir, policy="error",
                           warn=print, where=tiny_copy)  # fmt: skip
         message = str(info.value)
-        assert "1x1 pixels is smaller than the model's 32 x 32 crop" in message
-        assert "200x31 pixels" in message
-        assert message.count("smaller than") == 2
+        assert "1x1 pixels: resizing it to a shorter side of 40 px would enlarge it 40x" in message
+        assert "200x9 pixels" in message
+        assert fine.name not in message
+        assert message.count("enlarge it") == 2
+        assert "data.max_upscale" in message
+        assert "data.on_bad_image=skip" in message
+        usable = usable_images(index.splits, PRE, cache_dir=cache_dir, policy="skip",
+                               warn=print, where=tiny_copy)  # fmt: skip
+        assert fine in usable.listings["train"].files
+        assert usable.decode(fine).shape == (40, 800)

@@ -2,10 +2,10 @@
 
 Decoding JPEGs dominates a CPU data pipeline (110-190 img/s with PIL against 1,400-1,700 img/s
 from a uint8 cache on the machines measured so far). The cache is keyed by the file list with
-sizes and mtimes and by the decode settings (resolution, interpolation, pixel limit), so a
-changed dataset or setting never reads stale pixels. Files that fail to decode are recorded in
-the cache too, so a second run knows them at once, and so is each file's content hash, so that
-the leak check of a second run reads no image again.
+sizes and mtimes and by the decode settings (resolution, interpolation, pixel and enlargement
+limits), so a changed dataset or setting never reads stale pixels. Files that fail to decode
+are recorded in the cache too, so a second run knows them at once, and so is each file's
+content hash, so that the leak check of a second run reads no image again.
 
 How a cache is built, at the scale of the large collections: :mod:`pneumonia.data.cache_build`.
 """

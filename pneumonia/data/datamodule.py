@@ -49,7 +49,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
     Every argument is a key of ``conf/data/chest_xray.yaml``, whose comments say what it
     does; the defaults are the same (a test holds them equal), and those of the preprocessing
     (``resize_size``, ``resize_mode``, ``crop_size``, ``interpolation``, ``mean``, ``std``,
-    ``max_pixels``) are :class:`Preprocessing`'s own. In short:
+    ``max_pixels``, ``max_upscale``) are :class:`Preprocessing`'s own. In short:
 
     - ``val_split``: ``patient`` pools train+val and carves a patient-grouped, stratified
       ``val_fraction``; ``official`` takes ``val/`` as it is.
@@ -100,6 +100,7 @@ class ChestXRayDataModule(pl.LightningDataModule):
         std: Sequence[float] = Preprocessing.std,
         on_bad_image: BadImagePolicy = "error",
         max_pixels: int = Preprocessing.max_pixels,
+        max_upscale: float = Preprocessing.max_upscale,
         synthetic: bool = False,
         holdout_root: str | Path | None = None,
         classes: Sequence[str] | None = None,

@@ -167,29 +167,71 @@ def resize(gray: np.ndarray, size: int, interpolation: str, mode: str) -> np.nda
 RESIZE_MODES = ("shorter", "square")
 
 
-def check_size(width: int, height: int, min_side: int) -> None:
-    """An image with a side shorter than ``min_side`` (the model's crop) is no X-ray the model
-    can read: upscaled, a 1 x 1 file would be trained on as a flat grey field.
+# The rule for small images (issue 26). What matters is what the decode-time resize makes of an
+# image, not its stored size: 460 x 157 and 461 x 175 chest X-rays of Kermany's training split
+# are smaller than a 224 crop, yet resizing their shorter side to 256 enlarges them only 1.6x
+# and 1.5x. An image the resize must enlarge much more is mostly pixels the interpolation made
+# up (at 4x, each imaged pixel spreads over 16 of the model's): the 1 x 1, 8 x 8 or 32 x 32
+# files a thumbnail export or a broken pipeline leaves (256x, 32x, 8x at 256) are refused, while
+# a real radiograph half as large as those Kermany ones is not. A data set of legitimately small
+# images raises ``data.max_upscale``.
+DEFAULT_MAX_UPSCALE = 4.0
+
+
+def upscale_factor(width: int, height: int, size: int) -> float:
+    """How much the decode-time resize to ``size`` enlarges an image at most, along either side:
+    ``size`` / its shorter side, for both resize modes (``shorter`` scales both sides by it;
+    ``square`` scales the shorter side by it and the longer one by less)."""
+    return size / min(width, height)
+
+
+def smallest_side(size: int, max_upscale: float) -> int:
+    """The shortest side, in pixels, that ``max_upscale`` accepts at a resize to ``size``."""
+    side = max(1, math.ceil(size / max_upscale))
+    while side > 1 and size / (side - 1) <= max_upscale:  # float rounding, either way
+        side -= 1
+    while size / side > max_upscale:
+        side += 1
+    return side
+
+
+def check_size(width: int, height: int, *, size: int, mode: str, max_upscale: float) -> None:
+    """Refuse an image that the resize to ``size`` (``mode``, see :func:`resized_size`) would
+    enlarge more than ``max_upscale`` times along a side (see :data:`DEFAULT_MAX_UPSCALE`).
 
     Raises:
-        BadImageError: with the size and the limit.
+        BadImageError: with the size, the enlargement, the limit and the setting that moves it.
     """
-    if min(width, height) < min_side:
+    if min(width, height) < 1:
+        raise BadImageError(f"{width}x{height} pixels: an image without pixels")
+    factor = upscale_factor(width, height, size)
+    if factor > max_upscale:
+        target = f"a shorter side of {size} px" if mode == "shorter" else f"{size} x {size} px"
+        times = f"{factor:.2f}" if factor < 10 else f"{factor:.0f}"
         raise BadImageError(
-            f"{width}x{height} pixels is smaller than the model's {min_side} x {min_side} crop "
-            "(a thumbnail or an icon?)"
+            f"{width}x{height} pixels: resizing it to {target} would enlarge it {times}x, "
+            f"more than data.max_upscale={max_upscale:g} allows (a shorter side of at least "
+            f"{smallest_side(size, max_upscale)} px): most of what the model would see is "
+            "made up by interpolation (a thumbnail or an icon?). If such small images are "
+            "real, raise data.max_upscale"
         )
 
 
 def load_resized(
-    path: Path, size: int, *, max_pixels: int, interpolation: str, mode: str, min_side: int = 1
+    path: Path,
+    size: int,
+    *,
+    max_pixels: int,
+    interpolation: str,
+    mode: str,
+    max_upscale: float = DEFAULT_MAX_UPSCALE,
 ) -> np.ndarray:
-    """Decode ``path``, check it is at least ``min_side`` pixels a side, and :func:`resize`
-    it: (H, W) uint8.
+    """Decode ``path``, check the resize would not enlarge it beyond ``max_upscale``
+    (:func:`check_size`), and :func:`resize` it: (H, W) uint8.
 
     Pillow's draft mode would let JPEG decode at 1/2..1/8 scale, but would make cached and
     uncached pixels depend on the decoder's scaling: files are decoded at full size.
     """
     gray = load_gray(path, max_pixels)
-    check_size(gray.shape[1], gray.shape[0], min_side)
+    check_size(gray.shape[1], gray.shape[0], size=size, mode=mode, max_upscale=max_upscale)
     return resize(gray, size, interpolation, mode)

@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.data.images import (
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPSCALE,
     RESAMPLING,
     RESIZE_MODES,
     BadImageError,
@@ -31,6 +32,7 @@ from pneumonia.data.images import (
     load_resized,
     resize,
     resized_size,
+    smallest_side,
 )
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeCollate, eval_transforms
 from pneumonia.errors import InputValueError
@@ -61,6 +63,8 @@ class Preprocessing:
             ``square`` stretches the whole image to a square, which is how the shared
             224 x 224 copies of the Kermany set were made: training on those and evaluating
             original files needs ``square`` so that both see the same geometry.
+        max_upscale: images the resize would enlarge more than this along a side are refused
+            (:func:`~pneumonia.data.images.check_size`; a 1 x 1 file is no X-ray).
     """
 
     resize_size: int = 256
@@ -70,6 +74,7 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     max_pixels: int = DEFAULT_MAX_PIXELS
     resize_mode: str = "shorter"
+    max_upscale: float = DEFAULT_MAX_UPSCALE
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
@@ -90,6 +95,14 @@ class Preprocessing:
             raise InputValueError(
                 f"data.interpolation={self.interpolation!r}; valid: {', '.join(RESAMPLING)}"
             )
+        if isinstance(self.max_upscale, bool) or not (
+            isinstance(self.max_upscale, (int, float)) and self.max_upscale >= 1
+        ):
+            raise InputValueError(
+                f"data.max_upscale={self.max_upscale!r} must be a number >= 1 (how many times "
+                "the resize may enlarge an image; 1: never)"
+            )
+        object.__setattr__(self, "max_upscale", float(self.max_upscale))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 
@@ -102,11 +115,14 @@ class Preprocessing:
     def from_dict(cls, record: dict[str, Any] | None) -> Preprocessing:
         """The inverse of :meth:`to_dict`; every field must be present.
 
-        Records written before ``resize_mode`` existed were all made with ``shorter``.
+        Records written before ``resize_mode`` existed were all made with ``shorter``; those
+        written before ``max_upscale`` existed (when images smaller than the crop were refused
+        instead) get today's default rule.
         """
         names = {f.name for f in fields(cls)}
-        if isinstance(record, dict) and "resize_mode" not in record:
-            record = {**record, "resize_mode": "shorter"}
+        older = {"resize_mode": "shorter", "max_upscale": DEFAULT_MAX_UPSCALE}
+        if isinstance(record, dict):
+            record = {**{k: v for k, v in older.items() if k not in record}, **record}
         if not isinstance(record, dict) or set(record) != names:
             found = sorted(record) if isinstance(record, dict) else record
             raise PreprocessingError(
@@ -122,7 +138,7 @@ class Preprocessing:
             "resize_mode": self.resize_mode,
             "interpolation": self.interpolation,
             "max_pixels": self.max_pixels,
-            "min_side": self.crop_size,
+            "max_upscale": self.max_upscale,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -130,6 +146,9 @@ class Preprocessing:
         return {
             "steps": [
                 "decode; apply the EXIF orientation",
+                f"refuse images whose shorter side is under "
+                f"{smallest_side(self.resize_size, self.max_upscale)} px (the resize would "
+                f"enlarge them more than {self.max_upscale:g}x)",
                 "to 8-bit gray: Pillow convert('L') (ITU-R 601-2 luma) for colour images; "
                 "16-bit and float images scaled by their bit depth, not clipped",
                 f"resize the shorter side to {self.resize_size} px "
@@ -169,7 +188,7 @@ class Preprocessing:
             max_pixels=self.max_pixels,
             interpolation=self.interpolation,
             mode=self.resize_mode,
-            min_side=self.crop_size,
+            max_upscale=self.max_upscale,
         )
 
     @cached_property
@@ -214,7 +233,7 @@ class Preprocessing:
         w, h = im.size
         if w * h > self.max_pixels:
             raise BadImageError(f"{w}x{h} pixels is above the limit of {self.max_pixels:,}")
-        check_size(w, h, self.crop_size)
+        check_size(w, h, size=self.resize_size, mode=self.resize_mode, max_upscale=self.max_upscale)
         gray = resize(gray_from_image(im), self.resize_size, self.interpolation, self.resize_mode)
         image = as_image(gray)
         return self.tta_transform(image) if tta else self.eval_transform(image)
