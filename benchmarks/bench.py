@@ -17,7 +17,8 @@ hand-tuned loop run at the precision ``auto`` picks, and again at the other one 
 Each case runs in a fresh subprocess (allocator state and malloc tuning cannot leak between
 cases); each figure is the median over ``--repeats`` epochs or passes of that process. With
 ``--out`` (or ``$OUT``), every case's figures are written the moment it ends, and a case that
-fails is recorded there and the run goes on: a run cut short keeps what it measured. On a GPU,
+fails is recorded there and the run goes on: a run cut short keeps what it measured; the run
+then exits with status 1, naming every failed case. On a GPU,
 ``nvidia-smi`` is sampled during each case for the GPU's mean utilisation. Data:
 the real originals in ../shared/data/originals (large, mostly grayscale JPEGs) or, when absent,
 a synthetic folder of the same sizes. The model is ResNet50 at 224 px, random init (no
@@ -302,10 +303,16 @@ def case_infer(a, root, work, precision: str):
     predict_files(ckpt, files[:8], device=device, precision=precision)  # warm-up
     for _ in range(a.repeats):
         t = time.perf_counter()
-        predict_files(ckpt, files, batch_size=32, device=device, precision=precision)
+        rows = predict_files(ckpt, files, batch_size=32, device=device, precision=precision)
         if a.device == "cuda":
             torch.cuda.synchronize()
         rates.append(len(files) / (time.perf_counter() - t))
+        # predict_files gives an unusable file a row with its error: timed, it would count
+        # images that were never scored
+        failed = [f"{r['file']}: {r['error']}" for r in rows if r["error"]]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(files)} files not scored:\n" +
+                               "\n".join(failed[:10]))  # fmt: skip
     return {"rates": rates}
 
 
@@ -478,15 +485,17 @@ def run_case(name: str, a) -> dict:
     return result
 
 
-def run_cases(names: list[str], a) -> dict[str, dict]:
-    """Every case in turn; with ``a.out``, each one's figures (or its error) written as it
-    ends, so that a run cut short keeps what it measured."""
-    results = {}
+def run_cases(names: list[str], a) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every case in turn: the figures of those that ran, the errors of those that failed.
+    With ``a.out``, each one's figures (or its error) written as it ends, so that a run cut
+    short keeps what it measured."""
+    results, failed = {}, {}
     for name in names:
         try:
             results[name] = run_case(name, a)
         except RuntimeError as e:
             print(f"  {name:24s} FAILED (recorded; the run goes on)", flush=True)
+            failed[name] = str(e)
             if a.out:
                 (Path(a.out) / f"{name}.error.txt").write_text(str(e))
             continue
@@ -494,7 +503,7 @@ def run_cases(names: list[str], a) -> dict[str, dict]:
             record = {"case": name, "args": {k: v for k, v in vars(a).items() if k != "out"},
                       **results[name]}  # fmt: skip
             (Path(a.out) / f"{name}.json").write_text(json.dumps(record, indent=2))
-    return results
+    return results, failed
 
 
 def main() -> None:
@@ -534,14 +543,21 @@ def main() -> None:
     unknown = sorted(set(names) - set(CASES))
     if unknown:
         raise SystemExit(f"--cases: unknown {unknown}; valid: {', '.join(CASES)}")
-    r = run_cases(names, a)
+    r, failed = run_cases(names, a)
     summary = io.StringIO()
     with contextlib.redirect_stdout(Tee(sys.stdout, summary)):
         report(r, a, t0)
+        for name, error in failed.items():  # the end of each case's stderr: where it broke
+            last = [line for line in error.splitlines() if line.strip()][-1:]
+            print(f"FAILED {name}: {last[0] if last else 'no output'}")
     if a.out:
         (Path(a.out) / "summary.md").write_text(summary.getvalue())
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "results": r}, indent=2))
+        Path(a.json).write_text(
+            json.dumps({"args": vars(a), "results": r, "failed": failed}, indent=2)
+        )
+    if failed:  # a benchmark with a failing case is a failing run, whatever it measured
+        raise SystemExit(f"{len(failed)} of {len(names)} cases failed: {', '.join(failed)}")
 
 
 class Tee:
