@@ -49,10 +49,21 @@ class LoadedCheckpoint:
         the run's. Only which images are accepted changes, never the pixels of one.
 
         Raises:
-            InputValueError: a value below 1.
+            InputValueError: not a number >= 1.
         """
-        if max_upscale is not None:
-            self.preprocessing = replace(self.preprocessing, max_upscale=max_upscale)
+        if max_upscale is None:
+            return
+        if (
+            isinstance(max_upscale, bool)
+            or not isinstance(max_upscale, (int, float))
+            or not (max_upscale >= 1)
+        ):
+            raise InputValueError(
+                f"max_upscale={max_upscale!r} must be a number >= 1 (how many times the resize "
+                f"may enlarge an image; {self.path.name} was trained with "
+                f"{self.preprocessing.max_upscale:g})"
+            )
+        self.preprocessing = replace(self.preprocessing, max_upscale=max_upscale)
 
     def use_threshold(self, choice: str | float | None) -> None:
         """Decide at another threshold than the stored one: a name of the checkpoint's table

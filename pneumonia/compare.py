@@ -94,6 +94,7 @@ def checkpoint_rows(path: Path, args: argparse.Namespace) -> list[dict[str, Any]
     from pneumonia.runtime import resolve_device
 
     ckpt = load_checkpoint(path)
+    ckpt.use_max_upscale(args.max_upscale)  # None: the checkpoint's own
     device = resolve_device(args.accelerator)
     data = {"root": str(args.data_root)} if args.data_root else None
     log.info("Scoring %s on %s", path, args.split)
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoints.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
     checkpoints.add_argument("--precision", default="auto")
     checkpoints.add_argument("--batch-size", type=int, default=64)
+    checkpoints.add_argument("--max-upscale", type=float, default=None,
+                             help="refuse images the resize would enlarge more than this "
+                             "(default: each checkpoint's data.max_upscale)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.resamples < 1 or not 0 < args.confidence < 1:

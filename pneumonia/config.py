@@ -122,6 +122,7 @@ OPTIONAL_COUNT = _rule(
     lambda v: v is None or (_integer(v) and v >= 1), "null or a whole number >= 1"
 )
 WORKERS = _rule(lambda v: v is None or (_integer(v) and v >= 0), "null or a whole number >= 0")
+OPTIONAL_UPSCALE = _rule(lambda v: v is None or (_number(v) and v >= 1), "null or a number >= 1")
 OPTIONAL_PREVALENCE = _rule(
     lambda v: v is None or (_number(v) and 0 < v < 1), "null or a number strictly between 0 and 1"
 )
@@ -170,8 +171,9 @@ EVALUATE_RULES = {
     "prevalence": OPTIONAL_PREVALENCE,
     "subgroups.min_size": COUNT,
     "mistakes": WORKERS,
+    "max_upscale": OPTIONAL_UPSCALE,
 }
-PREDICT_RULES = {"batch_size": COUNT}
+PREDICT_RULES = {"batch_size": COUNT, "max_upscale": OPTIONAL_UPSCALE}
 _MISSING = object()
 
 

@@ -35,8 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)
     ckpt.use_threshold(cfg.get("threshold"))  # a named or given threshold instead of the stored
-    data = evaluation_data(cfg)
-    ckpt.use_max_upscale((data or {}).pop("max_upscale", None))  # a preprocessing field
+    ckpt.use_max_upscale(cfg.get("max_upscale"))  # None: the checkpoint's
     device = resolve_device(cfg.accelerator)
     result, preds = evaluate_checkpoint(
         ckpt,
@@ -46,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         tta=cfg.tta,
         prior_shift=cfg.prior_shift,
         batch_size=cfg.batch_size,
-        data=data,
+        data=evaluation_data(cfg),
         prevalence=cfg.get("prevalence"),
         min_subgroup=cfg.subgroups.min_size,
         **cfg.bootstrap,

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pneumonia.checkpoint import load_checkpoint
 from pneumonia.config import CONFIG_DIR, PREDICT_RULES, check_values
@@ -30,7 +30,7 @@ def predict(cfg: DictConfig) -> Path:
     check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)
     ckpt.use_threshold(cfg.get("threshold"))  # a named or given threshold instead of the stored
-    ckpt.use_max_upscale(OmegaConf.select(cfg, "data.max_upscale"))  # None: the checkpoint's
+    ckpt.use_max_upscale(cfg.get("max_upscale"))  # None: the checkpoint's
     source = Path(cfg.input).expanduser()
     files = list_images(source)
     device = resolve_device(cfg.accelerator)

@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pneumonia.checkpoint import read_checkpoint
 from pneumonia.config import flatten
+from pneumonia.data.images import DEFAULT_MAX_UPSCALE
 from pneumonia.errors import InputValueError
 from pneumonia.files import write_text
 from pneumonia.runs import RunFolderError
@@ -49,11 +50,18 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Settings added since runs were first recorded, with the value an older run's record stands
+# for (a key added with a null default needs no entry: absent reads as None). data.max_upscale
+# (issue 26) replaced "smaller than the crop": a run that refused no image under that rule
+# refuses none at 4x for any resize up to four times its crop.
+_ADDED_SINCE = {"data/max_upscale": DEFAULT_MAX_UPSCALE}
+
+
 def _changes(stored: dict[str, Any], cfg: DictConfig) -> list[str]:
     """The settings of ``cfg`` that differ from a stored run config, as ``key: old -> new``
     (those a resumed run may change aside)."""
-    before = _settings(stored)
-    now = _settings(OmegaConf.to_container(cfg, resolve=True))
+    before = {**_ADDED_SINCE, **_settings(stored)}
+    now = {**_ADDED_SINCE, **_settings(OmegaConf.to_container(cfg, resolve=True))}
     return [
         f"{key}: {before.get(key, '(absent)')} -> {now.get(key, '(absent)')}"
         for key in sorted(set(before) | set(now))

@@ -142,7 +142,7 @@ def test_thumbnails_are_still_refused_and_the_message_says_what_to_change(
         message = str(info.value)
         assert f"{side}x{side} pixels" in message
         assert f"enlarge it {times}" in message
-        assert "raise data.max_upscale" in message
+        assert "raise the limit: data.max_upscale=... to train, max_upscale=..." in message
     path = tmp_path / "icon8.png"
     assert Preprocessing(resize_mode=mode, max_upscale=32).decode(path).shape[0] == 256
     with pytest.raises(ValueError, match=r"data\.max_upscale=0\.5 must be a number >= 1"):

@@ -187,8 +187,9 @@ def test_small_images_follow_one_rule_in_predict_evaluate_and_the_api(
 ) -> None:
     """The checkpoint resizes to 40 px and crops 32, with data.max_upscale 4: a 10 x 10 image
     (4x, narrower than the crop) is scored, an 8 x 8 one (5x) is refused, naming the setting,
-    until data.max_upscale=5 is given; evaluate and the API apply the same rule."""
+    until max_upscale=5 is given; evaluate, compare and the API apply the same rule."""
     import csv
+    import json
 
     import numpy as np
 
@@ -225,15 +226,26 @@ def test_small_images_follow_one_rule_in_predict_evaluate_and_the_api(
         else:
             assert row["error"] == ""
             assert 0 <= float(row["probability"]) <= 1
-    assert all(r["error"] == "" for r in predicted("data.max_upscale=5").values())
+    assert all(r["error"] == "" for r in predicted("max_upscale=5").values())
+    with pytest.raises(ValueError, match=r"max_upscale=0\.5: must be null or a number >= 1"):
+        predicted("max_upscale=0.5")  # before the checkpoint is read
 
     evaluated = [f"data.root={folder}", "data.cache=false", "bootstrap.resamples=20", "mistakes=0"]
     run = [*common, *evaluated]
     with pytest.raises(BadImagesError, match=r"(?s)IM-80-0001\.png.*data\.max_upscale"):
         evaluate(compose("evaluate", [*run, f"output_dir={tmp_path / 'e1'}"], output_dir=tmp_path))
     result = evaluate(compose("evaluate", [*run, f"output_dir={tmp_path / 'e2'}",
-                                           "data.max_upscale=5"], output_dir=tmp_path))  # fmt: skip
+                                           "max_upscale=5"], output_dir=tmp_path))  # fmt: skip
     assert result["num_images"] == 8
+
+    from pneumonia.compare import main as compare
+
+    both = [str(trained["ckpt"]), str(trained["ckpt"]), "--data-root", str(folder),
+            "--accelerator", "cpu", "--precision", "32-true", "--resamples", "20"]  # fmt: skip
+    assert compare([*both, "--out", str(tmp_path / "c1")]) == 1  # refused, nothing written
+    assert not (tmp_path / "c1").exists()
+    assert compare([*both, "--out", str(tmp_path / "c2"), "--max-upscale", "5"]) == 0
+    assert json.loads((tmp_path / "c2" / "compare.json").read_text())["num_images"] == 8
 
     eight = folder / "PNEUMONIA" / "IM-80-0001.png"
     table = pneumonia.load(trained["ckpt"], device="cpu", precision="32-true").predict([eight])

@@ -30,6 +30,21 @@ def test_a_resume_with_changed_settings_names_each_one(
     assert "paths/" not in caplog.text  # where the run writes is not the experiment
 
 
+def test_a_run_recorded_before_max_upscale_existed_resumes_as_the_same_settings(
+    tmp_path: Path, tiny_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Older runs' configs have no data.max_upscale: that stands for the default (4), so the
+    run resumes, and its own sweep folder continues it; another value is a change."""
+    recorded = OmegaConf.to_container(compose_train_cfg(tmp_path / "a", tiny_root), resolve=True)
+    del recorded["data"]["max_upscale"]
+    ckpt = {"hyper_parameters": {"backbone": "resnet18"}, "pneumonia": {"config": recorded}}
+    check_resumable(ckpt, Path("last.ckpt"), compose_train_cfg(tmp_path / "b", tiny_root))
+    assert "differ" not in caplog.text
+    raised = compose_train_cfg(tmp_path / "c", tiny_root, "data.max_upscale=8")
+    check_resumable(ckpt, Path("last.ckpt"), raised)
+    assert "data/max_upscale: 4.0 -> 8" in caplog.text
+
+
 def test_the_resume_command_keeps_the_config_folder_and_replaces_the_resume_keys(
     tmp_path: Path,
 ) -> None:

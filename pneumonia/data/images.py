@@ -213,7 +213,8 @@ def check_size(width: int, height: int, *, size: int, mode: str, max_upscale: fl
             f"more than data.max_upscale={max_upscale:g} allows (a shorter side of at least "
             f"{smallest_side(size, max_upscale)} px): most of what the model would see is "
             "made up by interpolation (a thumbnail or an icon?). If such small images are "
-            "real, raise data.max_upscale"
+            "real, raise the limit: data.max_upscale=... to train, max_upscale=... to "
+            "evaluate or predict"
         )
 
 

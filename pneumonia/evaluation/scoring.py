@@ -36,10 +36,9 @@ SPLITS = ("test", "val", "train", "holdout")
 # equal).
 EVALUATE_BATCH_SIZE = 64
 # The DataModule arguments evaluation takes over the training run's (evaluate.yaml's data:);
-# data=nih and the like bring a whole data config, of which only these count. max_upscale is the
-# preprocessing's (evaluate applies it to the checkpoint's, LoadedCheckpoint.use_max_upscale).
+# data=nih and the like bring a whole data config, of which only these count.
 EVALUATE_DATA_KEYS = ("root", "cache_dir", "cache", "num_workers", "on_bad_image", "holdout_root",
-                      "table", "max_upscale")  # fmt: skip
+                      "table")  # fmt: skip
 
 
 def score(
