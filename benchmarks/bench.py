@@ -51,7 +51,7 @@ RESNET50_FWD_GFLOP = 8.2  # one 224 px forward pass; a training step is about 3x
 # ----------------------------------------------------------------------------- the machine
 def machine(device: str) -> str:
     """What decides the figures: CPU model and flags, cores, torch's kernels, the precision."""
-    from pneumonia.runtime import cpu_flags, resolve_precision, usable_cpus
+    from pneumonia.system.runtime import cpu_flags, resolve_precision, usable_cpus
 
     model = platform.processor() or platform.machine()
     try:
@@ -157,7 +157,7 @@ def epochs(loader, repeats: int, step=None, device: str = "cpu") -> list[float]:
 
 # ----------------------------------------------------------------------------- training
 def auto_is_bf16(device: str) -> bool:
-    from pneumonia.runtime import resolve_precision
+    from pneumonia.system.runtime import resolve_precision
 
     return resolve_precision("auto", device).precision.startswith("bf16")
 
@@ -283,11 +283,11 @@ def case_train_project(a, root, work, *, other: bool = False, extra: tuple[str, 
 
 def case_infer(a, root, work, precision: str):
     """``predict_files`` (what pneumonia-predict runs) on every training file, timed whole."""
-    from pneumonia.checkpoint import LoadedCheckpoint
     from pneumonia.data import Preprocessing
     from pneumonia.data.walk import list_images
-    from pneumonia.inference import predict_files
-    from pneumonia.model import PneumoniaClassifier
+    from pneumonia.inference.runner import predict_files
+    from pneumonia.models.checkpoint import LoadedCheckpoint
+    from pneumonia.models.classifier import PneumoniaClassifier
 
     model = PneumoniaClassifier(backbone="resnet50", weights=None).eval()
     ckpt = LoadedCheckpoint(
@@ -403,7 +403,7 @@ NO_MALLOC_TUNING = {
 
 
 def worker(a) -> None:
-    from pneumonia.runtime import tune_malloc
+    from pneumonia.system.runtime import tune_malloc
 
     applied = tune_malloc()  # honours PNEUMONIA_MALLOC_TUNING=0 for the glibc cases
     work = Path(a.workdir)

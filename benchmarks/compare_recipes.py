@@ -6,7 +6,7 @@ another initialisation. For every recipe the table gives the mean over seeds and
 more seeds, a 95% t-interval over them, of:
 
 - validation AUROC and NLL (patient-grouped split of the training collection);
-- the mean over the degraded validations (pneumonia/generalisation.py);
+- the mean over the degraded validations (pneumonia/evaluation/generalisation.py);
 - the holdout folder (``--holdout``): patients never trained on, from their original files.
 
     python benchmarks/compare_recipes.py --data ../shared/data/kermany-224 \\
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from pneumonia.aggregation import mean_interval
+from pneumonia.evaluation.aggregation import mean_interval
 
 REPO = Path(__file__).resolve().parents[1]
 

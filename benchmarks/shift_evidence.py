@@ -3,9 +3,9 @@
     python benchmarks/shift_evidence.py outputs/<run>/checkpoints/<best>.ckpt [--json out.json]
 
 For a trained checkpoint (its data folder and holdout folder as the run recorded them), every
-method of ``pneumonia.shift`` is fitted on the training images' features, its threshold set to
-flag 5% of the validation images; then each set of shifted images made here from what the
-project has is scored:
+method of ``pneumonia.decision.shift`` is fitted on the training images' features, its
+threshold set to flag 5% of the validation images; then each set of shifted images made here
+from what the project has is scored:
 
 - inverted X-rays (a MONOCHROME1 export read as MONOCHROME2), X-rays turned by 90 degrees, a
   heavy crop (the middle 40%, blown up), text-only images, photographs (scikit-image's), and
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data import ChestXRayDataModule, generate_synthetic_dataset
 from pneumonia.data.images import BadImageError, load_gray
-from pneumonia.generalisation import DEGRADATIONS, degrade
-from pneumonia.shift import METHODS, fit_reference, separation_auroc
+from pneumonia.decision.shift import METHODS, fit_reference, separation_auroc
+from pneumonia.evaluation.generalisation import DEGRADATIONS, degrade
+from pneumonia.models.checkpoint import load_checkpoint
 
 PHOTOGRAPHS = (
     "astronaut",

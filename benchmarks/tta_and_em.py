@@ -25,12 +25,12 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from pneumonia.calibration import calibrate, em_prevalence
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data import ChestXRayDataModule
 from pneumonia.data.preprocessing import TTA_DEGREES, as_image
-from pneumonia.metrics import metrics_at
-from pneumonia.shift import separation_auroc
+from pneumonia.decision.calibration import calibrate, em_prevalence
+from pneumonia.decision.metrics import metrics_at
+from pneumonia.decision.shift import separation_auroc
+from pneumonia.models.checkpoint import load_checkpoint
 
 
 @torch.inference_mode()

@@ -1,11 +1,11 @@
 """``pneumonia-aggregate <sweep folder>``: one table of a sweep's jobs (folds, seeds,
 settings), each metric as mean, standard deviation and a 95% t-interval over the jobs of one
-setting (``pneumonia.aggregation`` does the work).
+setting (``pneumonia.evaluation.aggregation`` does the work).
 
 Writes ``aggregate.md`` (and the page ``aggregate.html``), ``aggregate.csv``,
 ``aggregate.json``, the out-of-fold figures of a k-fold and a TensorBoard log
 (``tensorboard/``) into the sweep folder (or ``--out``); with ``--mlflow URI``, the same to an
-MLflow store or server (``pneumonia.tracking``).
+MLflow store or server (``pneumonia.runs.tracking``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pneumonia.aggregation import CONFIDENCE, aggregate
 from pneumonia.errors import InputNotFoundError
-from pneumonia.files import write_text
-from pneumonia.pages import write_page
+from pneumonia.evaluation.aggregation import CONFIDENCE, aggregate
+from pneumonia.reports.pages import write_page
+from pneumonia.system.files import write_text
 
 log = logging.getLogger(__name__)
 # What aggregate.md shows by default (aggregate.csv has every number of metrics.json).
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.mlflow:
-        from pneumonia.tracking import require_mlflow
+        from pneumonia.runs.tracking import require_mlflow
 
         try:
             require_mlflow()
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logdir = log_to_tensorboard(result, out, page)
     log.info("%s\nWritten: %s (TensorBoard: %s)", page, out / "aggregate.md", logdir)
     if args.mlflow:
-        from pneumonia.tracking import log_aggregate
+        from pneumonia.runs.tracking import log_aggregate
 
         files = [out / f"aggregate.{ext}" for ext in ("md", "csv", "json")]
         files += [out / name for g in result["groups"] for name in g.get("figures", [])]

@@ -24,13 +24,16 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pneumonia.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.config import compose
 from pneumonia.data.readers import FOLDERS
-from pneumonia.decision import Decision
+from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES
+from pneumonia.decision.predictions import prediction_columns, prediction_rows
+from pneumonia.decision.prior_shift import adapt_to_prevalence
+from pneumonia.decision.rules import Decision
+from pneumonia.decision.shift import ShiftReference
 from pneumonia.errors import InputValueError
 from pneumonia.evaluation import EVALUATE_BATCH_SIZE, evaluate_checkpoint
-from pneumonia.inference import (
+from pneumonia.inference.runner import (
     PREDICT_BATCH_SIZE,
     autocast,
     inference_precision,
@@ -39,11 +42,8 @@ from pneumonia.inference import (
     score_images,
     warn_if_unlike_training,
 )
-from pneumonia.metrics import BOOTSTRAP_RESAMPLES
-from pneumonia.predictions import prediction_columns, prediction_rows
-from pneumonia.prior_shift import adapt_to_prevalence
-from pneumonia.runtime import resolve_device
-from pneumonia.shift import ShiftReference
+from pneumonia.models.checkpoint import LoadedCheckpoint, load_checkpoint
+from pneumonia.system.runtime import resolve_device
 
 __all__ = ["Classifier", "compose", "load"]
 ImageInput = str | Path | Image.Image
@@ -90,8 +90,8 @@ class Classifier:
 
     @property
     def shift(self) -> ShiftReference | None:
-        """What the training images looked like (``pneumonia.shift``); None for a checkpoint
-        written before shift references existed."""
+        """What the training images looked like (``pneumonia.decision.shift``); None for a
+        checkpoint written before shift references existed."""
         return self.ckpt.shift
 
     @property
@@ -199,7 +199,7 @@ class Classifier:
         """Grad-CAM for PNEUMONIA on one image: the (crop, crop) map in [0, 1] that the model's
         input gives, and an RGB overlay of it on the original image (at most 1024 px a side;
         what the crop cut off is dimmed)."""
-        from pneumonia.explain import gradcam, original_gray, overlay_on_original
+        from pneumonia.inference.explain import gradcam, original_gray, overlay_on_original
 
         pre = self.ckpt.preprocessing
         item = image if isinstance(image, Image.Image) else Path(image)

@@ -1,5 +1,5 @@
 """``pneumonia-compare A B``: two models on the same images; is B better than A, or is the
-difference noise? (``pneumonia.comparison`` does the work.)
+difference noise? (``pneumonia.evaluation.comparison`` does the work.)
 
 A and B are each a ``predictions.csv`` written by ``pneumonia-evaluate`` or a checkpoint,
 which is then scored on ``--split`` (default test) of its data folder (or ``--data-root``).
@@ -23,12 +23,12 @@ from typing import Any
 
 import pandas as pd
 
-from pneumonia.comparison import NAMES, Paired, compare, p_text, read_predictions
+from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.errors import InputNotFoundError, UserError
-from pneumonia.files import write_text
-from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
-from pneumonia.pages import write_page
-from pneumonia.runs import check_writable
+from pneumonia.evaluation.comparison import NAMES, Paired, compare, p_text, read_predictions
+from pneumonia.reports.pages import write_page
+from pneumonia.runs.folders import check_writable
+from pneumonia.system.files import write_text
 
 log = logging.getLogger(__name__)
 FIGURE = "roc_compare.png"
@@ -88,10 +88,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 def checkpoint_rows(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """A checkpoint's ``predictions.csv`` rows on ``args.split``."""
-    from pneumonia.checkpoint import load_checkpoint
     from pneumonia.evaluation import score
-    from pneumonia.inference import inference_precision
-    from pneumonia.runtime import resolve_device
+    from pneumonia.inference.runner import inference_precision
+    from pneumonia.models.checkpoint import load_checkpoint
+    from pneumonia.system.runtime import resolve_device
 
     ckpt = load_checkpoint(path)
     ckpt.use_max_upscale(args.max_upscale)  # None: the checkpoint's own
@@ -169,8 +169,8 @@ def write(
     """Everything into ``out``: the figure first, compare.json last (each file atomic)."""
     import torch
 
-    from pneumonia.plots import roc_pair_figure, save_figure
-    from pneumonia.predictions import write_predictions
+    from pneumonia.decision.predictions import write_predictions
+    from pneumonia.reports.plots import roc_pair_figure, save_figure
 
     result["figure"] = FIGURE
     figure = roc_pair_figure([torch.tensor(p) for p in paired.probs],

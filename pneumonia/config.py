@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import pneumonia.launch  # noqa: F401  (the configs' resolvers: run folders shared by DDP ranks)
+import pneumonia.system.launch  # noqa: F401  (the configs' resolvers: run folders shared by DDP ranks)
 from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.errors import InputNotFoundError, InputValueError
 

@@ -12,23 +12,23 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.config import CONFIG_DIR, EVALUATE_RULES, check_values
+from pneumonia.decision.predictions import write_predictions
 from pneumonia.evaluation import evaluate_checkpoint, markdown
 from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
-from pneumonia.files import write_text
-from pneumonia.inference import inference_precision
-from pneumonia.pages import write_page
-from pneumonia.predictions import write_predictions
-from pneumonia.runs import check_writable
-from pneumonia.runtime import resolve_device
+from pneumonia.inference.runner import inference_precision
+from pneumonia.models.checkpoint import load_checkpoint
+from pneumonia.reports.pages import write_page
+from pneumonia.runs.folders import check_writable
+from pneumonia.system.files import write_text
+from pneumonia.system.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; write the report into ``cfg.output_dir``."""
-    from pneumonia.plots import evaluation_figures, save_figure
+    from pneumonia.reports.plots import evaluation_figures, save_figure
 
     check_values(cfg, EVALUATE_RULES)
     out = Path(cfg.output_dir)
@@ -56,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         preds.probs, preds.targets, preds.threshold, ckpt.class_names, cfg.split, pr=True
     )
     if result.get("calibration"):
-        from pneumonia.plots import reliability_figure
+        from pneumonia.reports.plots import reliability_figure
 
         cal = result["calibration"]
         curve = {**cal["after_temperature"], "binning": cal["binning"].split(" bins")[0]}
@@ -80,7 +80,7 @@ def _confident_mistakes(ckpt, preds, cfg: DictConfig, device, out: Path) -> list
     picked = preds.confident_mistakes(cfg.mistakes) if cfg.mistakes and preds.files else []
     if not picked:
         return []
-    from pneumonia.inference import predict_files
+    from pneumonia.inference.runner import predict_files
 
     files = [Path(preds.files[i]) for i in picked]
     root = Path(os.path.commonpath(files)) if len(files) > 1 else files[0].parent

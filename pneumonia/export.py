@@ -1,5 +1,5 @@
 """``python -m pneumonia.export ckpt_path=... format=onnx|torchscript``: the network and its
-sidecar for a deployment (``pneumonia.deployment`` does the work)."""
+sidecar for a deployment (``pneumonia.inference.deployment`` does the work)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.config import CONFIG_DIR
-from pneumonia.deployment import export_model
-from pneumonia.runs import check_writable
+from pneumonia.inference.deployment import export_model
+from pneumonia.models.checkpoint import load_checkpoint
+from pneumonia.runs.folders import check_writable
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.config import CONFIG_DIR, PREDICT_RULES, check_values
 from pneumonia.data.walk import list_images
-from pneumonia.inference import inference_precision, predict_files
-from pneumonia.predictions import write_predictions
-from pneumonia.runs import check_writable
-from pneumonia.runtime import resolve_device
+from pneumonia.decision.predictions import write_predictions
+from pneumonia.inference.runner import inference_precision, predict_files
+from pneumonia.models.checkpoint import load_checkpoint
+from pneumonia.runs.folders import check_writable
+from pneumonia.system.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

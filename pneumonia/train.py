@@ -19,22 +19,22 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from pneumonia.budget import TimeBudget
-from pneumonia.checkpoint import add_to_run_checkpoint, read_checkpoint
 from pneumonia.config import CONFIG_DIR, check_train_config, flatten
-from pneumonia.decision import operating_thresholds, uncertain_thresholds
-from pneumonia.files import write_text
-from pneumonia.launch import detect, lightning_ranks_run_this_job
-from pneumonia.metrics import confusion_matrix
-from pneumonia.predictions import VAL_PREDICTIONS, Predictions, write_predictions
-from pneumonia.resume import (
+from pneumonia.decision.metrics import confusion_matrix
+from pneumonia.decision.predictions import VAL_PREDICTIONS, Predictions, write_predictions
+from pneumonia.decision.rules import operating_thresholds, uncertain_thresholds
+from pneumonia.models.budget import TimeBudget
+from pneumonia.models.checkpoint import add_to_run_checkpoint, read_checkpoint
+from pneumonia.runs.folders import training_folder
+from pneumonia.runs.resume import (
     check_resumable,
     earlier_attempt,
     link_resumed_run,
     say_how_to_resume,
 )
-from pneumonia.runs import training_folder
-from pneumonia.runtime import (
+from pneumonia.system.files import write_text
+from pneumonia.system.launch import detect, lightning_ranks_run_this_job
+from pneumonia.system.runtime import (
     PrecisionChoice,
     configure_torch,
     quiet_libraries,
@@ -119,7 +119,7 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     for cb in callbacks:
         if isinstance(cb, TimeBudget):  # the passes after training count against the budget
             if checks.get("enabled"):
-                from pneumonia.generalisation import validation_passes
+                from pneumonia.evaluation.generalisation import validation_passes
 
                 cb.check_passes = validation_passes(checks.degraded)
             cb.reference_pass = bool((cfg.get("shift") or {}).get("enabled"))
@@ -179,7 +179,7 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
         reference = _fit_shift_reference(cfg, model, datamodule, device, choice.precision, best)
         metrics["shift"] = reference.describe()
     if checks.get("enabled") and trainer.is_global_zero:
-        from pneumonia.generalisation import log_checks, run_checks
+        from pneumonia.evaluation.generalisation import log_checks, run_checks
 
         scored: dict[str, Predictions] = {}
         metrics["checks"] = run_checks(
@@ -231,7 +231,7 @@ def _step_probe(cfg: DictConfig, device: torch.device):
 def _fit_shift_reference(cfg, model, datamodule, device, precision: str, best: str):
     """Fit the shift reference of the trained weights and store it in their checkpoint (the
     best one, else last.ckpt), where evaluate, predict, export and the API find it."""
-    from pneumonia.generalisation import fit_shift_reference
+    from pneumonia.evaluation.generalisation import fit_shift_reference
 
     reference = fit_shift_reference(
         model,
@@ -264,7 +264,7 @@ def _write_outputs(
     for tb in (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)):
         tb.log_hyperparams(flat, scalars)  # the HParams tab compares runs of a sweep
         tb.experiment.flush()
-    from pneumonia.tracking import log_run  # MLflow and W&B: params, metrics, figures
+    from pneumonia.runs.tracking import log_run  # MLflow and W&B: params, metrics, figures
 
     log_run(trainer.loggers, flat, metrics, output_dir, step=trainer.global_step)
     log.info("Metrics: %s", output_dir / "metrics.json")
@@ -272,7 +272,7 @@ def _write_outputs(
 
 
 def _save_test_figures(model, output_dir: Path) -> None:
-    from pneumonia.plots import evaluation_figures, save_figure
+    from pneumonia.reports.plots import evaluation_figures, save_figure
 
     last = model.epoch_predictions["test"]
     figures = evaluation_figures(

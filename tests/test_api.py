@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 import pneumonia
-from pneumonia.checkpoint import load_checkpoint
+from pneumonia.decision.predictions import PREDICTION_COLUMNS
 from pneumonia.evaluation import score
-from pneumonia.predictions import PREDICTION_COLUMNS
+from pneumonia.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -82,9 +82,9 @@ def test_paths_images_and_tensors_give_the_commands_probabilities(
 def test_gradcam_is_the_models_map_drawn_on_the_original_image(
     trained: dict, tmp_path: Path
 ) -> None:
-    from pneumonia.checkpoint import LoadedCheckpoint
     from pneumonia.data import Preprocessing
-    from pneumonia.model import PneumoniaClassifier
+    from pneumonia.models.checkpoint import LoadedCheckpoint
+    from pneumonia.models.classifier import PneumoniaClassifier
 
     from .test_explain import reference_cam
 
@@ -132,7 +132,7 @@ def test_evaluate_a_folder_returns_the_report_and_the_table(clf, trained: dict) 
 
 
 def test_prior_shift_em_in_predict_and_evaluate(clf, forty_test_images: Path) -> None:
-    from pneumonia.calibration import shift_prevalence
+    from pneumonia.decision.calibration import shift_prevalence
 
     files = sorted(forty_test_images.rglob("*.jpeg"))
     plain = clf.predict(files)["probability"].to_numpy()

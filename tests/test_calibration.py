@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pneumonia.calibration import (
+from pneumonia.data import ChestXRayDataModule
+from pneumonia.decision.calibration import (
     brier,
     calibrate,
     em_prevalence,
@@ -22,8 +23,7 @@ from pneumonia.calibration import (
     nll,
     shift_prevalence,
 )
-from pneumonia.data import ChestXRayDataModule
-from pneumonia.model import PneumoniaClassifier
+from pneumonia.models.classifier import PneumoniaClassifier
 
 
 def gaussian_sample(n: int, prevalence: float, seed: int = 0):

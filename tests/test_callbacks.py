@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import pneumonia.model as model_module
+import pneumonia.models.classifier as model_module
 from pneumonia.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pneumonia.checkpoint import CheckpointError, load_checkpoint
 from pneumonia.data import Preprocessing
+from pneumonia.models.checkpoint import CheckpointError, load_checkpoint
 
 
 def test_checkpoint_errors_are_clear(trained: dict, tmp_path: Path) -> None:

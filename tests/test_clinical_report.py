@@ -14,10 +14,15 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from pneumonia.calibration import brier_decomposition, calibrate, calibration_line, reliability
-from pneumonia.decision import Decision
+from pneumonia.decision.calibration import (
+    brier_decomposition,
+    calibrate,
+    calibration_line,
+    reliability,
+)
+from pneumonia.decision.predictions import Predictions
+from pneumonia.decision.rules import Decision
 from pneumonia.evaluation.report import calibration_report, operating_points
-from pneumonia.predictions import Predictions
 
 
 def _drawn(n: int, seed: int, sharpen: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +210,7 @@ def test_subgroups_by_pathogen_and_attributes_with_a_warning_for_small_ones() ->
 
 
 def test_operating_thresholds_are_the_extreme_thresholds_that_reach_each_level() -> None:
-    from pneumonia.decision import operating_thresholds
+    from pneumonia.decision.rules import operating_thresholds
 
     probs, targets = _drawn(150, 8)
     probs = torch.round(probs * 40) / 40  # ties, as real probabilities have
@@ -229,7 +234,7 @@ def test_operating_thresholds_are_the_extreme_thresholds_that_reach_each_level()
 
 
 def test_each_named_threshold_says_how_well_its_images_pin_it_down() -> None:
-    from pneumonia.decision import operating_thresholds, uncertain_thresholds
+    from pneumonia.decision.rules import operating_thresholds, uncertain_thresholds
 
     # 5 negatives, all below 300 positives: 100% specificity on 5 images says little
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.45] + [0.6 + 0.001 * i for i in range(300)])
@@ -259,9 +264,9 @@ def test_predict_selects_a_named_threshold_stored_in_the_checkpoint(
 ) -> None:
     import csv
 
-    from pneumonia.checkpoint import load_checkpoint
     from pneumonia.config import compose
     from pneumonia.errors import InputValueError
+    from pneumonia.models.checkpoint import load_checkpoint
     from pneumonia.predict import predict
 
     table = load_checkpoint(trained["ckpt"]).thresholds

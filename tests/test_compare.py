@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pneumonia.compare import main
-from pneumonia.comparison import delong, mcnemar, paired_bootstrap
-from pneumonia.predictions import prediction_rows, write_predictions
+from pneumonia.decision.predictions import prediction_rows, write_predictions
+from pneumonia.evaluation.comparison import delong, mcnemar, paired_bootstrap
 
 NAMES = ["NORMAL", "PNEUMONIA"]
 

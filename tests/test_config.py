@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from pneumonia.config import CONFIG_DIR, compose
 from pneumonia.data import ChestXRayDataModule, Preprocessing
 from pneumonia.data.transforms import train_transforms
+from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.evaluation import EVALUATE_BATCH_SIZE
-from pneumonia.inference import PREDICT_BATCH_SIZE
-from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
-from pneumonia.model import PneumoniaClassifier
+from pneumonia.inference.runner import PREDICT_BATCH_SIZE
+from pneumonia.models.classifier import PneumoniaClassifier
 
 
 def literal_values(path: str) -> dict:

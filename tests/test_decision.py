@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_f1_score
 
-from pneumonia.decision import Decision, bayes_threshold, choose_threshold
-from pneumonia.metrics import metrics_at
+from pneumonia.decision.metrics import metrics_at
+from pneumonia.decision.rules import Decision, bayes_threshold, choose_threshold
 
 from .test_calibration import exact_posterior, gaussian_sample
 

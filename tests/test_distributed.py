@@ -70,9 +70,9 @@ def test_torchrun_ranks_share_one_folder_rank_0_writes_with_single_process_metri
     """Two gloo ranks under torchrun, the entry point a cluster uses, with no hydra.run.dir:
     one run folder; metrics.json, checkpoints and TensorBoard written by rank 0 alone; the
     validation metrics equal one process's evaluation of the best checkpoint."""
-    from pneumonia.checkpoint import load_checkpoint
+    from pneumonia.decision.metrics import metrics_at
     from pneumonia.evaluation import score
-    from pneumonia.metrics import metrics_at
+    from pneumonia.models.checkpoint import load_checkpoint
 
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",

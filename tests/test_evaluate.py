@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from pneumonia.config import compose
+from pneumonia.decision.predictions import Predictions
 from pneumonia.evaluate import evaluate
 from pneumonia.evaluation import report, score
-from pneumonia.predictions import Predictions
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -111,7 +111,7 @@ def test_evaluate_on_data_without_a_test_split_says_so(trained: dict, tmp_path: 
 def test_a_checkpoint_without_its_data_folder_asks_for_one(trained: dict) -> None:
     from dataclasses import replace
 
-    from pneumonia.checkpoint import load_checkpoint
+    from pneumonia.models.checkpoint import load_checkpoint
 
     ckpt = replace(load_checkpoint(trained["ckpt"]), data_args={})
     cpu = {"device": torch.device("cpu"), "precision": "32-true"}
@@ -209,7 +209,7 @@ def _csv_probabilities(path: Path) -> dict[str, float]:
 def test_prior_shift_em_rebases_the_reports_probabilities(
     trained: dict, forty_test_images: Path, tmp_path: Path
 ) -> None:
-    from pneumonia.calibration import shift_prevalence
+    from pneumonia.decision.calibration import shift_prevalence
 
     folder = f"data.root={forty_test_images}"
     plain = evaluate(compose_eval(tmp_path / "plain", trained["ckpt"], folder))

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from pneumonia.explain import cam_target_layer, gradcam, overlay
-from pneumonia.model import PneumoniaClassifier
+from pneumonia.inference.explain import cam_target_layer, gradcam, overlay
+from pneumonia.models.classifier import PneumoniaClassifier
 
 
 def reference_cam(model: PneumoniaClassifier, images: torch.Tensor, target: int) -> np.ndarray:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data import Preprocessing
-from pneumonia.deployment import export_model
+from pneumonia.inference.deployment import export_model
+from pneumonia.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

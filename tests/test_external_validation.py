@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.evaluate import evaluate
+from pneumonia.models.checkpoint import load_checkpoint
 from pneumonia.train import train
 from tests.collection_copies import hospital_copy, nih_copy
 from tests.conftest import compose_train_cfg

@@ -12,7 +12,7 @@ import torch
 from pneumonia.data import ChestXRayDataModule
 from pneumonia.data.patients import patient_id
 from pneumonia.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pneumonia.generalisation import DEGRADATIONS, _gamma, degrade, summarise
+from pneumonia.evaluation.generalisation import DEGRADATIONS, _gamma, degrade, summarise
 
 from .conftest import compose_train_cfg
 
@@ -62,7 +62,7 @@ def test_summary_scores_at_the_splits_own_prevalence() -> None:
     assert r["auroc_ci"][0] <= r["auroc"] <= r["auroc_ci"][1]
     # Probabilities for a balanced population, scored on a 2/3 PNEUMONIA split: the proper
     # scores use the probabilities shifted to the split's own prevalence.
-    from pneumonia.calibration import brier, nll, shift_prevalence
+    from pneumonia.decision.calibration import brier, nll, shift_prevalence
 
     at_own = shift_prevalence(probs, 0.5, 2 / 3)
     assert r["nll"] == pytest.approx(nll(at_own, targets))
@@ -110,9 +110,9 @@ def test_holdout_patients_leave_training_and_validation(
 def test_training_reports_every_check_in_metrics_json(
     tmp_path: Path, tiny_root: Path, holdout: Path
 ) -> None:
-    from pneumonia.checkpoint import load_checkpoint
+    from pneumonia.decision.metrics import metrics_at
     from pneumonia.evaluation import score
-    from pneumonia.metrics import metrics_at
+    from pneumonia.models.checkpoint import load_checkpoint
     from pneumonia.train import train
 
     cfg = compose_train_cfg(tmp_path, tiny_root, f"data.holdout_root={holdout}")

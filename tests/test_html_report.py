@@ -91,7 +91,7 @@ def test_report_html_shows_every_figure_and_the_metrics_on_a_laptop_screen(
 
 
 def test_a_figure_the_page_lacks_is_said_to_be_missing_not_broken(tmp_path: Path, browser):
-    from pneumonia.pages import write_page
+    from pneumonia.reports.pages import write_page
 
     report = tmp_path / "report.md"
     report.write_text("# A\n\n| metric | value |\n|---|---|\n| AUROC | 0.9 |\n\n![roc](roc.png)\n")

@@ -10,11 +10,11 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data import Preprocessing
 from pneumonia.data.preprocessing import TTA_DEGREES
 from pneumonia.evaluation import score
-from pneumonia.inference import probabilities
+from pneumonia.inference.runner import probabilities
+from pneumonia.models.checkpoint import load_checkpoint
 
 CPU = {"device": torch.device("cpu"), "precision": "32-true"}
 
@@ -81,7 +81,7 @@ def test_tta_averages_the_views_of_the_files(trained: dict) -> None:
 
 
 def test_autocast_follows_the_resolved_precision() -> None:
-    from pneumonia.inference import autocast
+    from pneumonia.inference.runner import autocast
 
     cpu = torch.device("cpu")
     with autocast(cpu, "bf16-mixed"):

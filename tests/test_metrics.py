@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pneumonia.metrics import confusion_matrix, metrics_at
+from pneumonia.decision.metrics import confusion_matrix, metrics_at
 
 
 def _scores(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

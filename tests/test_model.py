@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.model import PneumoniaClassifier
+from pneumonia.models.classifier import PneumoniaClassifier
 
 
 def trainable(module: torch.nn.Module) -> int:

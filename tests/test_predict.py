@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumonia.checkpoint import load_checkpoint
 from pneumonia.data.walk import list_images
+from pneumonia.decision.predictions import write_predictions
 from pneumonia.evaluation import score
-from pneumonia.inference import predict_files
-from pneumonia.predictions import write_predictions
+from pneumonia.inference.runner import predict_files
+from pneumonia.models.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -112,9 +112,9 @@ def test_evaluate_and_predict_share_one_vocabulary_and_one_csv_layout(
     import csv
 
     from pneumonia.config import compose
+    from pneumonia.decision.predictions import PREDICTION_COLUMNS
     from pneumonia.evaluate import evaluate
     from pneumonia.predict import predict
-    from pneumonia.predictions import PREDICTION_COLUMNS
 
     common = [f"ckpt_path={trained['ckpt']}", "batch_size=4", "accelerator=cpu",
               "precision=32-true"]  # fmt: skip
@@ -149,10 +149,10 @@ def test_prior_shift_em_through_the_predict_command(
 ) -> None:
     import csv
 
-    from pneumonia.calibration import shift_prevalence
     from pneumonia.config import compose
+    from pneumonia.decision.calibration import shift_prevalence
+    from pneumonia.decision.prior_shift import adapt_to_prevalence
     from pneumonia.predict import predict
-    from pneumonia.prior_shift import adapt_to_prevalence
 
     common = [f"ckpt_path={trained['ckpt']}", f"input={forty_test_images}",
               "accelerator=cpu", "precision=32-true"]  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from pneumonia.predictions import PREDICTION_COLUMNS, Predictions, prediction_rows
+from pneumonia.decision.predictions import PREDICTION_COLUMNS, Predictions, prediction_rows
 
 NAMES = ["NORMAL", "PNEUMONIA"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pneumonia.prior_shift import EM_MIN_IMAGES, adapt_to_prevalence
+from pneumonia.decision.prior_shift import EM_MIN_IMAGES, adapt_to_prevalence
 
 from .test_calibration import exact_posterior, gaussian_sample
 from .test_decision import bayes_decision

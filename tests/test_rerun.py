@@ -65,8 +65,8 @@ def test_a_sweep_killed_part_way_completes_when_run_again(tmp_path: Path, tiny_r
 def test_a_folder_of_other_settings_is_refused_with_the_differences(
     tmp_path: Path, tiny_root: Path
 ) -> None:
-    from pneumonia.resume import earlier_attempt
-    from pneumonia.runs import RunFolderError
+    from pneumonia.runs.folders import RunFolderError
+    from pneumonia.runs.resume import earlier_attempt
     from pneumonia.train import train
 
     quick = ["model=resnet18", "trainer.limit_train_batches=2", "test=false",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pneumonia.resume import check_resumable, resume_command
+from pneumonia.runs.resume import check_resumable, resume_command
 
 from .conftest import compose_train_cfg
 
@@ -62,7 +62,7 @@ def test_the_resume_command_keeps_the_config_folder_and_replaces_the_resume_keys
 
 
 def test_the_sweep_command_reruns_the_sweep_into_its_own_folder(tmp_path: Path) -> None:
-    from pneumonia.resume import sweep_command
+    from pneumonia.runs.resume import sweep_command
 
     argv = ["-m", "model.lr=1e-3,1e-4", "hydra.sweep.dir=elsewhere", "data.fold=range(5)"]
     command = sweep_command(argv, tmp_path / "sweep")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia.runs import best_checkpoint, latest_run, runs_root
+from pneumonia.runs.folders import best_checkpoint, latest_run, runs_root
 
 from .conftest import tiny_overrides
 
@@ -79,7 +79,7 @@ def test_the_commands_check_their_output_folder_before_any_work(
     from pneumonia.config import compose
     from pneumonia.export import export
     from pneumonia.predict import predict
-    from pneumonia.runs import RunFolderError
+    from pneumonia.runs.folders import RunFolderError
 
     blocked = tmp_path / "a_file"
     blocked.write_text("not a folder")
@@ -106,7 +106,7 @@ def test_a_notebook_below_the_launch_folder_finds_its_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A notebook's kernel starts in notebooks/; the runs are in ../outputs/train/runs."""
-    from pneumonia.runs import run_dir_from_env
+    from pneumonia.runs.folders import run_dir_from_env
 
     run = tmp_path / "outputs" / "train" / "runs" / "2026-01-02_10-00-00"
     run.mkdir(parents=True)

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from pneumonia import runtime
+from pneumonia.system import runtime
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumonia.shift import METHODS, ShiftReference, fit_reference, separation_auroc
+from pneumonia.decision.shift import METHODS, ShiftReference, fit_reference, separation_auroc
 
 
 def two_gaussians(n: int, shift: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +71,7 @@ def test_an_unknown_method_or_rate_is_refused() -> None:
 
 # ----------------------------------------------------------------------------- with a model
 def test_training_stores_the_reference_and_its_threshold_in_the_checkpoint(trained: dict):
-    from pneumonia.checkpoint import load_checkpoint
+    from pneumonia.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(trained["ckpt"])
     assert ckpt.shift is not None
@@ -111,7 +111,7 @@ def test_synthetic_x_rays_are_in_distribution_and_photographs_are_not(
 
 
 def test_the_warning_fires_above_the_stated_share(caplog: pytest.LogCaptureFixture) -> None:
-    from pneumonia.inference import WARN_SHARE, warn_if_unlike_training
+    from pneumonia.inference.runner import WARN_SHARE, warn_if_unlike_training
 
     caplog.set_level("INFO")
     reference = ShiftReference("energy", threshold=1.0, flag_rate=0.05)
@@ -133,8 +133,8 @@ def test_the_separation_auroc_is_the_mann_whitney_probability() -> None:
 
 def test_em_is_refused_on_a_folder_of_mostly_flagged_images(trained: dict, tmp_path: Path):
     skimage_data = pytest.importorskip("skimage.data")
-    from pneumonia.checkpoint import load_checkpoint
-    from pneumonia.inference import predict_files
+    from pneumonia.inference.runner import predict_files
+    from pneumonia.models.checkpoint import load_checkpoint
 
     photos = []
     for k, name in enumerate(("astronaut", "coffee", "chelsea", "rocket", "camera", "coins") * 6):

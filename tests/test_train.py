@@ -17,9 +17,9 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import pneumonia.model as model_module
-from pneumonia.checkpoint import load_checkpoint
+import pneumonia.models.classifier as model_module
 from pneumonia.data import ChestXRayDataModule, DataLayoutError
+from pneumonia.models.checkpoint import load_checkpoint
 from pneumonia.train import train
 
 from .conftest import REPO_ROOT, compose_train_cfg, tiny_overrides
@@ -134,7 +134,7 @@ class KeepsItself(model_module.PneumoniaClassifier):
 
 
 def test_fast_dev_run_of_each_experiment(tmp_path: Path, tiny_root: Path) -> None:
-    from pneumonia.decision import choose_threshold
+    from pneumonia.decision.rules import choose_threshold
 
     for experiment in sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml")):
         cfg = compose_train_cfg(  # each run its own folder
@@ -375,7 +375,7 @@ def test_resume_from_a_missing_checkpoint_says_so(train_cfg, tmp_path: Path) -> 
 
 
 def test_resume_from_a_foreign_checkpoint_says_so(train_cfg, tmp_path: Path) -> None:
-    from pneumonia.checkpoint import CheckpointError
+    from pneumonia.models.checkpoint import CheckpointError
 
     foreign = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}, "epoch": 4}, foreign)
@@ -449,7 +449,7 @@ def test_resuming_with_another_backbone_names_both_before_any_work(
 def test_a_run_never_writes_into_another_runs_folder(
     tmp_path: Path, tiny_root: Path, trained: dict
 ) -> None:
-    from pneumonia.runs import LOCK, RunFolderError
+    from pneumonia.runs.folders import LOCK, RunFolderError
 
     first = trained["run"]  # a finished run's folder
     cfg = compose_train_cfg(tmp_path, tiny_root, "debug=fdr")
@@ -673,8 +673,8 @@ def test_a_positive_class_at_index_0_trains_and_evaluates(tmp_path: Path, tiny_r
     """Class folders that sort PNEUMONIA first: 'PNEUMONIA' < 'normal' (upper case first)."""
     import shutil
 
-    from pneumonia.checkpoint import load_checkpoint
     from pneumonia.evaluation import report, score
+    from pneumonia.models.checkpoint import load_checkpoint
 
     root = tmp_path / "data"
     shutil.copytree(tiny_root, root)

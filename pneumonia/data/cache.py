@@ -26,7 +26,7 @@ import numpy as np
 
 from pneumonia.data.cache_build import CACHE_VERSION, HASHES, INDEX, META, PIXELS, build_cache
 from pneumonia.data.images import BadImageError
-from pneumonia.runtime import decode_threads
+from pneumonia.system.runtime import decode_threads
 
 log = logging.getLogger(__name__)
 

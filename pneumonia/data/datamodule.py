@@ -36,7 +36,7 @@ from pneumonia.data.synthetic import SYNTHETIC_WARNING, ensure_synthetic_dataset
 from pneumonia.data.transforms import train_transforms
 from pneumonia.data.usable import BAD_IMAGE_POLICIES, BadImagePolicy, usable_images
 from pneumonia.errors import InputValueError
-from pneumonia.runtime import loader_workers
+from pneumonia.system.runtime import loader_workers
 
 log = logging.getLogger(__name__)
 PREPROCESSING_FIELDS = tuple(f.name for f in fields(Preprocessing))

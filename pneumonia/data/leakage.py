@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pneumonia.data.cache_build import content_hash
 from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
-from pneumonia.runtime import decode_threads
+from pneumonia.system.runtime import decode_threads
 
 LeakPolicy = Literal["warn", "error", "drop"]
 LEAK_POLICIES = ("warn", "error", "drop")

@@ -21,7 +21,7 @@ from pneumonia.data.images import BadImageError
 from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
-from pneumonia.runtime import decode_threads
+from pneumonia.system.runtime import decode_threads
 
 BadImagePolicy = Literal["error", "skip"]
 BAD_IMAGE_POLICIES = ("error", "skip")

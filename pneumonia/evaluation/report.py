@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from pneumonia.calibration import (
+from pneumonia.decision.calibration import (
     RELIABILITY_BINS,
     brier_decomposition,
     calibrate,
@@ -19,8 +19,7 @@ from pneumonia.calibration import (
     reliability,
     scores_of,
 )
-from pneumonia.decision import Decision
-from pneumonia.metrics import (
+from pneumonia.decision.metrics import (
     BOOTSTRAP_RESAMPLES,
     CONFIDENCE,
     OPERATING_POINTS,
@@ -30,8 +29,9 @@ from pneumonia.metrics import (
     ranking_metrics,
     thresholded_metrics,
 )
-from pneumonia.predictions import Predictions
-from pneumonia.shift import ShiftReference
+from pneumonia.decision.predictions import Predictions
+from pneumonia.decision.rules import Decision
+from pneumonia.decision.shift import ShiftReference
 
 
 def shift_report(preds: Predictions, reference: ShiftReference, **bootstrap: Any) -> dict:

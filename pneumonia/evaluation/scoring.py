@@ -9,12 +9,14 @@ from typing import Any
 
 import torch
 
-from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.data import ChestXRayDataModule
 from pneumonia.data.cache import cache_folder
 from pneumonia.data.dataset import labelled_loader
 from pneumonia.data.index import evaluation_folder, labelled_folder
 from pneumonia.data.readers import FOLDERS, evaluation_listing
+from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from pneumonia.decision.predictions import Predictions
+from pneumonia.decision.prior_shift import adapt_to_prevalence
 from pneumonia.errors import InputValueError
 from pneumonia.evaluation.report import (
     by_source,
@@ -24,10 +26,8 @@ from pneumonia.evaluation.report import (
     shift_report,
 )
 from pneumonia.evaluation.subgroups import MIN_SUBGROUP, subgroup_report
-from pneumonia.inference import predict_batches, warn_if_unlike_training
-from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
-from pneumonia.predictions import Predictions
-from pneumonia.prior_shift import adapt_to_prevalence
+from pneumonia.inference.runner import predict_batches, warn_if_unlike_training
+from pneumonia.models.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
 

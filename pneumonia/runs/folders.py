@@ -118,7 +118,7 @@ class RunFolder(Callback):
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        from pneumonia.launch import detect
+        from pneumonia.system.launch import detect
 
         if job_return.status != JobStatus.FAILED or detect().rank:  # rank 0's folder to clean
             return

@@ -11,7 +11,8 @@ things turn it into a probability that means what it says:
   another is a shift of the log odds (Bayes' rule, the label-shift assumption: the images of
   each class look the same, only their proportions change).
 
-With calibrated probabilities the decision needs no tuning on validation (``pneumonia.decision``).
+With calibrated probabilities the decision needs no tuning on validation
+(``pneumonia.decision.rules``).
 Where the prevalence of new images is unknown, :func:`em_prevalence` estimates it from the
 unlabelled probabilities (Saerens, Latinne and Decaestecker, Neural Computation 14(1), 2002).
 """

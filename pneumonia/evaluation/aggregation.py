@@ -21,9 +21,9 @@ import torch
 import yaml
 from torchmetrics.functional.classification import binary_auroc
 
-from pneumonia.calibration import reliability
+from pneumonia.decision.calibration import reliability
+from pneumonia.decision.predictions import VAL_PREDICTIONS
 from pneumonia.errors import InputNotFoundError, InputValueError
-from pneumonia.predictions import VAL_PREDICTIONS
 
 # Overrides that repeat a setting rather than change it.
 REPEATS = ("data.fold", "seed", "data.seed")
@@ -237,7 +237,7 @@ def aggregate(
 
 
 def _roc(table: pd.DataFrame, path: Path) -> str:
-    from pneumonia.plots import roc_figure, save_figure
+    from pneumonia.reports.plots import roc_figure, save_figure
 
     probs, targets = _scores(table)
     save_figure(roc_figure(probs, targets, f"out of fold, {len(table)} images"), path)
@@ -245,7 +245,7 @@ def _roc(table: pd.DataFrame, path: Path) -> str:
 
 
 def _calibration(table: pd.DataFrame, path: Path) -> str:
-    from pneumonia.plots import reliability_figure, save_figure
+    from pneumonia.reports.plots import reliability_figure, save_figure
 
     curve = reliability(*_scores(table))
     save_figure(reliability_figure(curve, f"out of fold, {len(table)} images"), path)

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, norm, rankdata
 
-from pneumonia.aggregation import positive_class
+from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.errors import InputNotFoundError, InputValueError
-from pneumonia.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from pneumonia.evaluation.aggregation import positive_class
 
 REQUIRED = ("file", "label", "probability", "prediction", "threshold")
 NAMES = ("A", "B")

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from pneumonia.data.preprocessing import Preprocessing, PreprocessingError
-from pneumonia.decision import Decision
+from pneumonia.decision.rules import Decision
+from pneumonia.decision.shift import ShiftReference
 from pneumonia.errors import InputNotFoundError, InputValueError
-from pneumonia.files import atomic_path
-from pneumonia.model import PneumoniaClassifier
-from pneumonia.shift import ShiftReference
+from pneumonia.models.classifier import PneumoniaClassifier
+from pneumonia.system.files import atomic_path
 
 
 class CheckpointError(InputValueError):

@@ -12,25 +12,29 @@ import torch.nn.functional as F  # noqa: N812
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from pneumonia.backbones import build_backbone, keep_frozen_statistics, normalisation_mismatch
-from pneumonia.calibration import calibrate, logit, logit_difference, loss_prevalence
-from pneumonia.callbacks import UnfreezeBackbone
-from pneumonia.decision import Decision, check_decision, fit_on_validation
-from pneumonia.errors import InputValueError
-from pneumonia.metrics import (
+from pneumonia.decision.calibration import calibrate, logit, logit_difference, loss_prevalence
+from pneumonia.decision.metrics import (
     gathered_predictions,
     metrics_at,
     prediction_store,
     ranking_metrics,
     thresholded_metrics,
 )
-from pneumonia.optim import (
+from pneumonia.decision.predictions import Predictions
+from pneumonia.decision.rules import Decision, check_decision, fit_on_validation
+from pneumonia.errors import InputValueError
+from pneumonia.models.backbones import (
+    build_backbone,
+    keep_frozen_statistics,
+    normalisation_mismatch,
+)
+from pneumonia.models.callbacks import UnfreezeBackbone
+from pneumonia.models.optim import (
     LRScaling,
     check_names,
     check_schedule_covers_run,
     lightning_optimizers,
 )
-from pneumonia.predictions import Predictions
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +47,9 @@ class PneumoniaClassifier(pl.LightningModule):
     """Binary chest X-ray classifier (NORMAL vs PNEUMONIA).
 
     An image's score is the logit difference PNEUMONIA - NORMAL; its probability is calibrated
-    (``pneumonia.calibration``: a temperature fitted on each validation epoch, the prevalence
-    the loss implied shifted to ``prevalence``) and decided at a threshold set by
-    ``threshold_rule`` (``pneumonia.decision``). Temperature and threshold are buffers: every
+    (``pneumonia.decision.calibration``: a temperature fitted on each validation epoch, the
+    prevalence the loss implied shifted to ``prevalence``) and decided at a threshold set by
+    ``threshold_rule`` (``pneumonia.decision.rules``). Temperature and threshold are buffers: every
     checkpoint carries them.
     """
 
@@ -134,7 +138,8 @@ class PneumoniaClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ model
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised (B, 3, H, W) images -> (B, D) penultimate features (``pneumonia.shift``)."""
+        """Normalised (B, 3, H, W) images -> (B, D) penultimate features
+        (``pneumonia.decision.shift``)."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)

@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
-from pneumonia.files import atomic_open
+from pneumonia.system.files import atomic_open
 
 # The one layout of predictions.csv and of the API's tables. label: the true class where it is
 # known (evaluate), else empty; shift_score and in_distribution: how unlike the training images
-# an image is (pneumonia.shift; empty for a checkpoint without a shift reference); error: why an
-# input has no probability. Images from a table (pneumonia.data.table) add their attributes
-# (patient_id, study_id, source, sex, age, view ...) as further columns, after these.
+# an image is (pneumonia.decision.shift; empty for a checkpoint without a shift reference);
+# error: why an input has no probability. Images from a table (pneumonia.data.table) add
+# their attributes (patient_id, study_id, source, sex, age, view ...) as further columns, after
+# these.
 # A training run's prediction for each of its validation images (k-fold: the out-of-fold rows).
 VAL_PREDICTIONS = "val_predictions.csv"
 PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "shift_score",
@@ -39,7 +40,7 @@ class Predictions:
     threshold: float  # PNEUMONIA above it
     files: list[Path] = field(default_factory=list)
     scores: torch.Tensor | None = None  # (N,) logit differences, before calibration
-    shift: torch.Tensor | None = None  # (N,) shift scores (pneumonia.shift)
+    shift: torch.Tensor | None = None  # (N,) shift scores (pneumonia.decision.shift)
     shift_threshold: float | None = None  # in distribution: shift <= shift_threshold
     attributes: list[dict[str, Any]] | None = None  # per image: a table's further columns
 

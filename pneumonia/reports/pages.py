@@ -15,7 +15,7 @@ from pathlib import Path
 
 import markdown as markdown_lib
 
-from pneumonia.files import write_text
+from pneumonia.system.files import write_text
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;

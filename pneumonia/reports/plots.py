@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
-from pneumonia.files import atomic_path
+from pneumonia.system.files import atomic_path
 
 
 def confusion_matrix_figure(
@@ -151,7 +151,7 @@ def evaluation_figures(
 
     Keys are ``confusion_matrix``, ``roc``, ``pr``: TensorBoard tags and PNG names alike.
     """
-    from pneumonia.metrics import confusion_matrix
+    from pneumonia.decision.metrics import confusion_matrix
 
     cm = confusion_matrix(probs, targets, threshold)
     figures = {

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pneumonia.aggregation import flatten_metrics
+from pneumonia.evaluation.aggregation import flatten_metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,13 @@ AGGREGATE_EXPERIMENT = "pneumonia-aggregate"
 LOCAL_ARTIFACTS = "mlartifacts"
 SQLITE = "sqlite:///"
 MLFLOW_BATCH = 1000  # metrics per log_batch call (MLflow's limit)
-STATS = ("mean", "std", "ci_low", "ci_high", "n")  # pneumonia.aggregation.mean_interval's
+STATS = (
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "n",
+)  # pneumonia.evaluation.aggregation.mean_interval's
 
 
 def require_mlflow() -> None:

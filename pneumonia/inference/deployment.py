@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pneumonia.calibration import calibrate, logit_difference
-from pneumonia.checkpoint import LoadedCheckpoint
+from pneumonia.decision.calibration import calibrate, logit_difference
+from pneumonia.decision.shift import ShiftReference, energy_score, knn_score, mahalanobis_score
 from pneumonia.errors import InputValueError
-from pneumonia.files import atomic_path, write_text
-from pneumonia.model import PneumoniaClassifier
-from pneumonia.shift import ShiftReference, energy_score, knn_score, mahalanobis_score
+from pneumonia.models.checkpoint import LoadedCheckpoint
+from pneumonia.models.classifier import PneumoniaClassifier
+from pneumonia.system.files import atomic_path, write_text
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -31,7 +31,7 @@ class ExportedClassifier(nn.Module):
     The positive column is what the model's ``probabilities`` gives, through the same
     functions (``calibration.logit_difference`` and ``calibrate``) and its temperature and
     prevalence, so the stored threshold means the same thing here as in ``predict``; the shift
-    score is ``ShiftReference.score``'s (``pneumonia.shift``). (The LightningModule itself
+    score is ``ShiftReference.score``'s (``pneumonia.decision.shift``). (The LightningModule itself
     cannot be traced: TorchScript reads its ``trainer``.)
     """
 

@@ -17,12 +17,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from pneumonia.checkpoint import read_checkpoint
+from pneumonia._moved import current_path
 from pneumonia.config import flatten
 from pneumonia.data.images import DEFAULT_MAX_UPSCALE
 from pneumonia.errors import InputValueError
-from pneumonia.files import write_text
-from pneumonia.runs import RunFolderError
+from pneumonia.models.checkpoint import read_checkpoint
+from pneumonia.runs.folders import RunFolderError
+from pneumonia.system.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,11 @@ _RESUME_MAY_CHANGE = (
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config, flat, with its own run folder written ``<run>``: the folders a run
-    writes to (checkpoints, logs) follow it, and are not what the experiment is."""
+    writes to (checkpoints, logs) follow it, and are not what the experiment is. Dotted names
+    of modules that have moved since the run are read as today's."""
     run = str((config.get("paths") or {}).get("output_dir") or "\0")
-    return {
-        key: value.replace(run, "<run>") if isinstance(value, str) else value
+    return {  # a _target_ recorded before issue 27 moved its module: the module's name now
+        key: current_path(value).replace(run, "<run>") if isinstance(value, str) else value
         for key, value in flatten(config).items()
     }
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from pneumonia.calibration import em_prevalence, shift_prevalence
-from pneumonia.decision import Decision
+from pneumonia.decision.calibration import em_prevalence, shift_prevalence
+from pneumonia.decision.rules import Decision
 from pneumonia.errors import InputValueError
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def adapt_to_prevalence(
 
     Args:
         flagged_share: the share of these images unlike the training images
-            (``pneumonia.shift``); above :data:`EM_MAX_FLAGGED`, EM is refused.
+            (``pneumonia.decision.shift``); above :data:`EM_MAX_FLAGGED`, EM is refused.
 
     Returns:
         The probabilities, and a record of the estimate (None for ``none``); an estimate that

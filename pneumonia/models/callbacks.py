@@ -58,8 +58,9 @@ class EvaluationFigures(pl.Callback):
     epoch to TensorBoard, with the operating points (sensitivity at specificity >= 90% and 95%,
     and the reverse) as scalars.
 
-    Reads the epoch's :class:`~pneumonia.predictions.Predictions` that the module gathered over
-    all ranks (``pl_module.epoch_predictions``); the hooks run after the module's epoch end.
+    Reads the epoch's :class:`~pneumonia.decision.predictions.Predictions` that the module
+    gathered over all ranks (``pl_module.epoch_predictions``); the hooks run after the module's
+    epoch end.
     """
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -79,7 +80,7 @@ class EvaluationFigures(pl.Callback):
             return
         from matplotlib import pyplot as plt
 
-        from pneumonia.plots import evaluation_figures
+        from pneumonia.reports.plots import evaluation_figures
 
         # Validation figures at 0.5; test figures at the stored threshold, as test/* reports.
         threshold = predictions.threshold if stage == "test" else 0.5
@@ -93,9 +94,9 @@ class EvaluationFigures(pl.Callback):
         points = {}
         both = 0 < int(predictions.targets.sum()) < len(predictions.targets)
         if both:  # the reliability diagram and the operating points need both classes
-            from pneumonia.calibration import reliability
-            from pneumonia.metrics import operating_point_metrics
-            from pneumonia.plots import reliability_figure
+            from pneumonia.decision.calibration import reliability
+            from pneumonia.decision.metrics import operating_point_metrics
+            from pneumonia.reports.plots import reliability_figure
 
             probs, targets = predictions.probs.float(), predictions.targets.long()
             figures["reliability"] = reliability_figure(

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.data.images import BadImageError
 from pneumonia.data.preprocessing import TTA_DEGREES
-from pneumonia.predictions import prediction_rows
-from pneumonia.prior_shift import adapt_to_prevalence, check_prior_shift
-from pneumonia.runtime import decode_threads, resolve_precision
-from pneumonia.shift import ShiftReference
+from pneumonia.decision.predictions import prediction_rows
+from pneumonia.decision.prior_shift import adapt_to_prevalence, check_prior_shift
+from pneumonia.decision.shift import ShiftReference
+from pneumonia.models.checkpoint import LoadedCheckpoint
+from pneumonia.system.runtime import decode_threads, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def predict_files(
     Args:
         precision: a resolved precision (see :func:`inference_precision`).
         prior_shift: ``em`` re-bases the probabilities on the prevalence of these inputs
-            (``pneumonia.prior_shift``).
+            (``pneumonia.decision.prior_shift``).
         gradcam_dir: also write a Grad-CAM overlay per image there, named after its path
             below ``root``.
     """
@@ -160,7 +160,7 @@ def predict_files(
             if s is not None:
                 shifts |= dict(zip([i for i, _ in good], s.tolist(), strict=True))
             if gradcam_dir is not None:
-                from pneumonia.explain import write_gradcams
+                from pneumonia.inference.explain import write_gradcams
 
                 named = {i: inputs[i] for i, _ in good}
                 plain = images[:, TTA_DEGREES.index(0.0)] if tta else images

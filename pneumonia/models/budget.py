@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from pytorch_lightning.callbacks import Timer
 
-from pneumonia.optim import build_scheduler
+from pneumonia.models.optim import build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +179,13 @@ class TimeBudget(pl.Callback):
         """
         Args:
             check_passes: passes over the validation split after training besides the final
-                validation (``pneumonia.generalisation``: clean plus each degradation); with
-                any, the holdout folder's images count too.
+                validation (``pneumonia.evaluation.generalisation``: clean plus each
+                degradation); with any, the holdout folder's images count too.
         """
         self.margin = margin
         self.epoch_overhead_s = epoch_overhead_s
         self.check_passes = check_passes
-        # pneumonia.shift's reference: one pass over the training and the validation images
+        # pneumonia.decision.shift's reference: one pass over the training and the validation images
         self.reference_pass = False
         self.started = time.monotonic()
         self.plan: BudgetPlan | None = None

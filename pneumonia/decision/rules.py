@@ -7,8 +7,8 @@
 - :func:`fit_on_validation`: what each validation epoch fits (the temperature, the threshold)
   and the proper scores it reports.
 - :class:`Decision`: the record of rule, threshold and calibration that reports and exports
-  carry (``pneumonia.prior_shift`` re-bases probabilities on the prevalence of the images at
-  hand).
+  carry (``pneumonia.decision.prior_shift`` re-bases probabilities on the prevalence of the
+  images at hand).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from scipy.stats import binomtest
 from torchmetrics.functional.classification import binary_roc
 
-from pneumonia.calibration import (
+from pneumonia.decision.calibration import (
     brier,
     calibrate,
     fit_temperature,

@@ -15,11 +15,11 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from pneumonia.backbones import cam_layer
-from pneumonia.checkpoint import LoadedCheckpoint
 from pneumonia.data.images import gray_from_image, load_gray
 from pneumonia.data.preprocessing import Preprocessing
-from pneumonia.model import PneumoniaClassifier
+from pneumonia.models.backbones import cam_layer
+from pneumonia.models.checkpoint import LoadedCheckpoint
+from pneumonia.models.classifier import PneumoniaClassifier
 
 # Overlays larger than this (longest side, pixels) are scaled down: a 2,900 px X-ray PNG per
 # image would be large to write and no easier to read.

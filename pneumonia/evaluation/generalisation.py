@@ -30,11 +30,11 @@ from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from pneumonia.calibration import brier, nll, shift_prevalence
-from pneumonia.inference import autocast
-from pneumonia.metrics import BOOTSTRAP_RESAMPLES, bootstrap_interval, metrics_at
-from pneumonia.predictions import Predictions
-from pneumonia.shift import ShiftReference, fit_reference
+from pneumonia.decision.calibration import brier, nll, shift_prevalence
+from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, bootstrap_interval, metrics_at
+from pneumonia.decision.predictions import Predictions
+from pneumonia.decision.shift import ShiftReference, fit_reference
+from pneumonia.inference.runner import autocast
 
 Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
