@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from pneumonia.evaluation.aggregation import mean_interval
+from pneumonia.runs.aggregation import mean_interval
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,7 @@ MOVED = {
     "pneumonia.explain": "pneumonia.inference.explain",
     "pneumonia.deployment": "pneumonia.inference.deployment",
     "pneumonia.generalisation": "pneumonia.evaluation.generalisation",
-    "pneumonia.aggregation": "pneumonia.evaluation.aggregation",
+    "pneumonia.aggregation": "pneumonia.runs.aggregation",
     "pneumonia.comparison": "pneumonia.evaluation.comparison",
     "pneumonia.resume": "pneumonia.runs.resume",
     "pneumonia.tracking": "pneumonia.runs.tracking",

@@ -1,6 +1,6 @@
 """``pneumonia-aggregate <sweep folder>``: one table of a sweep's jobs (folds, seeds,
 settings), each metric as mean, standard deviation and a 95% t-interval over the jobs of one
-setting (``pneumonia.evaluation.aggregation`` does the work).
+setting (``pneumonia.runs.aggregation`` does the work).
 
 Writes ``aggregate.md`` (and the page ``aggregate.html``), ``aggregate.csv``,
 ``aggregate.json``, the out-of-fold figures of a k-fold and a TensorBoard log
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia.errors import InputNotFoundError
-from pneumonia.evaluation.aggregation import CONFIDENCE, aggregate
 from pneumonia.reports.pages import write_page
+from pneumonia.runs.aggregation import CONFIDENCE, aggregate
 from pneumonia.system.files import write_text
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ from typing import Any
 import pandas as pd
 
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from pneumonia.decision.predictions import read_predictions
 from pneumonia.errors import InputNotFoundError, UserError
-from pneumonia.evaluation.comparison import NAMES, Paired, compare, p_text, read_predictions
+from pneumonia.evaluation.comparison import NAMES, Paired, compare, p_text
 from pneumonia.reports.pages import write_page
 from pneumonia.runs.folders import check_writable
 from pneumonia.system.files import write_text

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -82,17 +82,28 @@ def compose(
     return cfg
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {"model/lr": 1e-4, ...} with TensorBoard-friendly leaf values."""
-    if isinstance(tree, dict):
+def flatten(tree: Any, sep: str = "/", prefix: str = "") -> dict[str, Any]:
+    """The one flattener: nested mappings -> one level, keys joined by ``sep``
+    (``{"model/lr": 1e-4, ...}``), leaves as they are; Hydra's own ``hydra`` node left out.
+    A config's parameters for loggers are :func:`as_params`, a metrics.json's numbers
+    ``pneumonia.runs.aggregation.flatten_metrics``."""
+    if isinstance(tree, Mapping):
         out: dict[str, Any] = {}
         for k, v in tree.items():
             if k != "hydra":
-                out |= flatten(v, f"{prefix}{k}/")
+                out |= flatten(v, sep, f"{prefix}{k}{sep}")
         return out
-    if isinstance(tree, bool | int | float | str) or tree is None:
-        return {prefix.rstrip("/"): tree if tree is not None else "null"}
-    return {prefix.rstrip("/"): str(tree)}
+    return {prefix.removesuffix(sep): tree}
+
+
+def as_params(tree: Any) -> dict[str, bool | int | float | str]:
+    """A config flat (``model/lr``), with the leaf values TensorBoard and MLflow take: null as
+    "null", lists and other values as their text."""
+    return {
+        key: "null" if value is None else value if isinstance(value, bool | int | float | str)
+        else str(value)
+        for key, value in flatten(tree).items()
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- value checks

@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.config import CONFIG_DIR, EVALUATE_RULES, check_values
-from pneumonia.decision.predictions import write_predictions
+from pneumonia.decision.predictions import PREDICTIONS, write_predictions
 from pneumonia.evaluation import evaluate_checkpoint, markdown
 from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
 from pneumonia.inference.runner import inference_precision
@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         **cfg.bootstrap,
     )
     write_text(out / "report.json", json.dumps(result, indent=2) + "\n")
-    write_predictions(out / "predictions.csv", preds.rows(ckpt.class_names, ckpt.positive_index))
+    write_predictions(out / PREDICTIONS, preds.rows(ckpt.class_names, ckpt.positive_index))
     figures = evaluation_figures(
         preds.probs, preds.targets, preds.threshold, ckpt.class_names, cfg.split, pr=True
     )

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from pneumonia.config import CONFIG_DIR, PREDICT_RULES, check_values
 from pneumonia.data.walk import list_images
-from pneumonia.decision.predictions import write_predictions
+from pneumonia.decision.predictions import PREDICTIONS, write_predictions
 from pneumonia.inference.runner import inference_precision, predict_files
 from pneumonia.models.checkpoint import load_checkpoint
 from pneumonia.runs.folders import check_writable
@@ -46,7 +46,7 @@ def predict(cfg: DictConfig) -> Path:
         gradcam_dir=gradcam_dir,
         root=source if source.is_dir() else source.parent,
     )
-    output = out / "predictions.csv"
+    output = out / PREDICTIONS
     write_predictions(output, rows)
     failed = [r for r in rows if r["error"]]
     positive = ckpt.class_names[ckpt.positive_index]

@@ -19,13 +19,14 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from pneumonia.config import CONFIG_DIR, check_train_config, flatten
+from pneumonia.config import CONFIG_DIR, as_params, check_train_config
 from pneumonia.decision.metrics import confusion_matrix
 from pneumonia.decision.predictions import VAL_PREDICTIONS, Predictions, write_predictions
 from pneumonia.decision.rules import operating_thresholds, uncertain_thresholds
 from pneumonia.models.budget import TimeBudget
-from pneumonia.models.checkpoint import add_to_run_checkpoint, read_checkpoint
-from pneumonia.runs.folders import training_folder
+from pneumonia.models.checkpoint import read_checkpoint
+from pneumonia.runs.folders import add_to_run_checkpoint, training_folder
+from pneumonia.runs.layout import metrics_file
 from pneumonia.runs.resume import (
     check_resumable,
     earlier_attempt,
@@ -256,18 +257,18 @@ def _write_outputs(
     cfg: DictConfig, model, trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path
 ) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text(metrics_file(output_dir), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if "test" in model.epoch_predictions:
         _save_test_figures(model, output_dir)
     scalars = {f"hp/{k}": v for k, v in metrics.items() if isinstance(v, float)}
-    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    flat = as_params(OmegaConf.to_container(cfg, resolve=True))
     for tb in (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)):
         tb.log_hyperparams(flat, scalars)  # the HParams tab compares runs of a sweep
         tb.experiment.flush()
     from pneumonia.runs.tracking import log_run  # MLflow and W&B: params, metrics, figures
 
     log_run(trainer.loggers, flat, metrics, output_dir, step=trainer.global_step)
-    log.info("Metrics: %s", output_dir / "metrics.json")
+    log.info("Metrics: %s", metrics_file(output_dir))
     log.info("Best checkpoint: %s", metrics["best_model_path"])
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pneumonia.errors import InputNotFoundError, InputValueError
-from pneumonia.evaluation.aggregation import aggregate
+from pneumonia.runs.aggregation import aggregate
 
 # Two-sided 95% Student t quantile with 2 degrees of freedom (any table)
 T_975_DF2 = 4.302652729911275

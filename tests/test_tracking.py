@@ -36,7 +36,7 @@ def test_a_run_logs_params_metrics_checkpoint_and_figures_to_a_local_mlflow_stor
     pytest.importorskip("mlflow", reason=EXTRA)
     from mlflow.tracking import MlflowClient
 
-    from pneumonia.evaluation.aggregation import flatten_metrics
+    from pneumonia.runs.aggregation import flatten_metrics
     from pneumonia.runs.tracking import metric_key
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, not a server

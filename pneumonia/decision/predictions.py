@@ -12,20 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
+from pneumonia.errors import InputNotFoundError, InputValueError
 from pneumonia.system.files import atomic_open
 
+# What evaluate and predict write into their output folder.
+PREDICTIONS = "predictions.csv"
+# A training run's prediction for each of its validation images (k-fold: the out-of-fold rows),
+# in its run folder; the same layout.
+VAL_PREDICTIONS = "val_predictions.csv"
 # The one layout of predictions.csv and of the API's tables. label: the true class where it is
 # known (evaluate), else empty; shift_score and in_distribution: how unlike the training images
 # an image is (pneumonia.decision.shift; empty for a checkpoint without a shift reference);
 # error: why an input has no probability. Images from a table (pneumonia.data.table) add
 # their attributes (patient_id, study_id, source, sex, age, view ...) as further columns, after
 # these.
-# A training run's prediction for each of its validation images (k-fold: the out-of-fold rows).
-VAL_PREDICTIONS = "val_predictions.csv"
 PREDICTION_COLUMNS = ("file", "label", "probability", "prediction", "threshold", "shift_score",
                       "in_distribution", "error")  # fmt: skip
+# The columns a predictions.csv must have to be read back (comparing, aggregating folds).
+REQUIRED_COLUMNS = ("file", "label", "probability", "prediction", "threshold")
 
 
 @dataclass
@@ -155,3 +162,45 @@ def prediction_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     for row in rows:
         columns.update(dict.fromkeys(row))
     return list(columns)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A ``predictions.csv`` (or ``val_predictions.csv``) as written: text cells, missing
+    values empty, its columns checked.
+
+    Raises:
+        InputNotFoundError: no such file.
+        InputValueError: not a predictions.csv (unparseable, or without its columns).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputNotFoundError(
+            f"{path} does not exist: pass a {PREDICTIONS} written by pneumonia-evaluate (in its "
+            "output folder) or a checkpoint."
+        )
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputValueError(
+            f"{path} is not a {PREDICTIONS} ({type(e).__name__}: {e}). Pass the {PREDICTIONS} "
+            "that pneumonia-evaluate writes."
+        ) from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputValueError(
+            f"{path} is not a {PREDICTIONS}: no column {', '.join(missing)} (its columns: "
+            f"{', '.join(map(str, table.columns[:8]))}). Pass the {PREDICTIONS} that "
+            "pneumonia-evaluate writes."
+        )
+    return table
+
+
+def positive_class(table: pd.DataFrame) -> str:
+    """The class a predictions table calls above its threshold (its rows say it); the
+    ``probability`` and ``threshold`` columns as numbers."""
+    above = table[table["probability"] > table["threshold"]]
+    if len(above):
+        return str(above["prediction"].iloc[0])
+    below = set(table.loc[table["probability"] <= table["threshold"], "prediction"])
+    others = set(table["label"]) - below
+    return str(others.pop()) if others else "PNEUMONIA"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +19,9 @@ import pandas as pd
 from scipy.stats import binomtest, norm, rankdata
 
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
-from pneumonia.errors import InputNotFoundError, InputValueError
-from pneumonia.evaluation.aggregation import positive_class
+from pneumonia.decision.predictions import positive_class
+from pneumonia.errors import InputValueError
 
-REQUIRED = ("file", "label", "probability", "prediction", "threshold")
 NAMES = ("A", "B")
 
 
@@ -38,31 +36,6 @@ class Paired:
     thresholds: tuple[float | None, float | None]  # None: the rows hold several
     positive: str
     left_out: list[dict[str, str]] = field(default_factory=list)  # file, model, error
-
-
-def read_predictions(path: str | Path) -> pd.DataFrame:
-    """A ``predictions.csv`` as text cells, its columns checked (:func:`pair` reads them)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputNotFoundError(
-            f"{path} does not exist: pass a predictions.csv written by pneumonia-evaluate "
-            "(in its output folder) or a checkpoint."
-        )
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputValueError(
-            f"{path} is not a predictions.csv ({type(e).__name__}: {e}). Pass the "
-            "predictions.csv that pneumonia-evaluate writes."
-        ) from e
-    missing = [c for c in REQUIRED if c not in table.columns]
-    if missing:
-        raise InputValueError(
-            f"{path} is not a predictions.csv: no column {', '.join(missing)} (its columns: "
-            f"{', '.join(map(str, table.columns[:8]))}). Pass the predictions.csv that "
-            "pneumonia-evaluate writes."
-        )
-    return table
 
 
 def _usable(table: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, str]]:

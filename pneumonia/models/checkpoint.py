@@ -155,11 +155,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if path.is_dir():
         found = sorted(str(p.relative_to(path)) for p in path.rglob("*.ckpt"))[:5]
-        hint = f" It holds: {', '.join(found)}." if found else " It holds no .ckpt file."
-        raise CheckpointError(
-            f"ckpt_path={path} is a folder, not a checkpoint file.{hint} Pass one file, e.g. "
-            f"ckpt_path={path / 'checkpoints' / 'last.ckpt'}."
+        hint = (
+            f" It holds: {', '.join(found)}. Pass one file, e.g. ckpt_path={path / found[-1]}."
+            if found
+            else " It holds no .ckpt file: pass one from a training run's checkpoints/ folder."
         )
+        raise CheckpointError(f"ckpt_path={path} is a folder, not a checkpoint file.{hint}")
     if not path.is_file():
         raise InputNotFoundError(
             f"ckpt_path={path} does not exist. Checkpoints are in a training run's "
@@ -244,16 +245,6 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         shift=ShiftReference.from_record(meta.get("shift")),
         thresholds=meta.get("thresholds"),
     )
-
-
-def add_to_run_checkpoint(run_dir: str | Path, best: str | None, key: str, record: dict) -> str:
-    """:func:`add_to_checkpoint` on a training run's best checkpoint (else its last.ckpt);
-    the path written to, or "" where the run has neither."""
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    target = best or (str(last) if last.is_file() else "")
-    if target:
-        add_to_checkpoint(target, key, record)
-    return target
 
 
 def add_to_checkpoint(path: str | Path, key: str, record: dict[str, Any]) -> None:

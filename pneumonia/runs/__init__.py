@@ -15,12 +15,12 @@ from pneumonia.runs.folders import (
     best_checkpoint,
     check_writable,
     latest_run,
-    read_metrics,
     read_scalars,
     run_dir_from_env,
     runs_root,
     training_folder,
 )
+from pneumonia.runs.layout import read_metrics
 
 __all__ = [
     "LOCK",

@@ -1,11 +1,12 @@
 """Run folders: checking one can be written before a command starts, holding a training run's
-folder while it runs, the command that resumes one, cleaning up after a failed start, and
-finding and reading training runs (for notebooks and scripts)."""
+folder while it runs, cleaning up after a failed start, storing records into a run's
+checkpoint, and finding and reading training runs (for notebooks and scripts). What a run
+leaves in its folder is named in :mod:`pneumonia.runs.layout`; resuming one is
+:mod:`pneumonia.runs.resume`."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -18,6 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from pneumonia.errors import InputNotFoundError, UserError
+from pneumonia.models.checkpoint import add_to_checkpoint
+from pneumonia.runs.layout import METRICS, OUTPUTS, best_or_last, last_checkpoint
 
 
 class RunFolderError(UserError, OSError):
@@ -47,7 +50,6 @@ def check_writable(folder: Path, setting: str = "hydra.run.dir") -> None:
 
 
 LOCK = ".pneumonia-run.lock"  # pid and host of the training run that holds its folder
-OUTPUTS = ("metrics.json", "checkpoints")  # what a training run leaves in its folder
 
 
 def _holder(lock: Path) -> str | None:
@@ -86,7 +88,7 @@ def training_folder(folder: Path, *, resume_from: Path | None) -> Iterator[None]
     resuming_here = resume_from is not None and folder in Path(resume_from).resolve().parents
     written = [name for name in OUTPUTS if (folder / name).exists()]
     if written and not resuming_here:
-        last = folder / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(folder)
         raise RunFolderError(
             f"The run folder {folder} holds another training run's {' and '.join(written)}: "
             "a new run there would mix its files with them. Write this run elsewhere "
@@ -168,7 +170,7 @@ def latest_run(root: str | Path | None = None) -> Path:
     """
     roots = [Path(root)] if root is not None else _here_or_above(runs_root())
     for folder in roots:
-        runs = sorted(p.parent for p in folder.glob("*/metrics.json"))
+        runs = sorted(p.parent for p in folder.glob(f"*/{METRICS}"))
         if runs:
             return runs[-1]
     raise InputNotFoundError(
@@ -194,20 +196,27 @@ def run_dir_from_env(default_root: str | Path | None = None) -> Path:
     )
 
 
-def read_metrics(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
-
-
 def best_checkpoint(run_dir: str | Path) -> Path:
-    """The run's best checkpoint (from metrics.json), else its last.ckpt."""
-    run_dir = Path(run_dir)
-    best = read_metrics(run_dir).get("best_model_path")
-    if best and Path(best).is_file():
-        return Path(best)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return last
-    raise InputNotFoundError(f"{run_dir} holds no checkpoint (checkpoints/ is empty or missing)")
+    """The run's best checkpoint (from metrics.json), else its last.ckpt.
+
+    Raises:
+        InputNotFoundError: the run holds neither.
+    """
+    found = best_or_last(run_dir)
+    if found is None:
+        raise InputNotFoundError(
+            f"{run_dir} holds no checkpoint ({last_checkpoint(run_dir).parent} is empty or missing)"
+        )
+    return found
+
+
+def add_to_run_checkpoint(run_dir: str | Path, best: str | None, key: str, record: dict) -> str:
+    """:func:`~pneumonia.models.checkpoint.add_to_checkpoint` on the checkpoint that stands for
+    a training run (its best, else its last); the path written to, or "" where it has none."""
+    target = best_or_last(run_dir, best)
+    if target is not None:
+        add_to_checkpoint(target, key, record)
+    return str(target or "")
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]:

@@ -4,7 +4,6 @@ its own folder, and the record a run resumed elsewhere leaves."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import sys
@@ -18,11 +17,19 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from pneumonia._moved import current_path
-from pneumonia.config import flatten
+from pneumonia.config import as_params
 from pneumonia.data.images import DEFAULT_MAX_UPSCALE
 from pneumonia.errors import InputValueError
 from pneumonia.models.checkpoint import read_checkpoint
 from pneumonia.runs.folders import RunFolderError
+from pneumonia.runs.layout import (
+    CHECKPOINTS,
+    METRICS,
+    best_or_last,
+    last_checkpoint,
+    metrics_file,
+    read_metrics,
+)
 from pneumonia.system.files import write_text
 
 log = logging.getLogger(__name__)
@@ -48,7 +55,7 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
     run = str((config.get("paths") or {}).get("output_dir") or "\0")
     return {  # a _target_ recorded before issue 27 moved its module: the module's name now
         key: current_path(value).replace(run, "<run>") if isinstance(value, str) else value
-        for key, value in flatten(config).items()
+        for key, value in as_params(config).items()
     }
 
 
@@ -92,16 +99,14 @@ def earlier_attempt(output_dir: Path, cfg: DictConfig) -> EarlierAttempt | None:
     Raises:
         RunFolderError: the folder holds a run of other settings, which are named.
     """
-    metrics_file = output_dir / "metrics.json"
-    last = output_dir / "checkpoints" / "last.ckpt"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    source = Path((metrics or {}).get("best_model_path") or last)
-    if not source.is_file():
+    metrics = read_metrics(output_dir) if metrics_file(output_dir).is_file() else None
+    source = best_or_last(output_dir)
+    if source is None:
         return None  # no checkpoint to compare with: the run folder's own check decides
     stored = read_checkpoint(source).get("pneumonia", {}).get("config") or {}
     changed = _changes(stored, cfg) if stored else ["(the checkpoint records no settings)"]
     if changed:
-        what = "metrics.json" if metrics is not None else "checkpoints"
+        what = METRICS if metrics is not None else CHECKPOINTS
         differences = "\n  ".join(changed)
         raise RunFolderError(
             f"The run folder {output_dir} holds another training run's {what}, with other "
@@ -109,7 +114,7 @@ def earlier_attempt(output_dir: Path, cfg: DictConfig) -> EarlierAttempt | None:
             "this run elsewhere (hydra.run.dir=... or hydra.sweep.dir=...; by default every run "
             "gets a folder of its own), or run it with that run's settings to continue it."
         )
-    return EarlierAttempt(metrics, None if metrics is not None else last)
+    return EarlierAttempt(metrics, None if metrics is not None else source)
 
 
 def check_resumable(ckpt: dict[str, Any], path: Path, cfg: DictConfig) -> None:
@@ -136,7 +141,7 @@ def check_resumable(ckpt: dict[str, Any], path: Path, cfg: DictConfig) -> None:
 def resume_command(output_dir: Path, overrides: list[str]) -> str | None:
     """The command that continues a stopped training run in its own folder (None when it has
     no last.ckpt yet)."""
-    last = (output_dir / "checkpoints" / "last.ckpt").resolve()
+    last = last_checkpoint(output_dir).resolve()
     if not last.is_file():
         return None
     kept = [

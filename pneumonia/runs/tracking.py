@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pneumonia.evaluation.aggregation import flatten_metrics
+from pneumonia.runs.aggregation import flatten_metrics
+from pneumonia.runs.layout import metrics_file
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ STATS = (
     "ci_low",
     "ci_high",
     "n",
-)  # pneumonia.evaluation.aggregation.mean_interval's
+)  # pneumonia.runs.aggregation.mean_interval's
 
 
 def require_mlflow() -> None:
@@ -121,7 +122,7 @@ def _log_mlflow(logger, params, numbers, best, output_dir, figures, step) -> Non
     logger.log_metrics({metric_key(k): v for k, v in numbers.items()}, step=step)
     client, run_id = logger.experiment, logger.run_id
     client.set_tag(run_id, "best_model_path", best)
-    json_file = output_dir / "metrics.json"
+    json_file = metrics_file(output_dir)
     if json_file.is_file():
         client.log_artifact(run_id, str(json_file))
     for figure in figures:

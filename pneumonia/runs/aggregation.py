@@ -8,7 +8,6 @@ differ only in the fold and the seed are repeats of one setting: they form one g
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,9 +20,11 @@ import torch
 import yaml
 from torchmetrics.functional.classification import binary_auroc
 
+from pneumonia.config import flatten
 from pneumonia.decision.calibration import reliability
-from pneumonia.decision.predictions import VAL_PREDICTIONS
+from pneumonia.decision.predictions import VAL_PREDICTIONS, positive_class, read_predictions
 from pneumonia.errors import InputNotFoundError, InputValueError
+from pneumonia.runs.layout import metrics_file, read_metrics
 
 # Overrides that repeat a setting rather than change it.
 REPEATS = ("data.fold", "seed", "data.seed")
@@ -68,19 +69,14 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> di
     return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of ``metrics.json``, nested keys joined by dots (paths and text left out;
     booleans are not numbers here)."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat |= flatten_metrics(value, f"{name}.")
-        elif (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ):
-            flat[name] = float(value)
-    return flat
+    return {
+        name: float(value)
+        for name, value in flatten(metrics, sep=".").items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def read_jobs(folder: Path) -> tuple[list[Job], list[Path]]:
@@ -96,18 +92,11 @@ def read_jobs(folder: Path) -> tuple[list[Job], list[Path]]:
     jobs, unfinished = [], []
     for overrides in sorted(folder.rglob(".hydra/overrides.yaml")):
         job = overrides.parent.parent
-        metrics = job / "metrics.json"
-        if not metrics.is_file():
+        if not metrics_file(job).is_file():
             unfinished.append(job)
             continue
         listed = yaml.safe_load(overrides.read_text()) or []
-        jobs.append(
-            Job(
-                job,
-                dict(_split(o) for o in listed),
-                flatten_metrics(json.loads(metrics.read_text())),
-            )
-        )
+        jobs.append(Job(job, dict(_split(o) for o in listed), flatten_metrics(read_metrics(job))))
     if not jobs:
         raise InputNotFoundError(
             f"No finished job under {folder}: a job is a folder with metrics.json and "
@@ -147,7 +136,10 @@ def pooled_folds(group: Group) -> dict[str, pd.DataFrame]:
         if "data.fold" not in job.overrides or not rows.is_file():
             continue
         seed = job.overrides.get("seed", job.overrides.get("data.seed", ""))
-        by_seed.setdefault(seed, []).append(pd.read_csv(rows, dtype={"file": str}))
+        table = read_predictions(rows)
+        for column in ("probability", "threshold"):
+            table[column] = pd.to_numeric(table[column])
+        by_seed.setdefault(seed, []).append(table)
     pooled = {}
     for seed, parts in by_seed.items():
         table = pd.concat(parts, ignore_index=True)
@@ -190,16 +182,6 @@ def _scores(table: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
     """A predictions table's (N,) positive-class probabilities and (N,) 0/1 targets."""
     targets = torch.tensor((table["label"] == positive_class(table)).to_numpy(), dtype=torch.long)
     return torch.tensor(table["probability"].to_numpy(), dtype=torch.float64), targets
-
-
-def positive_class(table: pd.DataFrame) -> str:
-    """The class predicted above the threshold (the rows say it)."""
-    above = table[table["probability"] > table["threshold"]]
-    if len(above):
-        return str(above["prediction"].iloc[0])
-    below = set(table.loc[table["probability"] <= table["threshold"], "prediction"])
-    others = set(table["label"]) - below
-    return str(others.pop()) if others else "PNEUMONIA"
 
 
 def aggregate(
