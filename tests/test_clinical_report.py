@@ -108,6 +108,8 @@ def test_the_report_calibrates_before_and_after_the_stored_temperature() -> None
 
 
 def test_operating_points_and_predictive_values_by_hand() -> None:
+    from pneumonia.decision.rules import operating_thresholds
+
     probs, targets = _drawn(200, 6)
     probs = probs.float()
     preds = Predictions(probs, targets, 0.5)
@@ -118,10 +120,10 @@ def test_operating_points_and_predictive_values_by_hand() -> None:
         [a for a, b in zip(p, y, strict=True) if not b],
     )
 
-    def sens_spec(t: float) -> tuple[float, float]:  # called PNEUMONIA at >= t
-        return sum(a >= t for a in pos) / len(pos), sum(a < t for a in neg) / len(neg)
+    def sens_spec(t: float) -> tuple[float, float]:  # the project's rule: PNEUMONIA above t
+        return sum(a > t for a in pos) / len(pos), sum(a <= t for a in neg) / len(neg)
 
-    cuts = sorted(set(p)) + [2.0]
+    cuts = [0.0, *sorted(set(p))]
     for level in (0.90, 0.95):
         best_sens = max(sens_spec(t)[0] for t in cuts if sens_spec(t)[1] >= level)
         best_spec = max(sens_spec(t)[1] for t in cuts if sens_spec(t)[0] >= level)
@@ -131,6 +133,9 @@ def test_operating_points_and_predictive_values_by_hand() -> None:
         assert sens_spec(got["threshold"])[1] >= level  # its threshold reaches the specificity
         spec = points[f"specificity_at_sensitivity_{round(level * 100)}"]
         assert spec["value"] == pytest.approx(best_spec, abs=1e-6)
+        named = operating_thresholds(probs, targets)  # one algorithm for both tables
+        assert got["threshold"] == named[f"spec{round(level * 100)}"]["threshold"]
+        assert spec["threshold"] == named[f"sens{round(level * 100)}"]["threshold"]
     sens = sum(a > 0.5 for a in pos) / len(pos)
     spec = sum(a <= 0.5 for a in neg) / len(neg)
     ppv = sens * 0.05 / (sens * 0.05 + (1 - spec) * 0.95)

@@ -8,8 +8,8 @@ The names below are those of the module ``pneumonia.decision`` that this package
 :mod:`pneumonia.decision.rules`.
 """
 
+from pneumonia.decision.metrics import OPERATING_LEVELS
 from pneumonia.decision.rules import (
-    OPERATING_LEVELS,
     RATE_CONFIDENCE,
     THRESHOLD_RULES,
     Decision,

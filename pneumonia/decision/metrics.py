@@ -1,10 +1,14 @@
-"""Binary metrics on the PNEUMONIA probability, and their bootstrap intervals.
+"""Binary metrics on the PNEUMONIA probability, each with its bootstrap interval.
 
 Binary, not multiclass: a multiclass micro-F1 equals accuracy and hides what a screening tool
-needs to show (sensitivity against specificity).
+needs to show (sensitivity against specificity). Every threshold follows the project's one rule,
+"PNEUMONIA above t" (``probability > threshold``), the operating points included.
 """
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import torch
 from torch import nn
@@ -16,9 +20,7 @@ from torchmetrics.classification import (
     BinaryF1Score,
     BinaryPrecision,
     BinaryRecall,
-    BinarySensitivityAtSpecificity,
     BinarySpecificity,
-    BinarySpecificityAtSensitivity,
 )
 from torchmetrics.functional.classification import (
     binary_accuracy,
@@ -28,6 +30,7 @@ from torchmetrics.functional.classification import (
     binary_recall,
     binary_specificity,
 )
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.wrappers import BootStrapper
 
 # Percentile-bootstrap intervals: how many resamples, at which confidence. The configs
@@ -54,9 +57,77 @@ def ranking_metrics() -> MetricCollection:
     return MetricCollection({"auroc": BinaryAUROC(), "average_precision": BinaryAveragePrecision()})
 
 
-# Operating points reported by every evaluation: sensitivity where specificity is at least each
-# of these, and specificity where sensitivity is.
-OPERATING_POINTS = (0.90, 0.95)
+# The operating levels, once: the named thresholds chosen on validation (spec90, sens95 ...,
+# decision.rules.operating_thresholds) and the operating points every evaluation reports
+# (sensitivity where specificity is at least each level, and the reverse).
+OPERATING_LEVELS = (0.90, 0.95)
+
+
+def level_name(level: float) -> str:
+    """0.9 -> "90": the level as the names of thresholds and metrics write it."""
+    return f"{level:.0%}".rstrip("%")
+
+
+def threshold_at(
+    probs: torch.Tensor, targets: torch.Tensor, level: float, rate: str
+) -> float | None:
+    """The one operating-point algorithm, for the rule "PNEUMONIA above t": with
+    ``rate="specificity"`` the lowest threshold whose specificity is at least ``level`` (the
+    most sensitive rule that reaches it), with ``"sensitivity"`` the highest threshold whose
+    sensitivity is at least ``level`` (the most specific one). Exact with ties; None without
+    both classes."""
+    p, t = probs.double().flatten(), targets.long().flatten()
+    pos, neg = torch.sort(p[t == 1]).values, torch.sort(p[t == 0]).values
+    if not len(pos) or not len(neg):
+        return None
+    if rate == "specificity":
+        k = math.ceil(level * len(neg) - 1e-9)  # negatives at or below t
+        return float(neg[max(k, 1) - 1])
+    m = math.ceil(level * len(pos) - 1e-9)  # positives above t
+    wanted = float(pos[len(pos) - max(m, 1)])  # the m-th highest positive
+    below = p[p < wanted]
+    return float(below.max()) if len(below) else 0.0
+
+
+def rates_at(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, float]:
+    """Sensitivity and specificity of "PNEUMONIA above ``threshold``"."""
+    called, positive = probs.double() > threshold, targets.long() == 1
+    return {
+        "sensitivity": float(called[positive].double().mean()),
+        "specificity": float((~called[~positive]).double().mean()),
+    }
+
+
+class OperatingPoint(Metric):
+    """Sensitivity at the threshold that reaches ``level`` specificity (``reached=
+    "specificity"``), or specificity where sensitivity reaches it (:func:`threshold_at`); its
+    value alone, so that a bootstrap can resample it, and :meth:`threshold_reached`."""
+
+    full_state_update = False
+
+    def __init__(self, reached: str, level: float) -> None:
+        super().__init__()
+        if reached not in ("specificity", "sensitivity"):
+            raise ValueError(f"reached must be 'specificity' or 'sensitivity', got {reached!r}")
+        self.reached, self.level = reached, level
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.probs.append(probs.detach().flatten())
+        self.targets.append(targets.detach().flatten())
+
+    def threshold_reached(self) -> float | None:
+        probs, targets = dim_zero_cat(self.probs), dim_zero_cat(self.targets)
+        return threshold_at(probs, targets, self.level, self.reached)
+
+    def compute(self) -> torch.Tensor:
+        threshold = self.threshold_reached()
+        if threshold is None:
+            return torch.tensor(float("nan"))
+        other = "sensitivity" if self.reached == "specificity" else "specificity"
+        rates = rates_at(dim_zero_cat(self.probs), dim_zero_cat(self.targets), threshold)
+        return torch.tensor(rates[other], dtype=torch.float32)
 
 
 class PredictiveValue(Metric):
@@ -93,38 +164,17 @@ class PredictiveValue(Metric):
         return (hits / (hits + misses)).float()
 
 
-class _ValueAtThreshold:
-    """torchmetrics' "X at a minimum Y" metric, its value alone (so that BootStrapper can
-    resample it); :meth:`threshold_reached` gives the threshold that reaches it."""
-
-    def compute(self) -> torch.Tensor:
-        return super().compute()[0]
-
-    def threshold_reached(self) -> float:
-        return float(super().compute()[1])
-
-
-class SensitivityAtSpecificity(_ValueAtThreshold, BinarySensitivityAtSpecificity):
-    """Sensitivity where specificity is at least ``min_specificity``."""
-
-
-class SpecificityAtSensitivity(_ValueAtThreshold, BinarySpecificityAtSensitivity):
-    """Specificity where sensitivity is at least ``min_sensitivity``."""
-
-
 def operating_point_metrics(
-    threshold: float, prevalence: float | None, points: tuple[float, ...] = OPERATING_POINTS
+    threshold: float, prevalence: float | None, levels: tuple[float, ...] = OPERATING_LEVELS
 ) -> MetricCollection:
-    """Sensitivity at each specificity of ``points`` and specificity at each sensitivity
-    (torchmetrics'), and, for a stated ``prevalence``, PPV and NPV at ``threshold``."""
+    """Sensitivity where specificity reaches each of ``levels`` and specificity where
+    sensitivity does (:class:`OperatingPoint`), and, for a stated ``prevalence``, PPV and NPV at
+    ``threshold``."""
     metrics: dict[str, Metric] = {}
-    for point in points:
-        metrics[f"sensitivity_at_specificity_{point:.0%}".rstrip("%")] = SensitivityAtSpecificity(
-            min_specificity=point
-        )
-        metrics[f"specificity_at_sensitivity_{point:.0%}".rstrip("%")] = SpecificityAtSensitivity(
-            min_sensitivity=point
-        )
+    for level in levels:
+        name = level_name(level)
+        metrics[f"sensitivity_at_specificity_{name}"] = OperatingPoint("specificity", level)
+        metrics[f"specificity_at_sensitivity_{name}"] = OperatingPoint("sensitivity", level)
     if prevalence is not None:
         metrics["ppv"] = PredictiveValue("ppv", threshold, prevalence)
         metrics["npv"] = PredictiveValue("npv", threshold, prevalence)
@@ -187,3 +237,57 @@ def bootstrap_interval(
     boot.update(probs, targets)
     low, high = boot.compute()["quantile"].tolist()
     return low, high
+
+
+def with_interval(
+    metric: Metric,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, float]:
+    """A metric's value and its percentile bootstrap interval (the resamples seeded by
+    ``seed``, the same for every metric of a report)."""
+    value = metric.clone()(probs, targets).item()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        low, high = bootstrap_interval(metric.clone(), probs, targets, resamples, confidence)
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
+def metrics_with_intervals(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    threshold: float,
+    *,
+    ranking: bool,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, dict[str, float] | None]:
+    """Each metric at ``threshold`` (and, with ``ranking``, AUROC and AP), with its interval;
+    None where the images do not define it (no NORMAL image: no specificity), not the 0
+    torchmetrics returns with a warning."""
+    collection = thresholded_metrics(threshold)
+    if ranking:
+        collection.add_metrics(dict(ranking_metrics().items()))
+    section = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resamples without a class warn per metric
+        for name, metric in collection.items():
+            section[name] = with_interval(
+                metric, probs, targets, resamples=resamples, confidence=confidence, seed=seed
+            )
+    positives, predicted = int(targets.sum()), int((probs > threshold).sum())
+    negatives = len(targets) - positives
+    undefined = {
+        "recall": positives == 0,
+        "specificity": negatives == 0,
+        "precision": predicted == 0,
+        "f1": positives == 0 and predicted == 0,
+        "auroc": positives == 0 or negatives == 0,
+        "average_precision": positives == 0,
+    }
+    return {name: None if undefined.get(name) else m for name, m in section.items()}

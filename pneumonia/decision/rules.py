@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from pneumonia.decision.calibration import (
     logit,
     nll,
 )
+from pneumonia.decision.metrics import OPERATING_LEVELS, level_name, rates_at, threshold_at
 from pneumonia.errors import InputValueError
 
 log = logging.getLogger(__name__)
@@ -213,46 +213,33 @@ def fit_on_validation(
 
 # Named operating thresholds chosen on validation and stored in the checkpoint, selectable by
 # name (``threshold=spec95`` in evaluate and predict): specXX reaches a specificity of XX%,
-# sensXX a sensitivity of XX%.
-OPERATING_LEVELS = (0.90, 0.95)
+# sensXX a sensitivity of XX% (the levels: metrics.OPERATING_LEVELS).
 RATE_CONFIDENCE = 0.95  # of the interval stored with each named threshold
 
 
 def operating_thresholds(
     probs: torch.Tensor, targets: torch.Tensor, levels: tuple[float, ...] = OPERATING_LEVELS
 ) -> dict[str, dict[str, Any]]:
-    """For the rule "PNEUMONIA above t": ``specXX``, the lowest threshold whose specificity
-    is at least XX% (the most sensitive rule that reaches it), and ``sensXX``, the highest
-    threshold whose sensitivity is at least XX% (the most specific one), each with the
-    sensitivity and specificity it gives on these images, the number of images that chose it
-    (negatives for spec, positives for sens) and the exact 95% interval of the rate it reached
-    on them. Empty without both classes."""
-    p, t = probs.double().flatten(), targets.long().flatten()
-    pos, neg = torch.sort(p[t == 1]).values, torch.sort(p[t == 0]).values
-    if not len(pos) or not len(neg):
-        return {}
-
-    def record(threshold: float, rate: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "threshold": threshold,
-            "sensitivity": float((pos > threshold).double().mean()),
-            "specificity": float((neg <= threshold).double().mean()),
-        }
-        n = len(neg) if rate == "specificity" else len(pos)  # the images that chose it
-        interval = binomtest(round(entry[rate] * n), n).proportion_ci(
-            RATE_CONFIDENCE, method="exact"
-        )
-        return entry | {"images": n, "interval": [float(interval.low), float(interval.high)]}
-
-    table = {}
+    """``specXX`` and ``sensXX`` (:func:`~pneumonia.decision.metrics.threshold_at`, the one
+    operating-point algorithm, as evaluation's operating points), each with the sensitivity and
+    specificity it gives on these images, the number of images that chose it (negatives for
+    spec, positives for sens) and the exact 95% interval of the rate it reached on them. Empty
+    without both classes."""
+    t = targets.long().flatten()
+    counts = {"specificity": int((t == 0).sum()), "sensitivity": int((t == 1).sum())}
+    table: dict[str, dict[str, Any]] = {}
     for level in levels:
-        name = f"{level:.0%}".rstrip("%")
-        k = math.ceil(level * len(neg) - 1e-9)  # negatives at or below t
-        table[f"spec{name}"] = record(float(neg[max(k, 1) - 1]), "specificity")
-        m = math.ceil(level * len(pos) - 1e-9)  # positives above t
-        wanted = float(pos[len(pos) - max(m, 1)])  # the m-th highest positive
-        below = p[p < wanted]
-        table[f"sens{name}"] = record(float(below.max()) if len(below) else 0.0, "sensitivity")
+        for prefix, rate in (("spec", "specificity"), ("sens", "sensitivity")):
+            threshold = threshold_at(probs, targets, level, rate)
+            if threshold is None:
+                return {}
+            entry: dict[str, Any] = {"threshold": threshold, **rates_at(probs, targets, threshold)}
+            n = counts[rate]  # the images that chose it
+            interval = binomtest(round(entry[rate] * n), n).proportion_ci(
+                RATE_CONFIDENCE, method="exact"
+            )
+            entry |= {"images": n, "interval": [float(interval.low), float(interval.high)]}
+            table[f"{prefix}{level_name(level)}"] = entry
     return table
 
 

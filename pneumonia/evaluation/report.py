@@ -4,7 +4,6 @@ the images like and unlike the training images."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -22,12 +21,11 @@ from pneumonia.decision.calibration import (
 from pneumonia.decision.metrics import (
     BOOTSTRAP_RESAMPLES,
     CONFIDENCE,
-    OPERATING_POINTS,
-    bootstrap_interval,
+    OPERATING_LEVELS,
     confusion_matrix,
+    metrics_with_intervals,
     operating_point_metrics,
-    ranking_metrics,
-    thresholded_metrics,
+    with_interval,
 )
 from pneumonia.decision.predictions import Predictions
 from pneumonia.decision.rules import Decision
@@ -116,7 +114,7 @@ def calibration_report(
 def operating_points(
     preds: Predictions,
     prevalence: float | None = None,
-    points: tuple[float, ...] = OPERATING_POINTS,
+    points: tuple[float, ...] = OPERATING_LEVELS,
     **bootstrap: Any,
 ) -> dict[str, Any]:
     """Sensitivity at each specificity of ``points`` and specificity at each sensitivity, with
@@ -130,7 +128,7 @@ def operating_points(
         if not both and name not in ("ppv", "npv"):
             section[name] = None  # a curve needs both classes
             continue
-        entry = _interval(metric, probs, targets, **bootstrap)
+        entry = with_interval(metric, probs, targets, **bootstrap)
         if hasattr(metric, "threshold_reached"):
             fitted = metric.clone()
             fitted.update(probs, targets)
@@ -142,19 +140,6 @@ def operating_points(
         result["at_prevalence"] = {"prevalence": prevalence, "threshold": preds.threshold,
                                    **values}  # fmt: skip
     return result
-
-
-def _interval(
-    metric, probs: torch.Tensor, targets: torch.Tensor, *, resamples: int, confidence: float,
-    seed: int,
-) -> dict[str, float]:  # fmt: skip
-    """A metric's value and its percentile bootstrap interval (the resamples seeded by
-    ``seed``, the same for every metric of a report)."""
-    value = metric.clone()(probs, targets).item()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        low, high = bootstrap_interval(metric.clone(), probs, targets, resamples, confidence)
-    return {"value": value, "ci_low": low, "ci_high": high}
 
 
 def report(
@@ -185,39 +170,3 @@ def report(
         "threshold": preds.threshold,
         "bootstrap": bootstrap,
     }
-
-
-def metrics_with_intervals(
-    probs: torch.Tensor,
-    targets: torch.Tensor,
-    threshold: float,
-    *,
-    ranking: bool,
-    resamples: int,
-    confidence: float,
-    seed: int,
-) -> dict[str, dict[str, float]]:
-    """Each metric at ``threshold`` (and, with ``ranking``, AUROC and AP), with its interval."""
-    collection = thresholded_metrics(threshold)
-    if ranking:
-        collection.add_metrics(dict(ranking_metrics().items()))
-    section = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # resamples without a class warn per metric
-        for name, metric in collection.items():
-            section[name] = _interval(
-                metric, probs, targets, resamples=resamples, confidence=confidence, seed=seed
-            )
-    # Where the images do not define a metric (no NORMAL image: no specificity), None, not the
-    # 0 torchmetrics returns with a warning.
-    positives, predicted = int(targets.sum()), int((probs > threshold).sum())
-    negatives = len(targets) - positives
-    undefined = {
-        "recall": positives == 0,
-        "specificity": negatives == 0,
-        "precision": predicted == 0,
-        "f1": positives == 0 and predicted == 0,
-        "auroc": positives == 0 or negatives == 0,
-        "average_precision": positives == 0,
-    }
-    return {name: None if undefined.get(name) else m for name, m in section.items()}

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from pneumonia.decision.metrics import metrics_with_intervals
 from pneumonia.decision.predictions import Predictions
-from pneumonia.evaluation.report import metrics_with_intervals
 
 MIN_SUBGROUP = 30  # images; fewer: a warning instead of numbers
 AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 65, "40-64"), (65, math.inf, "65+"))
