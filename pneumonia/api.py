@@ -28,7 +28,6 @@ from pneumonia.config import compose
 from pneumonia.data.readers import FOLDERS
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES
 from pneumonia.decision.predictions import prediction_columns, prediction_rows
-from pneumonia.decision.prior_shift import adapt_to_prevalence
 from pneumonia.decision.rules import Decision
 from pneumonia.decision.shift import ShiftReference
 from pneumonia.errors import InputValueError
@@ -36,11 +35,11 @@ from pneumonia.evaluation import EVALUATE_BATCH_SIZE, evaluate_checkpoint
 from pneumonia.inference.runner import (
     PREDICT_BATCH_SIZE,
     autocast,
+    flag_and_rebase,
     inference_precision,
     predict_files,
     probabilities,
     score_images,
-    warn_if_unlike_training,
 )
 from pneumonia.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from pneumonia.system.runtime import resolve_device
@@ -173,16 +172,7 @@ class Classifier:
         with autocast(self.device, self.precision):
             batch = self.batch(images, tta=tta).to(self.device)
             probs, shift = score_images(self.model, batch, shift=reference)
-        flagged = None
-        if shift is not None:
-            flagged = int((~reference.in_distribution(shift)).sum())
-            warn_if_unlike_training(flagged, len(shift), reference)
-        probs, _ = adapt_to_prevalence(
-            probs.float().cpu(),
-            self.decision,
-            prior_shift,
-            flagged_share=None if flagged is None else flagged / len(shift),
-        )
+        probs, _ = flag_and_rebase(probs.float().cpu(), shift, self.ckpt, prior_shift)
         return _table(
             prediction_rows(
                 [f"tensor[{i}]" for i in range(len(probs))],

@@ -16,7 +16,6 @@ from pneumonia.data.index import evaluation_folder, labelled_folder
 from pneumonia.data.readers import FOLDERS, evaluation_listing
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.decision.predictions import Predictions
-from pneumonia.decision.prior_shift import adapt_to_prevalence
 from pneumonia.errors import InputValueError
 from pneumonia.evaluation.report import (
     by_source,
@@ -26,7 +25,7 @@ from pneumonia.evaluation.report import (
     shift_report,
 )
 from pneumonia.evaluation.subgroups import MIN_SUBGROUP, subgroup_report
-from pneumonia.inference.runner import predict_batches, warn_if_unlike_training
+from pneumonia.inference.runner import flag_and_rebase, predict_batches
 from pneumonia.models.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
@@ -146,17 +145,9 @@ def evaluate_checkpoint(
         ckpt, split, device=device, precision=precision, tta=tta, batch_size=batch_size, data=data
     )
     bootstrap = {"resamples": resamples, "confidence": confidence, "seed": seed}
-    unlike = None
-    if ckpt.shift is not None:
-        unlike = shift_report(preds, ckpt.shift, **bootstrap)
-        warn_if_unlike_training(unlike["num_flagged"], len(preds.probs), ckpt.shift)
+    unlike = shift_report(preds, ckpt.shift, **bootstrap) if ckpt.shift is not None else None
     calibration = calibration_report(preds, ckpt.decision)  # before any prior shift
-    preds.probs, shift = adapt_to_prevalence(
-        preds.probs,
-        ckpt.decision,
-        prior_shift,
-        flagged_share=unlike["share_flagged"] if unlike else None,
-    )
+    preds.probs, shift = flag_and_rebase(preds.probs, preds.shift, ckpt, prior_shift)
     result = report(preds, **bootstrap)
     result["calibration"] = calibration
     result["operating_points"] = operating_points(preds, prevalence, **bootstrap)

@@ -165,17 +165,12 @@ def predict_files(
                 named = {i: inputs[i] for i, _ in good}
                 plain = images[:, TTA_DEGREES.index(0.0)] if tta else images
                 write_gradcams(ckpt, named, plain, gradcam_dir, root)
-    flagged = None
-    if ckpt.shift is not None and shifts:
-        inside = ckpt.shift.in_distribution(torch.tensor(list(shifts.values())))
-        flagged = int((~inside).sum())
-        warn_if_unlike_training(flagged, len(shifts), ckpt.shift)
     # The prevalence is a property of the whole set of images, so it is re-based at the end.
-    adapted, _ = adapt_to_prevalence(
+    adapted, _ = flag_and_rebase(
         torch.tensor(list(probs.values())),
-        ckpt.decision,
+        torch.tensor(list(shifts.values())) if ckpt.shift is not None else None,
+        ckpt,
         prior_shift,
-        flagged_share=None if flagged is None else flagged / len(shifts),
     )
     probs = dict(zip(probs, adapted.tolist(), strict=True))
     return prediction_rows(
@@ -188,6 +183,29 @@ def predict_files(
         shift_scores=[shifts.get(i) for i in range(len(inputs))] if ckpt.shift else None,
         shift_threshold=ckpt.shift.threshold if ckpt.shift else None,
     )
+
+
+def flag_and_rebase(
+    probs: torch.Tensor,
+    shift_scores: torch.Tensor | None,
+    ckpt: LoadedCheckpoint,
+    prior_shift: str = "none",
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """What every command does with a set of scored images, in this order: flag those unlike
+    the training images (the checkpoint's shift reference; ``shift_scores`` None for a
+    checkpoint without one), say how many and warn where many are
+    (:func:`warn_if_unlike_training`), and re-base the probabilities on these images'
+    prevalence (``prior_shift=em``, refused where too many are flagged).
+
+    Returns:
+        The probabilities, and the prior shift's record (None for ``none``).
+    """
+    flagged_share = None
+    if ckpt.shift is not None and shift_scores is not None and len(shift_scores):
+        flagged = int((~ckpt.shift.in_distribution(shift_scores)).sum())
+        warn_if_unlike_training(flagged, len(shift_scores), ckpt.shift)
+        flagged_share = flagged / len(shift_scores)
+    return adapt_to_prevalence(probs, ckpt.decision, prior_shift, flagged_share=flagged_share)
 
 
 # Above this share of flagged images, a run warns that its figures may not hold.
