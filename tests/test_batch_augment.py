@@ -11,7 +11,7 @@ from scipy.stats import ks_2samp
 from torchvision import tv_tensors
 
 from pneumonia.data.batch_augment import BatchAugment, PaddedCollate
-from pneumonia.data.transforms import NormalizeCollate, train_transforms
+from pneumonia.data.transforms import Augmentation, NormalizeCollate, train_transforms
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 CROP = 48
@@ -52,9 +52,7 @@ def _stats(batch: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _per_image(crop: str, params: dict) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    transform = train_transforms(
-        crop_size=CROP, crop=crop, **_split(params)[0], **_split(params)[1]
-    )
+    transform = train_transforms(Augmentation(crop_size=CROP, crop=crop, **_settings(params)))
     sources = _sources()
     collate = NormalizeCollate(MEAN, STD)
     samples = [(transform(tv_tensors.Image(sources[i % 3])), 0) for i in range(DRAWS)]
@@ -62,17 +60,16 @@ def _per_image(crop: str, params: dict) -> dict[str, torch.Tensor]:
 
 
 def _batched(crop: str, params: dict) -> dict[str, torch.Tensor]:
-    geometry, photometry = _split(params)
-    augment = BatchAugment(crop_size=CROP, crop=crop, mean=MEAN, std=STD, **geometry,
-                           **photometry)  # fmt: skip
+    augmentation = Augmentation(crop_size=CROP, crop=crop, **_settings(params))
+    augment = BatchAugment(augmentation, mean=MEAN, std=STD)
     sources = _sources()
     images, sizes, _ = PaddedCollate()([(sources[i % 3], 0) for i in range(DRAWS)])
     return _stats(augment(images, sizes, torch.Generator().manual_seed(1)))
 
 
-def _split(params: dict) -> tuple[dict, dict]:
-    geometry = {k: params.get(k, 0.0) for k in ("hflip_prob", "rotation_degrees", "translate")}
-    return geometry, {k: v for k, v in params.items() if k not in geometry}
+def _settings(params: dict) -> dict:
+    """``params``, the geometry off where they do not name it."""
+    return {"hflip_prob": 0.0, "rotation_degrees": 0.0, "translate": 0.0, **params}
 
 
 @pytest.mark.parametrize(
@@ -143,18 +140,3 @@ def test_a_run_trains_with_augment_on_device(tmp_path, tiny_root) -> None:
     metrics = train(cfg)
     assert math.isfinite(metrics["val/loss"])
     assert metrics["val/num_samples"] > 0
-
-
-def test_the_batch_augmentation_takes_the_per_image_settings_with_their_defaults() -> None:
-    """The two paths take one list of settings: a setting or a default changed in one and not
-    the other would make the device path draw another distribution, unseen."""
-    import inspect
-
-    def settings(f) -> dict:
-        return {
-            name: p.default
-            for name, p in inspect.signature(f).parameters.items()
-            if name not in ("self", "mean", "std")
-        }
-
-    assert settings(BatchAugment.__init__) == settings(train_transforms)

@@ -7,7 +7,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pneumonia.data.transforms import RandomGamma, RandomNoise, train_transforms
+from pneumonia.data.transforms import Augmentation, RandomGamma, RandomNoise, train_transforms
 
 
 def gray(value: int = 100, size: int = 48) -> tv_tensors.Image:
@@ -15,9 +15,7 @@ def gray(value: int = 100, size: int = 48) -> tv_tensors.Image:
 
 
 def test_without_augmentation_options_only_the_crop_runs() -> None:
-    t = train_transforms(
-        crop_size=32, crop="center", hflip_prob=0.0, rotation_degrees=0, translate=0
-    )
+    t = train_transforms(Augmentation(crop_size=32, rotation_degrees=0, translate=0))
     assert [type(p) for p in t.transforms] == [v2.CenterCrop]
     out = t(gray())
     assert out.shape == (1, 32, 32)
@@ -54,16 +52,17 @@ def test_noise_keeps_uint8_and_its_strength() -> None:
 def test_acquisition_changes_vary_the_image() -> None:
     torch.manual_seed(0)
     t = train_transforms(
-        crop_size=32,
-        crop="random_resized",
-        hflip_prob=0.0,
-        rotation_degrees=0,
-        translate=0,
-        brightness=0.3,
-        contrast=0.3,
-        gamma=0.3,
-        blur_prob=1.0,
-        noise_std=0.02,
+        Augmentation(
+            crop_size=32,
+            crop="random_resized",
+            rotation_degrees=0,
+            translate=0,
+            brightness=0.3,
+            contrast=0.3,
+            gamma=0.3,
+            blur_prob=1.0,
+            noise_std=0.02,
+        )
     )
     kinds = {type(p).__name__ for p in t.transforms}
     assert {
@@ -81,4 +80,6 @@ def test_acquisition_changes_vary_the_image() -> None:
 
 def test_an_unknown_crop_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="random_resized"):
-        train_transforms(crop_size=32, crop="zoom", hflip_prob=0.0, rotation_degrees=0, translate=0)
+        Augmentation(crop_size=32, crop="zoom")
+    with pytest.raises(ValueError, match=r"data\.augment has no blur; its keys: crop_scale"):
+        Augmentation.of({"blur": 0.5}, crop_size=32)  # a typo of blur_prob

@@ -27,17 +27,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from pneumonia.data.transforms import Augmentation
 from pneumonia.errors import InputValueError
 
 AUGMENT_ON = ("loader", "device")
 
 
 def batch_augment(
-    augment_on: str,
-    geometry: dict,
-    augment: dict | None,
-    mean: Sequence[float],
-    std: Sequence[float],
+    augment_on: str, augmentation: Augmentation, mean: Sequence[float], std: Sequence[float]
 ) -> BatchAugment | None:
     """The DataModule's ``augment_on``: ``loader`` (None: each image in the loader's workers,
     ``train_transforms``) or ``device`` (a :class:`BatchAugment` of the same settings)."""
@@ -48,7 +45,7 @@ def batch_augment(
         )
     if augment_on == "loader":
         return None
-    return BatchAugment(**geometry, **(augment or {}), mean=mean, std=std)
+    return BatchAugment(augmentation, mean=mean, std=std)
 
 
 def as_is(image: torch.Tensor) -> torch.Tensor:
@@ -72,33 +69,20 @@ class PaddedCollate:
 
 
 class BatchAugment(nn.Module):
-    """``train_transforms``' augmentation for a padded uint8 batch, then the normalisation of
+    """An :class:`~pneumonia.data.transforms.Augmentation` drawn as ``train_transforms`` draws
+    it, for a padded uint8 batch on the training device, then the normalisation of
     :class:`~pneumonia.data.transforms.NormalizeCollate`: (B, 3, crop, crop) float."""
 
     def __init__(
-        self,
-        *,
-        crop_size: int,
-        crop: str,
-        hflip_prob: float,
-        rotation_degrees: float,
-        translate: float,
-        mean: Sequence[float],
-        std: Sequence[float],
-        crop_scale: float = 0.7,
-        brightness: float = 0.0,
-        contrast: float = 0.0,
-        gamma: float = 0.0,
-        blur_prob: float = 0.0,
-        noise_std: float = 0.0,
+        self, augmentation: Augmentation, *, mean: Sequence[float], std: Sequence[float]
     ) -> None:
         super().__init__()
-        if crop not in ("center", "random", "random_resized"):
-            raise InputValueError(f"data.crop must be center, random or random_resized: {crop!r}")
-        self.crop_size, self.crop, self.crop_scale = crop_size, crop, crop_scale
-        self.hflip_prob, self.rotation, self.translate = hflip_prob, rotation_degrees, translate
-        self.brightness, self.contrast, self.gamma = brightness, contrast, gamma
-        self.blur_prob, self.noise_std = blur_prob, noise_std
+        a = augmentation
+        self.crop_size, self.crop, self.crop_scale = a.crop_size, a.crop, a.crop_scale
+        self.hflip_prob, self.rotation = a.hflip_prob, a.rotation_degrees
+        self.translate = a.translate
+        self.brightness, self.contrast, self.gamma = a.brightness, a.contrast, a.gamma
+        self.blur_prob, self.noise_std = a.blur_prob, a.noise_std
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 

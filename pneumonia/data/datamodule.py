@@ -33,7 +33,7 @@ from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.data.readers import FOLDERS, read_index, table_classes
 from pneumonia.data.splits import training_splits
 from pneumonia.data.synthetic import SYNTHETIC_WARNING, ensure_synthetic_dataset, is_synthetic
-from pneumonia.data.transforms import train_transforms
+from pneumonia.data.transforms import GEOMETRY, Augmentation, train_transforms
 from pneumonia.data.usable import BAD_IMAGE_POLICIES, BadImagePolicy, usable_images
 from pneumonia.errors import InputValueError
 from pneumonia.system.runtime import loader_workers
@@ -53,12 +53,12 @@ class ChestXRayDataModule(pl.LightningDataModule):
 
     - ``val_split``: ``patient`` pools train+val and carves a patient-grouped, stratified
       ``val_fraction``; ``official`` takes ``val/`` as it is.
-    - ``crop``, ``hflip_prob``, ``rotation_degrees``, ``translate`` and ``augment`` (keyword
-      arguments of :func:`~pneumonia.data.transforms.train_transforms`): training augmentation,
-      per image in the loader's workers (``augment_on=loader``) or of whole uint8 batches on
-      the training device (``device``: :mod:`pneumonia.data.batch_augment`, the same
-      distribution; for GPUs whose CPU cores cannot keep up).
-      No horizontal flip by default: a chest is not mirror-symmetric.
+    - ``crop``, ``hflip_prob``, ``rotation_degrees``, ``translate`` and ``augment`` (the
+      acquisition changes): the fields of :class:`~pneumonia.data.transforms.Augmentation`,
+      the training augmentation, drawn per image in the loader's workers
+      (``augment_on=loader``) or for whole uint8 batches on the training device (``device``:
+      :mod:`pneumonia.data.batch_augment`, the same distribution; for GPUs whose CPU cores
+      cannot keep up). No horizontal flip by default: a chest is not mirror-symmetric.
     - ``holdout_root``: a labelled folder kept out of training: its patients leave the train
       and val pool, and its images form the ``holdout`` split, read from their own files.
     - ``classes``: the two class folders to use where ``train/`` holds more (or the two
@@ -90,10 +90,10 @@ class ChestXRayDataModule(pl.LightningDataModule):
         resize_mode: str = Preprocessing.resize_mode,
         crop_size: int = Preprocessing.crop_size,
         interpolation: str = Preprocessing.interpolation,
-        crop: Literal["center", "random", "random_resized"] = "center",
-        hflip_prob: float = 0.0,
-        rotation_degrees: float = 10.0,
-        translate: float = 0.05,
+        crop: Literal["center", "random", "random_resized"] = Augmentation.crop,
+        hflip_prob: float = Augmentation.hflip_prob,
+        rotation_degrees: float = Augmentation.rotation_degrees,
+        translate: float = Augmentation.translate,
         augment: dict[str, float] | None = None,
         augment_on: Literal["loader", "device"] = "loader",
         mean: Sequence[float] = Preprocessing.mean,
@@ -142,12 +142,11 @@ class ChestXRayDataModule(pl.LightningDataModule):
         self.holdout_root = Path(holdout_root).expanduser() if holdout_root else None
         if self.holdout_root is not None:
             self.hparams.holdout_root = str(self.holdout_root.resolve())
-        arguments = locals()  # the preprocessing: the arguments named as its fields
+        arguments = locals()  # the preprocessing and the augmentation: named as their fields
         self.preprocessing = Preprocessing(**{k: arguments[k] for k in PREPROCESSING_FIELDS})
-        geometry = {"crop_size": crop_size, "crop": crop, "hflip_prob": hflip_prob,
-                    "rotation_degrees": rotation_degrees, "translate": translate}  # fmt: skip
-        self.train_transform = train_transforms(**geometry, **(augment or {}))
-        self.batch_augment = batch_augment(augment_on, geometry, augment, mean, std)
+        self.augmentation = Augmentation.of(augment, **{k: arguments[k] for k in GEOMETRY})
+        self.train_transform = train_transforms(self.augmentation)
+        self.batch_augment = batch_augment(augment_on, self.augmentation, mean, std)
         self.eval_transform = self.preprocessing.eval_transform
         self.collate = self.preprocessing.collate
         self._listed: DataIndex | None = None

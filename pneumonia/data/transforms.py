@@ -10,8 +10,9 @@ mean/std once per batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -54,61 +55,94 @@ class RandomNoise(v2.Transform):
         return tv_tensors.wrap(noisy.round_().clamp_(0, 255).to(inpt.dtype), like=inpt)
 
 
-def train_transforms(
-    *,
-    crop_size: int,
-    crop: Literal["center", "random", "random_resized"],
-    hflip_prob: float,
-    rotation_degrees: float,
-    translate: float,
-    crop_scale: float = 0.7,
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-    gamma: float = 0.0,
-    blur_prob: float = 0.0,
-    noise_std: float = 0.0,
-) -> v2.Compose:
-    """The crop, a random rotation and translation, a horizontal flip only when asked for, and
-    the acquisition changes (their defaults, all off, are the project's: the ``augment`` keys
-    of ``conf/data/chest_xray.yaml`` mirror them).
+CROPS = ("center", "random", "random_resized")
+# The Augmentation fields the DataModule takes as its own arguments (data.crop ...); the others
+# are the acquisition changes under data.augment.
+GEOMETRY = ("crop_size", "crop", "hflip_prob", "rotation_degrees", "translate")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation's settings, named and defaulted once: the per-image path
+    (:func:`train_transforms`) and the device path
+    (:class:`~pneumonia.data.batch_augment.BatchAugment`) both take this object, so neither
+    can drift from the other; ``conf/data/chest_xray.yaml`` mirrors the defaults (a test holds
+    them equal).
 
     ``crop="center"`` matches the notebook (Resize(255) + CenterCrop(224)); ``"random"`` takes
     a random ``crop_size`` window instead; ``"random_resized"`` a random window of
     ``crop_scale``..1 of the area and aspect 3/4..4/3, resized to ``crop_size`` (field of view
-    and proportions vary between acquisitions). Set a probability or magnitude to 0 to drop a
-    part. The notebook also flipped half the images; that is off by default because a chest is
-    not mirror-symmetric (the heart sits on the left): ``hflip_prob=0.5`` restores it.
+    and proportions vary between acquisitions). Then a random rotation of up to
+    ``rotation_degrees`` and translation of up to ``translate``; a horizontal flip only when
+    asked for (``hflip_prob``): a chest is not mirror-symmetric (the heart sits on the left),
+    though the notebook flipped half the images.
 
     Acquisition changes, all off by default: ``brightness`` and ``contrast`` (ColorJitter
     factors), ``gamma`` (see :class:`RandomGamma`), ``blur_prob`` (a Gaussian blur of sigma
-    0.1-1.5 px) and ``noise_std`` (see :class:`RandomNoise`).
+    0.1-1.5 px) and ``noise_std`` (see :class:`RandomNoise`). A probability or magnitude of 0
+    drops a part.
     """
+
+    crop_size: int
+    crop: str = "center"
+    hflip_prob: float = 0.0
+    rotation_degrees: float = 10.0
+    translate: float = 0.05
+    crop_scale: float = 0.7
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    blur_prob: float = 0.0
+    noise_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise InputValueError(f"data.crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+
+    @classmethod
+    def of(cls, augment: Mapping[str, float] | None = None, **geometry: Any) -> Augmentation:
+        """The DataModule's arguments: the geometry, and ``augment`` (data.augment), whose
+        keys must be acquisition changes.
+
+        Raises:
+            InputValueError: an unknown key of data.augment, the valid ones listed.
+        """
+        acquisition = [f.name for f in fields(cls) if f.name not in GEOMETRY]
+        unknown = sorted(set(augment or {}) - set(acquisition))
+        if unknown:
+            raise InputValueError(
+                f"data.augment has no {', '.join(unknown)}; its keys: {', '.join(acquisition)}"
+            )
+        return cls(**geometry, **(augment or {}))
+
+
+def train_transforms(augmentation: Augmentation) -> v2.Compose:
+    """The per-image training augmentation of ``augmentation``, on uint8 (1, H, W) images."""
+    a = augmentation
     crops = {
-        "center": lambda: v2.CenterCrop(crop_size),
-        "random": lambda: v2.RandomCrop(crop_size),
-        "random_resized": lambda: v2.RandomResizedCrop(crop_size, scale=(crop_scale, 1.0)),
+        "center": lambda: v2.CenterCrop(a.crop_size),
+        "random": lambda: v2.RandomCrop(a.crop_size),
+        "random_resized": lambda: v2.RandomResizedCrop(a.crop_size, scale=(a.crop_scale, 1.0)),
     }
-    if crop not in crops:
-        raise InputValueError(f"data.crop must be one of {', '.join(crops)}, got {crop!r}")
-    parts: list[v2.Transform] = [crops[crop]()]
-    if hflip_prob > 0:
-        parts.append(v2.RandomHorizontalFlip(p=hflip_prob))
-    if rotation_degrees > 0 or translate > 0:
+    parts: list[v2.Transform] = [crops[a.crop]()]
+    if a.hflip_prob > 0:
+        parts.append(v2.RandomHorizontalFlip(p=a.hflip_prob))
+    if a.rotation_degrees > 0 or a.translate > 0:
         parts.append(
             v2.RandomAffine(
-                degrees=rotation_degrees,
-                translate=(translate, translate) if translate > 0 else None,
+                degrees=a.rotation_degrees,
+                translate=(a.translate, a.translate) if a.translate > 0 else None,
                 interpolation=v2.InterpolationMode.BILINEAR,
             )
         )
-    if brightness > 0 or contrast > 0:
-        parts.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
-    if gamma > 0:
-        parts.append(RandomGamma(gamma))
-    if blur_prob > 0:
-        parts.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=blur_prob))
-    if noise_std > 0:
-        parts.append(RandomNoise(noise_std))
+    if a.brightness > 0 or a.contrast > 0:
+        parts.append(v2.ColorJitter(brightness=a.brightness, contrast=a.contrast))
+    if a.gamma > 0:
+        parts.append(RandomGamma(a.gamma))
+    if a.blur_prob > 0:
+        parts.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=a.blur_prob))
+    if a.noise_std > 0:
+        parts.append(RandomNoise(a.noise_std))
     return v2.Compose(parts)
 
 
