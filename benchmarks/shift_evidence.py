@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from pneumonia.data import ChestXRayDataModule, generate_synthetic_dataset
 from pneumonia.data.images import BadImageError, load_gray
-from pneumonia.decision.shift import METHODS, fit_reference, separation_auroc
+from pneumonia.decision.shift import METHODS, reference_from_features, separation_auroc
 from pneumonia.evaluation.generalisation import DEGRADATIONS, degrade
 from pneumonia.models.checkpoint import load_checkpoint
 
@@ -146,7 +146,7 @@ def main() -> None:
     train_t = (torch.tensor(dm.labels("train")) == ckpt.positive_index).long()
     val_files = dm.files("val")[: a.max_val]
     val_f, val_l = of_files(val_files)
-    references = {m: fit_reference(m, train_f, train_t, val_f, val_l) for m in METHODS}
+    references = {m: reference_from_features(m, train_f, train_t, val_f, val_l) for m in METHODS}
     scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with tempfile.TemporaryDirectory() as work:
         for name, tensors in shifted_sets(val_files[:200], pre, Path(work)).items():

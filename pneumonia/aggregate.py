@@ -57,7 +57,7 @@ def markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> str:
             binning = next(iter(oof["seeds"].values()))["calibration"]["binning"]
             lines += [f"- AUROC over {a['n']} seed(s): {a['mean']:.4f} ({conf} CI "
                       f"{a['ci_low']:.4f} - {a['ci_high']:.4f})",
-                      f"- ECE ({binning} bins) over {e['n']} seed(s): {e['mean']:.4f} ({conf} CI "
+                      f"- ECE ({binning}) over {e['n']} seed(s): {e['mean']:.4f} ({conf} CI "
                       f"{e['ci_low']:.4f} - {e['ci_high']:.4f})", ""]  # fmt: skip
         lines += [f"![{name}]({name})" for name in group.get("figures", [])] + [""]
     return "\n".join(lines)

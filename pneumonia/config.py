@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pneumonia.system.launch  # noqa: F401  (the configs' resolvers: run folders shared by DDP ranks)
 from pneumonia.data.preprocessing import Preprocessing
+from pneumonia.decision.shift import METHODS as SHIFT_METHODS
 from pneumonia.errors import InputNotFoundError, InputValueError
 
 
@@ -128,6 +129,13 @@ NON_NEGATIVE = _rule(lambda v: _number(v) and v >= 0, "a number >= 0")
 FRACTION = _rule(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
 PROBABILITY = _rule(lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
 OPEN_UNIT = _rule(lambda v: _number(v) and 0 < v < 1, "a number strictly between 0 and 1")
+FLAG = _rule(lambda v: isinstance(v, bool), "true or false")
+
+
+def _one_of(valid: tuple[str, ...]):
+    return _rule(lambda v: v in valid, f"one of {', '.join(valid)}")
+
+
 COUNT = _rule(lambda v: _integer(v) and v >= 1, "a whole number >= 1")
 OPTIONAL_COUNT = _rule(
     lambda v: v is None or (_integer(v) and v >= 1), "null or a whole number >= 1"
@@ -173,6 +181,13 @@ TRAIN_RULES = {
         lambda v: _integer(v) and (v >= 1 or v == -1), "a whole number >= 1 (or -1 for no limit)"
     ),
     "trainer.accumulate_grad_batches": COUNT,
+    # the checks and the shift reference run after training: a typo there would cost a run
+    "checks.enabled": FLAG,
+    "checks.degraded": FLAG,
+    "checks.resamples": COUNT,
+    "shift.enabled": FLAG,
+    "shift.method": _one_of(SHIFT_METHODS),
+    "shift.flag_rate": OPEN_UNIT,
 }
 EVALUATE_RULES = {
     "batch_size": COUNT,

@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         from pneumonia.reports.plots import reliability_figure
 
         cal = result["calibration"]
-        curve = {**cal["after_temperature"], "binning": cal["binning"].split(" bins")[0]}
+        curve = {**cal["after_temperature"], "binning": cal["binning"]}
         figures["reliability"] = reliability_figure(
             curve, cfg.split, before=cal["before_temperature"], label="with temperature"
         )
@@ -80,6 +80,7 @@ def _confident_mistakes(ckpt, preds, cfg: DictConfig, device, out: Path) -> list
     picked = preds.confident_mistakes(cfg.mistakes) if cfg.mistakes and preds.files else []
     if not picked:
         return []
+    from pneumonia.inference.explain import gradcam_name
     from pneumonia.inference.runner import predict_files
 
     files = [Path(preds.files[i]) for i in picked]
@@ -93,12 +94,9 @@ def _confident_mistakes(ckpt, preds, cfg: DictConfig, device, out: Path) -> list
             "file": str(f),
             "label": positive if int(preds.targets[i]) == 1 else negative,
             "probability": float(preds.probs[i]),
-            # write_gradcams' name: the path below root, folders joined by "__"
-            "gradcam": "mistakes/"
-            + "__".join(f.relative_to(root).with_suffix("").parts)
-            + "_gradcam.png",
+            "gradcam": f"mistakes/{gradcam_name(f, k, root)}",
         }
-        for i, f in zip(picked, files, strict=True)
+        for k, (i, f) in enumerate(zip(picked, files, strict=True))
     ]
 
 

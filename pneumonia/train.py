@@ -177,7 +177,7 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
             log.warning("No test split under %s: skipping the test.", datamodule.root)
     reference = None
     if (cfg.get("shift") or {}).get("enabled") and trainer.is_global_zero:
-        reference = _fit_shift_reference(cfg, model, datamodule, device, choice.precision, best)
+        reference = _store_shift_reference(cfg, model, datamodule, device, choice.precision, best)
         metrics["shift"] = reference.describe()
     if checks.get("enabled") and trainer.is_global_zero:
         from pneumonia.evaluation.generalisation import log_checks, run_checks
@@ -229,7 +229,7 @@ def _step_probe(cfg: DictConfig, device: torch.device):
     return probe
 
 
-def _fit_shift_reference(cfg, model, datamodule, device, precision: str, best: str):
+def _store_shift_reference(cfg, model, datamodule, device, precision: str, best: str):
     """Fit the shift reference of the trained weights and store it in their checkpoint (the
     best one, else last.ckpt), where evaluate, predict, export and the API find it."""
     from pneumonia.evaluation.generalisation import fit_shift_reference

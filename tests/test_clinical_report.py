@@ -48,7 +48,7 @@ def test_ece_matches_a_hand_computation_over_ten_equal_width_bins() -> None:
     curve = reliability(probs, targets)
     assert curve["ece"] == pytest.approx(total, abs=1e-5)
     assert sum(b["count"] for b in curve["bins"]) == 500
-    assert curve["binning"] == "10 equal-width"
+    assert curve["binning"] == "10 equal-width bins of the probability"
 
 
 def test_brier_decomposition_adds_up_and_matches_murphys_terms() -> None:

@@ -11,7 +11,10 @@ from pneumonia.config import CONFIG_DIR, compose
 from pneumonia.data import ChestXRayDataModule, Preprocessing
 from pneumonia.data.transforms import GEOMETRY, Augmentation
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from pneumonia.decision.shift import FLAG_RATE, METHODS
 from pneumonia.evaluation import EVALUATE_BATCH_SIZE
+from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
+from pneumonia.evaluation.subgroups import MIN_SUBGROUP
 from pneumonia.inference.runner import PREDICT_BATCH_SIZE
 from pneumonia.models.classifier import PneumoniaClassifier
 
@@ -69,9 +72,14 @@ def test_the_datamodules_preprocessing_defaults_are_the_preprocessings_own() -> 
 
 
 def test_the_commands_configs_mirror_the_library_constants() -> None:
+    """Every value a command's YAML repeats from the library, held equal to its one source."""
     evaluate, predict, train = (compose(name) for name in ("evaluate", "predict", "train"))
     assert evaluate.batch_size == EVALUATE_BATCH_SIZE
     assert evaluate.bootstrap.resamples == BOOTSTRAP_RESAMPLES
     assert evaluate.bootstrap.confidence == CONFIDENCE
+    assert evaluate.subgroups.min_size == MIN_SUBGROUP
+    assert tuple(evaluate.data) == EVALUATE_DATA_KEYS  # the data keys evaluation takes over
     assert predict.batch_size == PREDICT_BATCH_SIZE
     assert train.checks.resamples == BOOTSTRAP_RESAMPLES
+    assert train.shift.flag_rate == FLAG_RATE
+    assert train.shift.method in METHODS

@@ -9,7 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumonia.decision.shift import METHODS, ShiftReference, fit_reference, separation_auroc
+from pneumonia.decision.shift import (
+    METHODS,
+    ShiftReference,
+    reference_from_features,
+    separation_auroc,
+)
 
 
 def two_gaussians(n: int, shift: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +43,7 @@ def logits_of(features: torch.Tensor) -> torch.Tensor:
 def test_the_score_separates_shifted_features_and_flags_the_stated_share(method: str) -> None:
     train, targets = two_gaussians(2000, 0.0, seed=0)
     val, _ = two_gaussians(500, 0.0, seed=1)
-    reference = fit_reference(method, train, targets, val, logits_of(val), flag_rate=0.05)
+    reference = reference_from_features(method, train, targets, val, logits_of(val), flag_rate=0.05)
     inside, _ = two_gaussians(1000, 0.0, seed=2)
     outside, _ = two_gaussians(1000, 1.5, seed=3)  # another scanner: everything moved
     s_in = reference.score(inside, logits_of(inside))
@@ -53,7 +58,9 @@ def test_the_score_separates_shifted_features_and_flags_the_stated_share(method:
 def test_a_reference_round_trips_through_its_record() -> None:
     train, targets = two_gaussians(300, 0.0, seed=0)
     for method in METHODS:
-        reference = fit_reference(method, train, targets, train[:100], logits_of(train[:100]))
+        reference = reference_from_features(
+            method, train, targets, train[:100], logits_of(train[:100])
+        )
         again = ShiftReference.from_record(reference.to_record())
         x = train[:7]
         torch.testing.assert_close(again.score(x, logits_of(x)), reference.score(x, logits_of(x)))
@@ -64,9 +71,9 @@ def test_a_reference_round_trips_through_its_record() -> None:
 def test_an_unknown_method_or_rate_is_refused() -> None:
     train, targets = two_gaussians(50, 0.0, seed=0)
     with pytest.raises(ValueError, match="shift.method='odin'"):
-        fit_reference("odin", train, targets, train, logits_of(train))
+        reference_from_features("odin", train, targets, train, logits_of(train))
     with pytest.raises(ValueError, match="shift.flag_rate=1.5"):
-        fit_reference("knn", train, targets, train, logits_of(train), flag_rate=1.5)
+        reference_from_features("knn", train, targets, train, logits_of(train), flag_rate=1.5)
 
 
 # ----------------------------------------------------------------------------- with a model
@@ -150,7 +157,7 @@ def test_em_is_refused_on_a_folder_of_mostly_flagged_images(trained: dict, tmp_p
 
 def test_the_score_is_computed_in_float32_under_bf16_autocast() -> None:
     train, targets = two_gaussians(300, 0.0, seed=0)
-    reference = fit_reference("mahalanobis", train, targets, train, logits_of(train))
+    reference = reference_from_features("mahalanobis", train, targets, train, logits_of(train))
     x = train[:20] * 7  # far out: large scores, where bf16 would round them coarsely
     expected = reference.score(x, logits_of(x))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -767,6 +767,10 @@ def test_leakage_and_the_cache_folder_of_the_environment_reach_the_run(
         ("trainer.max_epochs=-1", r"onecycle needs a run of known length"),
         ("data.augment.blur_prob=2", r"data\.augment\.blur_prob=2"),
         ("data.crop_size=64", r"data\.crop_size=64 must not exceed data\.resize_size=40"),
+        # checked after training until issue 27: a typo cost a whole run
+        ("shift.method=odin", r"shift\.method='odin': must be one of mahalanobis, knn, energy"),
+        ("shift.flag_rate=5", r"shift\.flag_rate=5: must be a number strictly between 0 and 1"),
+        ("checks.resamples=0", r"checks\.resamples=0: must be a whole number >= 1"),
     ],
 )
 def test_wrong_values_stop_before_any_work(

@@ -129,8 +129,13 @@ def reliability(
     return {
         "bins": rows,
         "ece": float(ece) if len(t) else math.nan,
-        "binning": f"{bins} equal-width",
+        "binning": binning(bins),
     }
+
+
+def binning(bins: int) -> str:
+    """How :func:`reliability` bins, in words: the one label reports and figures show."""
+    return f"{bins} equal-width bins of the probability"
 
 
 def brier_decomposition(

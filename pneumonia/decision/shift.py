@@ -135,7 +135,7 @@ class ShiftReference:
         }
 
 
-def fit_reference(
+def reference_from_features(
     method: str,
     train_features: torch.Tensor,
     train_targets: torch.Tensor,

@@ -33,7 +33,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 from pneumonia.decision.calibration import brier, nll, shift_prevalence
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, bootstrap_interval, metrics_at
 from pneumonia.decision.predictions import Predictions
-from pneumonia.decision.shift import ShiftReference, fit_reference
+from pneumonia.decision.shift import ShiftReference, reference_from_features
 from pneumonia.inference.runner import autocast
 
 Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -143,7 +143,7 @@ def fit_shift_reference(
               "std": pre.std, "seed": 0}  # fmt: skip
     train, train_targets = outputs(model, datamodule.eval_dataloader("train"), **common)
     val, _ = outputs(model, datamodule.eval_dataloader("val"), **common)
-    return fit_reference(
+    return reference_from_features(
         method,
         train["clean"][1],
         train_targets,

@@ -10,6 +10,7 @@ import torch
 
 from pneumonia.decision.calibration import (
     RELIABILITY_BINS,
+    binning,
     brier_decomposition,
     calibrate,
     calibration_line,
@@ -105,7 +106,7 @@ def calibration_report(
             "bins": curve["bins"],
         }
     return {
-        "binning": f"{bins} equal-width bins of the probability",
+        "binning": binning(bins),
         "prevalence": decision.prevalence,
         **sections,
     }

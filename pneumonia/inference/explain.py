@@ -107,13 +107,18 @@ def write_gradcams(
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = gradcam(ckpt.model, images)
     for (index, item), cam_map in zip(inputs.items(), maps, strict=True):
-        if isinstance(item, Image.Image):
-            rel = Path(f"image_{index}")
-        elif root is not None and item.is_relative_to(root):
-            rel = item.relative_to(root)
-        else:
-            rel = Path(item.name)
-        name = "__".join(rel.with_suffix("").parts) + "_gradcam.png"
         original = original_gray(item, ckpt.preprocessing)
         picture = overlay_on_original(original, cam_map, ckpt.preprocessing)
-        Image.fromarray(picture).save(out_dir / name)
+        Image.fromarray(picture).save(out_dir / gradcam_name(item, index, root))
+
+
+def gradcam_name(item: Path | Image.Image, index: int, root: Path | None) -> str:
+    """The file name of an input's Grad-CAM: its path below ``root``, folders joined by "__"
+    (``sub__name_gradcam.png``); ``image_<index>`` for an image given without a path."""
+    if isinstance(item, Image.Image):
+        rel = Path(f"image_{index}")
+    elif root is not None and item.is_relative_to(root):
+        rel = item.relative_to(root)
+    else:
+        rel = Path(item.name)
+    return "__".join(rel.with_suffix("").parts) + "_gradcam.png"

@@ -102,7 +102,7 @@ def reliability_figure(
                    color=colour, alpha=alpha, edgecolor="white")  # fmt: skip
     top.set(ylabel="observed share PNEUMONIA", xlim=(0, 1), ylim=(0, 1.01))
     top.set_title(title, fontsize=10)
-    top.legend(loc="upper left", fontsize=8, title=curve.get("binning", "") + " bins",
+    top.legend(loc="upper left", fontsize=8, title=curve.get("binning", ""),
                title_fontsize=7)  # fmt: skip
     bottom.set(xlabel="PNEUMONIA probability", ylabel="images")
     return fig
