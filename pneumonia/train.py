@@ -23,6 +23,7 @@ from pneumonia.config import CONFIG_DIR, as_params, check_train_config
 from pneumonia.decision.metrics import confusion_matrix
 from pneumonia.decision.predictions import VAL_PREDICTIONS, Predictions, write_predictions
 from pneumonia.decision.rules import operating_thresholds, uncertain_thresholds
+from pneumonia.errors import InputValueError
 from pneumonia.models.budget import TimeBudget
 from pneumonia.models.checkpoint import read_checkpoint
 from pneumonia.runs.folders import add_to_run_checkpoint, training_folder
@@ -291,7 +292,10 @@ def main(cfg: DictConfig) -> float | None:
     if not name or not metrics:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric={name} was not logged; logged: {', '.join(metrics)}")
+        raise InputValueError(
+            f"optimized_metric={name} was not logged (the run's metrics.json is written); "
+            f"logged: {', '.join(metrics)}"
+        )
     value = metrics[name]
     return float(value) if not torch.is_tensor(value) else value.item()
 

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from pneumonia.errors import InputValueError
+
 # Probabilities are clamped this far from 0 and 1 before taking logs.
 EPS = 1e-6
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -39,7 +41,7 @@ def logit_difference(logits: torch.Tensor, positive_index: int) -> torch.Tensor:
 def logit(p: float) -> float:
     """log(p / (1 - p)) of a prevalence in (0, 1)."""
     if not 0.0 < p < 1.0:
-        raise ValueError(f"a prevalence must lie strictly between 0 and 1, got {p}")
+        raise InputValueError(f"a prevalence must lie strictly between 0 and 1, got {p}")
     return math.log(p / (1.0 - p))
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from pneumonia.errors import InputValueError
+
 METHODS = ("mahalanobis", "knn", "energy")
 FLAG_RATE = 0.05  # of the validation images, flagged by the threshold (shift.flag_rate)
 KNN_K = 10  # the k-th nearest training feature (Sun et al. scale k with the bank's size)
@@ -151,9 +153,9 @@ def reference_from_features(
         train_targets: the training images' classes (0/1), for the class means.
     """
     if method not in METHODS:
-        raise ValueError(f"shift.method={method!r}; valid: {', '.join(METHODS)}")
+        raise InputValueError(f"shift.method={method!r}; valid: {', '.join(METHODS)}")
     if not 0.0 < flag_rate < 1.0:
-        raise ValueError(f"shift.flag_rate={flag_rate} must lie strictly between 0 and 1")
+        raise InputValueError(f"shift.flag_rate={flag_rate} must lie strictly between 0 and 1")
     train = train_features.detach().double().cpu()
     tensors: dict[str, torch.Tensor] = {}
     if method == "mahalanobis":

@@ -22,6 +22,7 @@ from pneumonia.data.preprocessing import TTA_DEGREES
 from pneumonia.decision.predictions import prediction_rows
 from pneumonia.decision.prior_shift import adapt_to_prevalence, check_prior_shift
 from pneumonia.decision.shift import ShiftReference
+from pneumonia.errors import InputValueError
 from pneumonia.models.checkpoint import LoadedCheckpoint
 from pneumonia.system.runtime import decode_threads, resolve_precision
 
@@ -41,7 +42,7 @@ def autocast(device: torch.device, precision: str | int) -> contextlib.AbstractC
         return torch.autocast(device.type, dtype=torch.float16)
     if precision in ("32", "32-true"):
         return contextlib.nullcontext()
-    raise ValueError(f"precision={precision!r}: use auto, 32-true, bf16-mixed or 16-mixed")
+    raise InputValueError(f"precision={precision!r}: use auto, 32-true, bf16-mixed or 16-mixed")
 
 
 def inference_precision(precision: str | int, device: torch.device) -> str:
