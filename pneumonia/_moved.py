@@ -41,6 +41,7 @@ MOVED = {
     "pneumonia.runtime": "pneumonia.system.runtime",
     "pneumonia.launch": "pneumonia.system.launch",
     "pneumonia.files": "pneumonia.system.files",
+    "pneumonia.evaluation.markdown": "pneumonia.evaluation.report_md",
 }
 # Old modules whose name is a package now: their dotted names in a recorded config
 # (``pneumonia.runs.RunFolder``) point at the module that holds them today.

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 SHOWN = ("val/", "test/", "checks.")
 
 
-def markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> str:
+def aggregate_markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> str:
     conf = f"{result['confidence']:.0%}"
     lines = [f"# Aggregate of `{result['folder']}`", ""]
     if result["unfinished"]:
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     write_text(out / "aggregate.json", json.dumps(result, indent=2) + "\n")
     write_text(out / "aggregate.csv", table(result))
-    page = markdown(result)
+    page = aggregate_markdown(result)
     write_text(out / "aggregate.md", page)
     write_page(out / "aggregate.md", f"Aggregate of {args.folder}")
     logdir = log_to_tensorboard(result, out, page)

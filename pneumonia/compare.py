@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 FIGURE = "roc_compare.png"
 
 
-def markdown(result: dict[str, Any]) -> str:
+def comparison_markdown(result: dict[str, Any]) -> str:
     """``compare.md``: both models' AUROC with intervals, the difference and its tests, the
     agreement at the stored thresholds, and the figure."""
     conf, a, b = f"{result['confidence']:.0%}", *result["models"].values()
@@ -180,7 +180,7 @@ def write(
     save_figure(figure, out / FIGURE)
     for name, rows in scored.items():
         write_predictions(out / f"predictions_{name.lower()}.csv", rows)
-    write_text(out / "compare.md", markdown(result))
+    write_text(out / "compare.md", comparison_markdown(result))
     write_page(out / "compare.md", "Comparison of two models")
     write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.config import CONFIG_DIR, EVALUATE_RULES, check_values
 from pneumonia.decision.predictions import PREDICTIONS, write_predictions
-from pneumonia.evaluation import evaluate_checkpoint, markdown
+from pneumonia.evaluation import evaluate_checkpoint, evaluation_markdown
 from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
 from pneumonia.inference.runner import inference_precision
 from pneumonia.models.checkpoint import load_checkpoint
@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for name, fig in figures.items():
         save_figure(fig, out / f"{name}.png")
     mistakes = _confident_mistakes(ckpt, preds, cfg, device, out)
-    page = markdown(result, [f"{n}.png" for n in figures], mistakes)
+    page = evaluation_markdown(result, [f"{n}.png" for n in figures], mistakes)
     write_text(out / "report.md", page)
     write_page(out / "report.md", f"Evaluation of {Path(cfg.ckpt_path).name}")
     log.info("\n%s", page)

@@ -206,7 +206,7 @@ def test_subgroups_by_pathogen_and_attributes_with_a_warning_for_small_ones() ->
     assert "metrics" not in small
     assert subgroup_report(Predictions(probs, targets, 0.5), resamples=10, confidence=0.9,
                            seed=0) is None  # fmt: skip
-    from pneumonia.evaluation.markdown import _subgroup_lines
+    from pneumonia.evaluation.report_md import _subgroup_lines
 
     page = "\n".join(_subgroup_lines(report, "90%"))
     assert "| PA | 10 | " in page

@@ -15,7 +15,7 @@ import torch
 from pneumonia.config import compose
 from pneumonia.decision.predictions import Predictions
 from pneumonia.evaluate import evaluate
-from pneumonia.evaluation import report, score
+from pneumonia.evaluation import metrics_report, score
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -85,14 +85,14 @@ def test_bootstrap_interval_matches_binomial_noise_on_624_images() -> None:
     correct = torch.rand(624, generator=g) < 0.85
     probs = torch.where(correct, targets.float() * 0.8 + 0.1, 0.9 - targets.float() * 0.8)
     preds = Predictions(probs, targets, 0.5, files=[Path(f"{i}.png") for i in range(624)])
-    result = report(preds, resamples=1000, seed=1)
+    result = metrics_report(preds, resamples=1000, seed=1)
     acc = result["metrics"]["accuracy"]
     half_width = (acc["ci_high"] - acc["ci_low"]) / 2
     p = acc["value"]
     binomial = 1.96 * (p * (1 - p) / 624) ** 0.5  # about 0.028: the "+-3 points" of the issue
     assert half_width == pytest.approx(binomial, rel=0.2)
-    first = report(preds, resamples=100, seed=2)
-    assert report(preds, resamples=100, seed=2) == first  # seeded: the same report twice
+    first = metrics_report(preds, resamples=100, seed=2)
+    assert metrics_report(preds, resamples=100, seed=2) == first  # seeded: the same report twice
     # At a threshold of 0.5, the two sections are one: the same values, the same intervals.
     assert first["metrics_at_0.5"] == {
         k: v for k, v in first["metrics"].items() if k in first["metrics_at_0.5"]
@@ -273,10 +273,10 @@ def test_bad_images_in_an_evaluated_folder_are_named_or_skipped(
 def test_a_metric_the_images_do_not_define_is_none_not_zero() -> None:
     """A folder of PNEUMONIA images only has no specificity and no AUROC (torchmetrics would
     say 0 and warn)."""
-    from pneumonia.evaluation import markdown
+    from pneumonia.evaluation import evaluation_markdown
 
     preds = Predictions(torch.tensor([0.9, 0.8, 0.3]), torch.tensor([1, 1, 1]), 0.5)
-    result = report(preds, resamples=20)
+    result = metrics_report(preds, resamples=20)
     metrics = result["metrics"]
     assert metrics["specificity"] is None
     assert metrics["auroc"] is None
@@ -287,6 +287,6 @@ def test_a_metric_the_images_do_not_define_is_none_not_zero() -> None:
                "decision": {"threshold_rule": "bayes", "threshold": 0.5, "cost_ratio": 1.0,
                             "prevalence": 0.5, "temperature": 1.0, "reference_prevalence": 0.5,
                             "target_sensitivity": 0.95}}  # fmt: skip
-    text = markdown(result)
+    text = evaluation_markdown(result)
     assert "| Specificity | - | - |" in text
     assert "| AUROC | - | - |" in text

@@ -673,7 +673,7 @@ def test_a_positive_class_at_index_0_trains_and_evaluates(tmp_path: Path, tiny_r
     """Class folders that sort PNEUMONIA first: 'PNEUMONIA' < 'normal' (upper case first)."""
     import shutil
 
-    from pneumonia.evaluation import report, score
+    from pneumonia.evaluation import metrics_report, score
     from pneumonia.models.checkpoint import load_checkpoint
 
     root = tmp_path / "data"
@@ -687,7 +687,7 @@ def test_a_positive_class_at_index_0_trains_and_evaluates(tmp_path: Path, tiny_r
     assert ckpt.positive_index == 0
     preds = score(ckpt, "test", device=torch.device("cpu"), precision="32-true")
     assert preds.targets.tolist() == [f.parent.name == "PNEUMONIA" for f in preds.files]
-    result = report(preds, resamples=10)
+    result = metrics_report(preds, resamples=10)
     assert result["confusion_matrix"] == metrics["test/confusion_matrix"]
     assert result["metrics"]["auroc"]["value"] == pytest.approx(metrics["test/auroc"], abs=1e-5)
 

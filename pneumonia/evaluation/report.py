@@ -143,7 +143,7 @@ def operating_points(
     return result
 
 
-def report(
+def metrics_report(
     preds: Predictions,
     *,
     resamples: int = BOOTSTRAP_RESAMPLES,

@@ -20,8 +20,8 @@ from pneumonia.errors import InputValueError
 from pneumonia.evaluation.report import (
     by_source,
     calibration_report,
+    metrics_report,
     operating_points,
-    report,
     shift_report,
 )
 from pneumonia.evaluation.subgroups import MIN_SUBGROUP, subgroup_report
@@ -148,7 +148,7 @@ def evaluate_checkpoint(
     unlike = shift_report(preds, ckpt.shift, **bootstrap) if ckpt.shift is not None else None
     calibration = calibration_report(preds, ckpt.decision)  # before any prior shift
     preds.probs, shift = flag_and_rebase(preds.probs, preds.shift, ckpt, prior_shift)
-    result = report(preds, **bootstrap)
+    result = metrics_report(preds, **bootstrap)
     result["calibration"] = calibration
     result["operating_points"] = operating_points(preds, prevalence, **bootstrap)
     result["by_source"] = by_source(preds, **bootstrap)

@@ -32,7 +32,7 @@ CALIBRATION_ROWS = (
 )
 
 
-def markdown(
+def evaluation_markdown(
     result: dict[str, Any],
     figures: Sequence[str] = (),
     mistakes: Sequence[Mapping[str, Any]] = (),
