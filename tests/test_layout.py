@@ -61,6 +61,19 @@ def module_name(path: Path) -> str:
     return "pneumonia." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
 
 
+def test_the_top_level_holds_the_api_config_errors_and_the_commands() -> None:
+    """A newcomer reads the house from its folders (issue 27): at most 12 modules directly in
+    pneumonia/, the rest in role packages."""
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= 12, top
+    assert set(top) - COMMANDS <= {"api", "config", "errors", "_moved"}, top
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_300_lines(path: Path) -> None:
+    assert len(path.read_text().splitlines()) <= 300
+
+
 def test_every_module_has_a_layer() -> None:
     known = set().union(*LAYERS)
     missing = [module_name(p) for p in MODULES if module_name(p).split(".")[1] not in known]

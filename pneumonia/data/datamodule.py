@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -26,11 +25,11 @@ from pneumonia.data.index import (
     evaluation_folder,
     find_split_dirs,
     list_split,
-    summary_table,
 )
 from pneumonia.data.leakage import LEAK_POLICIES, LeakPolicy
 from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.data.readers import FOLDERS, read_index, table_classes
+from pneumonia.data.run_splits import SplitQueries
 from pneumonia.data.splits import training_splits
 from pneumonia.data.synthetic import SYNTHETIC_WARNING, ensure_synthetic_dataset, is_synthetic
 from pneumonia.data.transforms import GEOMETRY, Augmentation, train_transforms
@@ -42,36 +41,17 @@ log = logging.getLogger(__name__)
 PREPROCESSING_FIELDS = tuple(f.name for f in fields(Preprocessing))
 
 
-class ChestXRayDataModule(pl.LightningDataModule):
+class ChestXRayDataModule(SplitQueries, pl.LightningDataModule):
     """NORMAL vs PNEUMONIA images from ``root/{train,val,test}/{class}/*``, or from the table
-    of images that ``table`` reads under ``root`` (a label file, a public collection).
+    of images that ``table`` reads under ``root`` (a label file, a public collection:
+    :mod:`pneumonia.data.readers`).
 
-    Every argument is a key of ``conf/data/chest_xray.yaml``, whose comments say what it
-    does; the defaults are the same (a test holds them equal), and those of the preprocessing
-    (``resize_size``, ``resize_mode``, ``crop_size``, ``interpolation``, ``mean``, ``std``,
-    ``max_pixels``, ``max_upscale``) are :class:`Preprocessing`'s own. In short:
-
-    - ``val_split``: ``patient`` pools train+val and carves a patient-grouped, stratified
-      ``val_fraction``; ``official`` takes ``val/`` as it is.
-    - ``crop``, ``hflip_prob``, ``rotation_degrees``, ``translate`` and ``augment`` (the
-      acquisition changes): the fields of :class:`~pneumonia.data.transforms.Augmentation`,
-      the training augmentation, drawn per image in the loader's workers
-      (``augment_on=loader``) or for whole uint8 batches on the training device (``device``:
-      :mod:`pneumonia.data.batch_augment`, the same distribution; for GPUs whose CPU cores
-      cannot keep up). No horizontal flip by default: a chest is not mirror-symmetric.
-    - ``holdout_root``: a labelled folder kept out of training: its patients leave the train
-      and val pool, and its images form the ``holdout`` split, read from their own files.
-    - ``classes``: the two class folders to use where ``train/`` holds more (or the two
-      classes of a label file that names more).
-    - ``folds``/``fold``: patient-grouped stratified k-fold of the pooled train (and val)
-      images; fold ``fold`` validates (``-m data.fold=range(K)`` is the cross-validation).
-      Test images and the holdout's patients never enter a fold.
-    - ``table``: ``{reader: manifest | rsna | nih | chexpert | mimic, ...}``
-      (:mod:`pneumonia.data.readers`); None reads the folder layout.
-    - ``on_bad_image`` (``error`` | ``skip``) and ``on_leak`` (``warn`` | ``error`` |
-      ``drop``): what unusable images and images or patients shared between splits do.
-    - ``cache``/``cache_dir``: decode each image once into a uint8 memmap
-      (``default_cache_dir()`` when no folder is given).
+    Every argument is a key of ``conf/data/chest_xray.yaml``, whose comments say what it does
+    (the one place they are explained); the defaults are the same (a test holds them equal).
+    The preprocessing's are :class:`Preprocessing`'s own, the augmentation's
+    :class:`~pneumonia.data.transforms.Augmentation`'s (drawn per image in the loader's
+    workers, or for whole uint8 batches on the training device with ``augment_on=device``:
+    :mod:`pneumonia.data.batch_augment`).
     """
 
     def __init__(
@@ -246,10 +226,6 @@ class ChestXRayDataModule(pl.LightningDataModule):
         return class_names(find_split_dirs(self.root)["train"], self.chosen_classes)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
     def skipped(self) -> dict[str, str]:
         """Files dropped with ``on_bad_image=skip``: resolved path -> reason."""
         return dict(self._skipped)
@@ -274,45 +250,6 @@ class ChestXRayDataModule(pl.LightningDataModule):
             stage = "test" if split == "test" else "fit"
             raise RuntimeError(f"Split {split!r} is not set up: call setup({stage!r}) first.")
         return self._splits[split]
-
-    def listing(self, split: str) -> SplitListing:
-        """The rows of ``split``, whole: files, labels, attributes."""
-        return self._split(split)
-
-    def files(self, split: str) -> list[Path]:
-        """Image paths of ``split`` (``train``, ``val`` after ``setup("fit")``; ``test``;
-        ``holdout`` with ``holdout_root``)."""
-        return list(self._split(split).files)
-
-    def labels(self, split: str) -> list[int]:
-        return list(self._split(split).labels)
-
-    def patients(self, split: str) -> set[str]:
-        return self._split(split).patients()
-
-    def frame(self, split: str) -> pd.DataFrame:
-        """The table of ``split``: ``path``, ``label``, ``patient_id``, ``split`` and every
-        attribute the data carries (``pneumonia.data.table``)."""
-        return self._split(split).frame(self.classes, split)
-
-    def split_counts(self, split: str) -> list[int]:
-        """Images per class, in class-index order."""
-        return self._split(split).counts(self.num_classes)
-
-    @property
-    def class_weights(self) -> torch.Tensor:
-        """n / (k * n_c) from the training split, in class-index order."""
-        counts = torch.tensor(self.split_counts("train"), dtype=torch.float64)
-        return (counts.sum() / (len(counts) * counts)).float()
-
-    def summary(self) -> str:
-        """A table of images per split and class, patients per split, skipped files."""
-        rows = {
-            split: (self.split_counts(split), len(self.patients(split)))
-            for split in ("train", "val", "test", "holdout")
-            if split in self._splits
-        }
-        return summary_table(self.root, self.classes, rows, len(self.skipped))
 
     # ----------------------------------------------------------------- loaders
     def _on_gpu(self) -> bool:

@@ -195,6 +195,22 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return table
 
 
+def positive_index(classes: Sequence[str], positive: str) -> int:
+    """Where ``positive`` (model.positive_class) is among the data's classes.
+
+    Raises:
+        InputValueError: it is not one of them; the one that matches but for case is named.
+    """
+    if positive not in classes:
+        alike = [c for c in classes if c.lower() == str(positive).lower()]
+        raise InputValueError(
+            f"model.positive_class={positive!r} is not one of the classes {list(classes)}. Set "
+            "model.positive_class to the class folder that holds the pneumonia images"
+            + (f": model.positive_class={alike[0]}." if alike else ".")
+        )
+    return list(classes).index(positive)
+
+
 def positive_class(table: pd.DataFrame) -> str:
     """The class a predictions table calls above its threshold (its rows say it); the
     ``probability`` and ``threshold`` columns as numbers."""

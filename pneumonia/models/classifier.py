@@ -20,7 +20,7 @@ from pneumonia.decision.metrics import (
     ranking_metrics,
     thresholded_metrics,
 )
-from pneumonia.decision.predictions import Predictions
+from pneumonia.decision.predictions import Predictions, positive_index
 from pneumonia.decision.rules import Decision, check_decision, fit_on_validation
 from pneumonia.errors import InputValueError
 from pneumonia.models.backbones import (
@@ -91,7 +91,7 @@ class PneumoniaClassifier(pl.LightningModule):
         # checked) or a checkpoint restores the names.
         self.class_names = list(class_names or ["NORMAL", "PNEUMONIA"])
         provisional = class_names is None and positive_class not in self.class_names
-        self.positive_index = 1 if provisional else self._positive_index(self.class_names)
+        self.positive_index = 1 if provisional else positive_index(self.class_names, positive_class)
         self.backbone, features = build_backbone(backbone, weights)
         self.head = nn.Linear(features, num_classes)
         if freeze_backbone and unfreeze_at_epoch is None:
@@ -124,17 +124,6 @@ class PneumoniaClassifier(pl.LightningModule):
         # model.lr scaled to the run's global batch (model.lr_batch_size), set by
         # configure_optimizers; None: model.lr as given.
         self.lr_scaled: LRScaling | None = None
-
-    def _positive_index(self, classes: list[str]) -> int:
-        positive = self.hparams.positive_class
-        if positive not in classes:
-            alike = [c for c in classes if c.lower() == str(positive).lower()]
-            raise InputValueError(
-                f"model.positive_class={positive!r} is not one of the classes {classes}. Set "
-                "model.positive_class to the class folder that holds the pneumonia images"
-                + (f": model.positive_class={alike[0]}." if alike else ".")
-            )
-        return classes.index(positive)
 
     # ------------------------------------------------------------------ model
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -194,7 +183,7 @@ class PneumoniaClassifier(pl.LightningModule):
             raise InputValueError(
                 f"The data's classes {classes} differ from the model's {self.class_names}."
             )
-        self.positive_index = self._positive_index(classes)
+        self.positive_index = positive_index(classes, self.hparams.positive_class)
         self.class_names = classes
         self.hparams.class_names = classes
         pre = datamodule.preprocessing
