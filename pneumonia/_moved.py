@@ -42,6 +42,8 @@ MOVED = {
     "pneumonia.launch": "pneumonia.system.launch",
     "pneumonia.files": "pneumonia.system.files",
     "pneumonia.evaluation.markdown": "pneumonia.evaluation.report_md",
+    "pneumonia.evaluation.report": "pneumonia.decision.report",
+    "pneumonia.evaluation.subgroups": "pneumonia.decision.subgroups",
 }
 # Old modules whose name is a package now: their dotted names in a recorded config
 # (``pneumonia.runs.RunFolder``) point at the module that holds them today.

@@ -28,6 +28,7 @@ from pneumonia.config import compose
 from pneumonia.data.readers import FOLDERS
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES
 from pneumonia.decision.predictions import prediction_columns, prediction_rows
+from pneumonia.decision.prior_shift import flag_and_rebase
 from pneumonia.decision.rules import Decision
 from pneumonia.decision.shift import ShiftReference
 from pneumonia.errors import InputValueError
@@ -35,7 +36,6 @@ from pneumonia.evaluation import EVALUATE_BATCH_SIZE, evaluate_checkpoint
 from pneumonia.inference.runner import (
     PREDICT_BATCH_SIZE,
     autocast,
-    flag_and_rebase,
     inference_precision,
     predict_files,
     probabilities,
@@ -172,7 +172,9 @@ class Classifier:
         with autocast(self.device, self.precision):
             batch = self.batch(images, tta=tta).to(self.device)
             probs, shift = score_images(self.model, batch, shift=reference)
-        probs, _ = flag_and_rebase(probs.float().cpu(), shift, self.ckpt, prior_shift)
+        probs, _ = flag_and_rebase(
+            probs.float().cpu(), shift, self.ckpt.shift, self.decision, prior_shift
+        )
         return _table(
             prediction_rows(
                 [f"tensor[{i}]" for i in range(len(probs))],

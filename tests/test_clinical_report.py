@@ -21,8 +21,8 @@ from pneumonia.decision.calibration import (
     reliability,
 )
 from pneumonia.decision.predictions import Predictions
+from pneumonia.decision.report import calibration_report, operating_points
 from pneumonia.decision.rules import Decision
-from pneumonia.evaluation.report import calibration_report, operating_points
 
 
 def _drawn(n: int, seed: int, sharpen: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +169,7 @@ def test_evaluate_writes_calibration_operating_points_and_the_reliability_figure
 
 
 def test_subgroups_by_pathogen_and_attributes_with_a_warning_for_small_ones() -> None:
-    from pneumonia.evaluation.subgroups import subgroup_report
+    from pneumonia.decision.subgroups import subgroup_report
 
     g = torch.Generator().manual_seed(7)
     files, targets, attributes = [], [], []

@@ -12,9 +12,9 @@ from pneumonia.data import ChestXRayDataModule, Preprocessing
 from pneumonia.data.transforms import GEOMETRY, Augmentation
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.decision.shift import FLAG_RATE, METHODS
+from pneumonia.decision.subgroups import MIN_SUBGROUP
 from pneumonia.evaluation import EVALUATE_BATCH_SIZE
 from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
-from pneumonia.evaluation.subgroups import MIN_SUBGROUP
 from pneumonia.inference.runner import PREDICT_BATCH_SIZE
 from pneumonia.models.classifier import PneumoniaClassifier
 

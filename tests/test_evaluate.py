@@ -14,8 +14,9 @@ import torch
 
 from pneumonia.config import compose
 from pneumonia.decision.predictions import Predictions
+from pneumonia.decision.report import metrics_report
 from pneumonia.evaluate import evaluate
-from pneumonia.evaluation import metrics_report, score
+from pneumonia.evaluation import score
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

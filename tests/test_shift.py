@@ -118,7 +118,7 @@ def test_synthetic_x_rays_are_in_distribution_and_photographs_are_not(
 
 
 def test_the_warning_fires_above_the_stated_share(caplog: pytest.LogCaptureFixture) -> None:
-    from pneumonia.inference.runner import WARN_SHARE, warn_if_unlike_training
+    from pneumonia.decision.prior_shift import WARN_SHARE, warn_if_unlike_training
 
     caplog.set_level("INFO")
     reference = ShiftReference("energy", threshold=1.0, flag_rate=0.05)

@@ -673,7 +673,8 @@ def test_a_positive_class_at_index_0_trains_and_evaluates(tmp_path: Path, tiny_r
     """Class folders that sort PNEUMONIA first: 'PNEUMONIA' < 'normal' (upper case first)."""
     import shutil
 
-    from pneumonia.evaluation import metrics_report, score
+    from pneumonia.decision.report import metrics_report
+    from pneumonia.evaluation import score
     from pneumonia.models.checkpoint import load_checkpoint
 
     root = tmp_path / "data"

@@ -15,6 +15,7 @@ import torch
 
 from pneumonia.decision.calibration import em_prevalence, shift_prevalence
 from pneumonia.decision.rules import Decision
+from pneumonia.decision.shift import ShiftReference
 from pneumonia.errors import InputValueError
 
 log = logging.getLogger(__name__)
@@ -116,3 +117,49 @@ def adapt_to_prevalence(
         "num_images": len(probs),
     }
     return shift_prevalence(probs, decision.prevalence, estimate), record
+
+
+def flag_and_rebase(
+    probs: torch.Tensor,
+    shift_scores: torch.Tensor | None,
+    reference: ShiftReference | None,
+    decision: Decision,
+    prior_shift: str = "none",
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """What every command does with a set of scored images, in this order: flag those unlike
+    the training images (by the checkpoint's shift ``reference``; None for a checkpoint
+    without one), say how many and warn where many are (:func:`warn_if_unlike_training`), and
+    re-base the probabilities on these images' prevalence (``prior_shift=em``, refused where
+    too many are flagged).
+
+    Returns:
+        The probabilities, and the prior shift's record (None for ``none``).
+    """
+    flagged_share = None
+    if reference is not None and shift_scores is not None and len(shift_scores):
+        flagged = int((~reference.in_distribution(shift_scores)).sum())
+        warn_if_unlike_training(flagged, len(shift_scores), reference)
+        flagged_share = flagged / len(shift_scores)
+    return adapt_to_prevalence(probs, decision, prior_shift, flagged_share=flagged_share)
+
+
+# Above this share of flagged images, a run warns that its figures may not hold.
+WARN_SHARE = 0.20
+
+
+def warn_if_unlike_training(flagged: int, total: int, shift: ShiftReference) -> None:
+    """Log how many images were flagged, and warn, in words a clinician reads, when more than
+    :data:`WARN_SHARE` of them were."""
+    share = flagged / total if total else 0.0
+    log.info(
+        "%d of %d images (%.0f%%) flagged as unlike the training images (shift score above "
+        "%.4g, %s; it flags %.0f%% of the validation images)",
+        flagged, total, 100 * share, shift.threshold, shift.method, 100 * shift.flag_rate,
+    )  # fmt: skip
+    if share > WARN_SHARE:
+        log.warning(
+            "%.0f%% of these images do not look like the images this model was trained on. "
+            "Its probabilities, and any figure computed from them, may not hold for these "
+            "images: do not rely on them without checking them by other means.",
+            100 * share,
+        )

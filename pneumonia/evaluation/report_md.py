@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pneumonia.decision.prior_shift import WARN_SHARE
 from pneumonia.decision.rules import Decision
-from pneumonia.inference.runner import WARN_SHARE
 
 METRIC_LABELS = {
     "accuracy": "Accuracy",

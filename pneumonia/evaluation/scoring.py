@@ -16,16 +16,17 @@ from pneumonia.data.index import evaluation_folder, labelled_folder
 from pneumonia.data.readers import FOLDERS, evaluation_listing
 from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.decision.predictions import Predictions
-from pneumonia.errors import InputValueError
-from pneumonia.evaluation.report import (
+from pneumonia.decision.prior_shift import flag_and_rebase
+from pneumonia.decision.report import (
     by_source,
     calibration_report,
     metrics_report,
     operating_points,
     shift_report,
 )
-from pneumonia.evaluation.subgroups import MIN_SUBGROUP, subgroup_report
-from pneumonia.inference.runner import flag_and_rebase, predict_batches
+from pneumonia.decision.subgroups import MIN_SUBGROUP, subgroup_report
+from pneumonia.errors import InputValueError
+from pneumonia.inference.runner import predict_batches
 from pneumonia.models.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,9 @@ def evaluate_checkpoint(
     bootstrap = {"resamples": resamples, "confidence": confidence, "seed": seed}
     unlike = shift_report(preds, ckpt.shift, **bootstrap) if ckpt.shift is not None else None
     calibration = calibration_report(preds, ckpt.decision)  # before any prior shift
-    preds.probs, shift = flag_and_rebase(preds.probs, preds.shift, ckpt, prior_shift)
+    preds.probs, shift = flag_and_rebase(
+        preds.probs, preds.shift, ckpt.shift, ckpt.decision, prior_shift
+    )
     result = metrics_report(preds, **bootstrap)
     result["calibration"] = calibration
     result["operating_points"] = operating_points(preds, prevalence, **bootstrap)

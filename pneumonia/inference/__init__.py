@@ -7,16 +7,15 @@ The names below are those of the module ``pneumonia.inference`` that this packag
 :mod:`pneumonia.inference.runner`.
 """
 
+from pneumonia.decision.prior_shift import WARN_SHARE, warn_if_unlike_training
 from pneumonia.inference.runner import (
     PREDICT_BATCH_SIZE,
-    WARN_SHARE,
     autocast,
     inference_precision,
     predict_batches,
     predict_files,
     probabilities,
     score_images,
-    warn_if_unlike_training,
 )
 
 __all__ = [

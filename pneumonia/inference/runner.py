@@ -20,7 +20,7 @@ from PIL import Image
 from pneumonia.data.images import BadImageError
 from pneumonia.data.preprocessing import TTA_DEGREES
 from pneumonia.decision.predictions import prediction_rows
-from pneumonia.decision.prior_shift import adapt_to_prevalence, check_prior_shift
+from pneumonia.decision.prior_shift import check_prior_shift, flag_and_rebase
 from pneumonia.decision.shift import ShiftReference
 from pneumonia.errors import InputValueError
 from pneumonia.models.checkpoint import LoadedCheckpoint
@@ -170,7 +170,8 @@ def predict_files(
     adapted, _ = flag_and_rebase(
         torch.tensor(list(probs.values())),
         torch.tensor(list(shifts.values())) if ckpt.shift is not None else None,
-        ckpt,
+        ckpt.shift,
+        ckpt.decision,
         prior_shift,
     )
     probs = dict(zip(probs, adapted.tolist(), strict=True))
@@ -184,48 +185,3 @@ def predict_files(
         shift_scores=[shifts.get(i) for i in range(len(inputs))] if ckpt.shift else None,
         shift_threshold=ckpt.shift.threshold if ckpt.shift else None,
     )
-
-
-def flag_and_rebase(
-    probs: torch.Tensor,
-    shift_scores: torch.Tensor | None,
-    ckpt: LoadedCheckpoint,
-    prior_shift: str = "none",
-) -> tuple[torch.Tensor, dict[str, Any] | None]:
-    """What every command does with a set of scored images, in this order: flag those unlike
-    the training images (the checkpoint's shift reference; ``shift_scores`` None for a
-    checkpoint without one), say how many and warn where many are
-    (:func:`warn_if_unlike_training`), and re-base the probabilities on these images'
-    prevalence (``prior_shift=em``, refused where too many are flagged).
-
-    Returns:
-        The probabilities, and the prior shift's record (None for ``none``).
-    """
-    flagged_share = None
-    if ckpt.shift is not None and shift_scores is not None and len(shift_scores):
-        flagged = int((~ckpt.shift.in_distribution(shift_scores)).sum())
-        warn_if_unlike_training(flagged, len(shift_scores), ckpt.shift)
-        flagged_share = flagged / len(shift_scores)
-    return adapt_to_prevalence(probs, ckpt.decision, prior_shift, flagged_share=flagged_share)
-
-
-# Above this share of flagged images, a run warns that its figures may not hold.
-WARN_SHARE = 0.20
-
-
-def warn_if_unlike_training(flagged: int, total: int, shift: ShiftReference) -> None:
-    """Log how many images were flagged, and warn, in words a clinician reads, when more than
-    :data:`WARN_SHARE` of them were."""
-    share = flagged / total if total else 0.0
-    log.info(
-        "%d of %d images (%.0f%%) flagged as unlike the training images (shift score above "
-        "%.4g, %s; it flags %.0f%% of the validation images)",
-        flagged, total, 100 * share, shift.threshold, shift.method, 100 * shift.flag_rate,
-    )  # fmt: skip
-    if share > WARN_SHARE:
-        log.warning(
-            "%.0f%% of these images do not look like the images this model was trained on. "
-            "Its probabilities, and any figure computed from them, may not hold for these "
-            "images: do not rely on them without checking them by other means.",
-            100 * share,
-        )

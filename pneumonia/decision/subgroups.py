@@ -3,7 +3,7 @@
 - Kermany's file names say which pneumonia is bacterial and which viral
   (``personN_bacteria_M.jpeg``, ``personN_virus_M.jpeg``): recall per kind.
 - A table's attribute columns split the images by sex, age band and view (the per-source
-  metrics are :func:`pneumonia.evaluation.report.by_source`).
+  metrics are :func:`pneumonia.decision.report.by_source`).
 
 A subgroup smaller than ``min_size`` images gets a warning instead of numbers: an interval over
 a handful of images says nothing, and a number without one misleads.
