@@ -1,4 +1,5 @@
-"""Callbacks: unfreezing the backbone (with its learning rate) and the evaluation figures."""
+"""Callbacks: unfreezing the backbone at an epoch, the head trained first and the backbone at
+its own learning rate (the evaluation figures are tested in test_train.py)."""
 
 from __future__ import annotations
 

@@ -43,3 +43,7 @@ def test_the_wheel_ships_every_module_config_and_the_four_commands(tmp_path: Pat
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for command in ("train", "evaluate", "predict", "export", "aggregate", "compare"):
         assert f"pneumonia-{command} = pneumonia.{command}:main" in text
+    import pneumonia  # the version is written once, in the package, and the wheel carries it
+
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert f"\nVersion: {pneumonia.__version__}\n" in zipfile.ZipFile(wheel).read(metadata).decode()

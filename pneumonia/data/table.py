@@ -24,8 +24,6 @@ import pandas as pd
 
 from pneumonia.data.patients import patient_id
 
-# The columns a table may carry beyond path and label, in the order predictions.csv shows them.
-ID_COLUMNS = ("patient_id", "study_id", "source")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validate": "val", "validation": "val", "test": "test",
                "testing": "test"}  # fmt: skip
