@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 from torchmetrics.classification import BinaryAUROC
-from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pneumonia.decision.calibration import brier, nll, shift_prevalence
-from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, bootstrap_interval, metrics_at
+from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, metrics_at, with_interval
 from pneumonia.decision.predictions import Predictions
 from pneumonia.decision.shift import ShiftReference, reference_from_features
 from pneumonia.inference.runner import autocast
@@ -173,16 +172,13 @@ def summarise(
         return out
     own = positives / n
     at_own = shift_prevalence(probs, prevalence, own)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        # Rank 0 alone runs the checks: metrics must not wait for the other ranks.
-        low, high = bootstrap_interval(
-            BinaryAUROC(sync_on_compute=False), probs, targets, resamples
-        )
+    # Rank 0 alone runs the checks: metrics must not wait for the other ranks.
+    auroc = with_interval(BinaryAUROC(sync_on_compute=False), probs, targets,
+                          resamples=resamples, seed=seed)  # fmt: skip
     at = metrics_at(probs, targets, threshold)
     out |= {
-        "auroc": binary_auroc(probs, targets).item(),
-        "auroc_ci": [low, high],
+        "auroc": auroc["value"],
+        "auroc_ci": [auroc["ci_low"], auroc["ci_high"]],
         "nll": nll(at_own, targets),
         "brier": brier(at_own, targets),
         "accuracy": at["accuracy"],
