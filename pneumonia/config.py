@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pneumonia.system.launch  # noqa: F401  (the configs' resolvers: run folders shared by DDP ranks)
+from pneumonia.data.images import is_upscale_limit
 from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.decision.shift import METHODS as SHIFT_METHODS
 from pneumonia.errors import InputNotFoundError, InputValueError
@@ -141,7 +142,7 @@ OPTIONAL_COUNT = _rule(
     lambda v: v is None or (_integer(v) and v >= 1), "null or a whole number >= 1"
 )
 WORKERS = _rule(lambda v: v is None or (_integer(v) and v >= 0), "null or a whole number >= 0")
-OPTIONAL_UPSCALE = _rule(lambda v: v is None or (_number(v) and v >= 1), "null or a number >= 1")
+OPTIONAL_UPSCALE = _rule(lambda v: v is None or is_upscale_limit(v), "null or a number >= 1")
 OPTIONAL_PREVALENCE = _rule(
     lambda v: v is None or (_number(v) and 0 < v < 1), "null or a number strictly between 0 and 1"
 )

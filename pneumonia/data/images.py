@@ -178,6 +178,11 @@ RESIZE_MODES = ("shorter", "square")
 DEFAULT_MAX_UPSCALE = 4.0
 
 
+def is_upscale_limit(value: object) -> bool:
+    """Whether ``value`` can be a ``max_upscale``: a number >= 1 (1: never enlarge)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 1
+
+
 def upscale_factor(width: int, height: int, size: int) -> float:
     """How much the decode-time resize to ``size`` enlarges an image at most, along either side:
     ``size`` / its shorter side, for both resize modes (``shorter`` scales both sides by it;

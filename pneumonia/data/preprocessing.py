@@ -29,6 +29,7 @@ from pneumonia.data.images import (
     BadImageError,
     check_size,
     gray_from_image,
+    is_upscale_limit,
     load_resized,
     resize,
     resized_size,
@@ -95,9 +96,7 @@ class Preprocessing:
             raise InputValueError(
                 f"data.interpolation={self.interpolation!r}; valid: {', '.join(RESAMPLING)}"
             )
-        if isinstance(self.max_upscale, bool) or not (
-            isinstance(self.max_upscale, (int, float)) and self.max_upscale >= 1
-        ):
+        if not is_upscale_limit(self.max_upscale):
             raise InputValueError(
                 f"data.max_upscale={self.max_upscale!r} must be a number >= 1 (how many times "
                 "the resize may enlarge an image; 1: never)"

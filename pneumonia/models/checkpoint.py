@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from pneumonia.data.images import is_upscale_limit
 from pneumonia.data.preprocessing import Preprocessing, PreprocessingError
 from pneumonia.decision.rules import Decision
 from pneumonia.decision.shift import ShiftReference
@@ -53,11 +54,7 @@ class LoadedCheckpoint:
         """
         if max_upscale is None:
             return
-        if (
-            isinstance(max_upscale, bool)
-            or not isinstance(max_upscale, (int, float))
-            or not (max_upscale >= 1)
-        ):
+        if not is_upscale_limit(max_upscale):
             raise InputValueError(
                 f"max_upscale={max_upscale!r} must be a number >= 1 (how many times the resize "
                 f"may enlarge an image; {self.path.name} was trained with "
