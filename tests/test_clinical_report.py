@@ -164,6 +164,13 @@ def test_evaluate_writes_calibration_operating_points_and_the_reliability_figure
     text = (out / "report.md").read_text()
     assert "## Calibration" in text
     assert "## Operating points" in text
+    for name, label in (
+        ("sensitivity_at_specificity_90", "Sensitivity at specificity >= 90%"),
+        ("specificity_at_sensitivity_95", "Specificity at sensitivity >= 95%"),
+    ):
+        threshold = result["operating_points"][name]["threshold"]  # the row shows its numbers
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
+        assert row.endswith(f"| {threshold:.3f} |")
     assert "At a PNEUMONIA prevalence of 5.0%" in text
     assert (out / "reliability.png").stat().st_size > 1000
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pneumonia.decision.metrics import level_name
 from pneumonia.decision.prior_shift import WARN_SHARE
 from pneumonia.decision.rules import Decision
 
@@ -91,10 +92,11 @@ def _operating_lines(points: dict[str, Any] | None, conf: str) -> list[str]:
              f"| operating point | value | {conf} CI | threshold on these images |",
              "|---|---|---|---|"]  # fmt: skip
     for p in points["points"]:
-        for name, label in ((f"sensitivity_at_specificity_{p:.0%}", f"Sensitivity at specificity "
-                             f">= {p:.0%}"), (f"specificity_at_sensitivity_{p:.0%}",
+        level = level_name(p)  # as decision.metrics names the operating points
+        for name, label in ((f"sensitivity_at_specificity_{level}", f"Sensitivity at specificity "
+                             f">= {p:.0%}"), (f"specificity_at_sensitivity_{level}",
                              f"Specificity at sensitivity >= {p:.0%}")):  # fmt: skip
-            m = points.get(name.rstrip("%"))
+            m = points.get(name)
             threshold = f"{m['threshold']:.3f}" if m else "-"
             lines.append(f"| {label} | {_cells(m)} | {threshold} |")
     at = points.get("at_prevalence")
