@@ -77,25 +77,20 @@ class BatchAugment(nn.Module):
         self, augmentation: Augmentation, *, mean: Sequence[float], std: Sequence[float]
     ) -> None:
         super().__init__()
-        a = augmentation
-        self.crop_size, self.crop, self.crop_scale = a.crop_size, a.crop, a.crop_scale
-        self.hflip_prob, self.rotation = a.hflip_prob, a.rotation_degrees
-        self.translate = a.translate
-        self.brightness, self.contrast, self.gamma = a.brightness, a.contrast, a.gamma
-        self.blur_prob, self.noise_std = a.blur_prob, a.noise_std
+        self.aug = augmentation  # the settings, as the per-image path reads them
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     # ------------------------------------------------------------------ geometry
     def _regions(self, sizes: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """(B, 4) top, left, height, width of each image's crop, as the crop transform draws."""
-        c = self.crop_size
+        c = self.aug.crop_size
         h, w = sizes[:, 0].double(), sizes[:, 1].double()
         n = len(sizes)
-        if self.crop == "center":
+        if self.aug.crop == "center":
             top, left = torch.round((h - c) / 2), torch.round((w - c) / 2)
             return torch.stack([top, left, torch.full_like(h, c), torch.full_like(w, c)], 1)
-        if self.crop == "random":
+        if self.aug.crop == "random":
             top = torch.floor(_uniform(n, g, sizes.device) * (h - c + 1))
             left = torch.floor(_uniform(n, g, sizes.device) * (w - c + 1))
             return torch.stack([top, left, torch.full_like(h, c), torch.full_like(w, c)], 1)
@@ -107,7 +102,9 @@ class BatchAugment(nn.Module):
         nearest aspect; all tries drawn for the whole batch at once."""
         n, tries, device = len(h), 10, h.device
         area = (h * w)[:, None]
-        target = area * (self.crop_scale + (1 - self.crop_scale) * _uniform((n, tries), g, device))
+        target = area * (
+            self.aug.crop_scale + (1 - self.aug.crop_scale) * _uniform((n, tries), g, device)
+        )
         log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * _uniform(
             (n, tries), g, device
         )
@@ -133,10 +130,10 @@ class BatchAugment(nn.Module):
         """Each image's crop region at ``crop`` x ``crop``: for the centre and random crops a
         copy of its pixels (one gather for the batch); a random-resized crop is resized as
         torchvision resizes it (bilinear, antialiased), one region at a time."""
-        c, device = self.crop_size, images.device
+        c, device = self.aug.crop_size, images.device
         regions = self._regions(sizes, g).long()
         pixels = images.float() / 255
-        if self.crop == "random_resized":
+        if self.aug.crop == "random_resized":
             return torch.cat([
                 F.interpolate(pixels[i : i + 1, :, top : top + ch, left : left + cw], size=(c, c),
                               mode="bilinear", antialias=True, align_corners=False)
@@ -151,9 +148,9 @@ class BatchAugment(nn.Module):
     def _affine(self, x: torch.Tensor, g) -> torch.Tensor:
         """RandomAffine's turn and shift of each crop about its centre, bilinear, black where
         nothing of the crop lands (torchvision's fill: the sample times its coverage)."""
-        n, c, device = len(x), self.crop_size, x.device
-        angle = torch.deg2rad((2 * _uniform(n, g, device) - 1) * self.rotation)
-        shift = self.translate * c
+        n, c, device = len(x), self.aug.crop_size, x.device
+        angle = torch.deg2rad((2 * _uniform(n, g, device) - 1) * self.aug.rotation_degrees)
+        shift = self.aug.translate * c
         tx = torch.round((2 * _uniform(n, g, device) - 1) * shift)
         ty = torch.round((2 * _uniform(n, g, device) - 1) * shift)
         centres = torch.arange(c, device=device, dtype=torch.float64) + 0.5
@@ -177,11 +174,11 @@ class BatchAugment(nn.Module):
             return (1 + (2 * _uniform(n, g, device) - 1) * strength).float().view(-1, 1, 1, 1)
 
         steps = []
-        if self.brightness > 0:
-            b = factor(self.brightness)
+        if self.aug.brightness > 0:
+            b = factor(self.aug.brightness)
             steps.append(lambda t, b=b: (t * b).clamp(0, 1))
-        if self.contrast > 0:
-            k = factor(self.contrast)
+        if self.aug.contrast > 0:
+            k = factor(self.aug.contrast)
             steps.append(
                 lambda t, k=k: (
                     (t - t.mean(dim=(1, 2, 3), keepdim=True)) * k
@@ -193,16 +190,16 @@ class BatchAugment(nn.Module):
             x = torch.where(swap, steps[0](steps[1](x)), steps[1](steps[0](x)))
         elif steps:
             x = steps[0](x)
-        if self.gamma > 0:
-            log_range = math.log1p(self.gamma)
+        if self.aug.gamma > 0:
+            log_range = math.log1p(self.aug.gamma)
             gam = torch.exp((2 * _uniform(n, g, device) - 1) * log_range).float()
             x = x.clamp_min(0) ** gam.view(-1, 1, 1, 1)
-        if self.blur_prob > 0:
+        if self.aug.blur_prob > 0:
             blurred = _gaussian_blur(x, 0.1 + 1.4 * _uniform(n, g, device))
-            apply = (_uniform(n, g, device) < self.blur_prob).view(-1, 1, 1, 1)
+            apply = (_uniform(n, g, device) < self.aug.blur_prob).view(-1, 1, 1, 1)
             x = torch.where(apply, blurred, x)
-        if self.noise_std > 0:
-            sd = (_uniform(n, g, device) * self.noise_std).float().view(-1, 1, 1, 1)
+        if self.aug.noise_std > 0:
+            sd = (_uniform(n, g, device) * self.aug.noise_std).float().view(-1, 1, 1, 1)
             noise = torch.randn(x.shape, generator=g, device=device) * sd
             x = (x + noise).clamp(0, 1)
         return x
@@ -213,10 +210,10 @@ class BatchAugment(nn.Module):
         """(B, 1, H, W) uint8 padded images and their (B, 2) sizes -> (B, 3, crop, crop), in
         the per-image path's order: crop, flip, turn and shift, then the photometry."""
         x = self._crops(images, sizes.to(images.device), generator)
-        if self.hflip_prob > 0:
-            flip = (_uniform(len(x), generator, x.device) < self.hflip_prob).view(-1, 1, 1, 1)
+        if self.aug.hflip_prob > 0:
+            flip = (_uniform(len(x), generator, x.device) < self.aug.hflip_prob).view(-1, 1, 1, 1)
             x = torch.where(flip, x.flip(-1), x)
-        if self.rotation > 0 or self.translate > 0:
+        if self.aug.rotation_degrees > 0 or self.aug.translate > 0:
             x = self._affine(x, generator)
         x = self._photometric(x, generator)
         x = torch.round(x * 255) / 255  # the per-image path's uint8, once

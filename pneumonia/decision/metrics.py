@@ -122,12 +122,12 @@ class OperatingPoint(Metric):
         return threshold_at(probs, targets, self.level, self.reached)
 
     def compute(self) -> torch.Tensor:
-        threshold = self.threshold_reached()
+        probs, targets = dim_zero_cat(self.probs), dim_zero_cat(self.targets)
+        threshold = threshold_at(probs, targets, self.level, self.reached)
         if threshold is None:
             return torch.tensor(float("nan"))
         other = "sensitivity" if self.reached == "specificity" else "specificity"
-        rates = rates_at(dim_zero_cat(self.probs), dim_zero_cat(self.targets), threshold)
-        return torch.tensor(rates[other], dtype=torch.float32)
+        return torch.tensor(rates_at(probs, targets, threshold)[other], dtype=torch.float32)
 
 
 class PredictiveValue(Metric):
