@@ -20,7 +20,14 @@ from hydra.experimental.callback import Callback
 
 from pneumonia.errors import InputNotFoundError, UserError
 from pneumonia.models.checkpoint import add_to_checkpoint
-from pneumonia.runs.layout import METRICS, OUTPUTS, best_or_last, last_checkpoint
+from pneumonia.runs.layout import (
+    METRICS,
+    OUTPUTS,
+    best_or_last,
+    last_checkpoint,
+    metrics_file,
+    read_metrics,
+)
 
 
 class RunFolderError(UserError, OSError):
@@ -202,7 +209,8 @@ def best_checkpoint(run_dir: str | Path) -> Path:
     Raises:
         InputNotFoundError: the run holds neither.
     """
-    found = best_or_last(run_dir)
+    best = read_metrics(run_dir).get("best_model_path") if metrics_file(run_dir).is_file() else None
+    found = best_or_last(run_dir, best)
     if found is None:
         raise InputNotFoundError(
             f"{run_dir} holds no checkpoint ({last_checkpoint(run_dir).parent} is empty or missing)"

@@ -28,11 +28,9 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(metrics_file(run_dir).read_text())
 
 
-def best_or_last(run_dir: str | Path, best: str | Path | None = None) -> Path | None:
-    """The checkpoint that stands for a run: ``best`` (by default the ``best_model_path`` of its
-    metrics.json) where that file exists, else its last.ckpt where that exists, else None."""
-    if best is None and metrics_file(run_dir).is_file():
-        best = read_metrics(run_dir).get("best_model_path")
+def best_or_last(run_dir: str | Path, best: str | Path | None) -> Path | None:
+    """The checkpoint that stands for a run: its ``best`` (metrics.json's ``best_model_path``)
+    where that file exists, else its last.ckpt where that exists, else None."""
     if best and Path(best).is_file():
         return Path(best)
     last = last_checkpoint(run_dir)

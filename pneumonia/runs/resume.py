@@ -100,7 +100,7 @@ def earlier_attempt(output_dir: Path, cfg: DictConfig) -> EarlierAttempt | None:
         RunFolderError: the folder holds a run of other settings, which are named.
     """
     metrics = read_metrics(output_dir) if metrics_file(output_dir).is_file() else None
-    source = best_or_last(output_dir)
+    source = best_or_last(output_dir, (metrics or {}).get("best_model_path"))
     if source is None:
         return None  # no checkpoint to compare with: the run folder's own check decides
     stored = read_checkpoint(source).get("pneumonia", {}).get("config") or {}
