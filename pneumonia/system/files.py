@@ -8,12 +8,18 @@ if any, stays until the new one is whole.
 File names that are not valid UTF-8 (common on shares written by other systems) reach Python
 as strings with surrogate escapes; text outputs are written with ``errors="surrogateescape"``
 so those names round-trip byte for byte.
+
+An output gets the mode a plain ``open(path, "w")`` would have given it: an existing file keeps
+its own, a new one gets ``0o666`` less the umask. (A temporary file is created 0600, which
+would otherwise make ``metrics.json`` and the best checkpoint unreadable to a group that can
+read ``last.ckpt``.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,11 +37,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, plain_write_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc``)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, and set it back
+    os.umask(mask)
+    return mask
+
+
+def plain_write_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` would leave ``path`` with."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~umask()
 
 
 @contextlib.contextmanager
