@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.config import CONFIG_DIR, EVALUATE_RULES, check_values
+from pneumonia.config import CONFIG_DIR, EVALUATE_ONLY_WITH, EVALUATE_RULES, check_values
 from pneumonia.decision.predictions import PREDICTIONS, write_predictions
 from pneumonia.evaluation import evaluate_checkpoint, evaluation_markdown
 from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
@@ -30,7 +30,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; write the report into ``cfg.output_dir``."""
     from pneumonia.reports.plots import evaluation_figures, save_figure
 
-    check_values(cfg, EVALUATE_RULES)
+    check_values(cfg, EVALUATE_RULES, EVALUATE_ONLY_WITH)
     out = Path(cfg.output_dir)
     check_writable(out, "output_dir")  # before any work
     ckpt = load_checkpoint(cfg.ckpt_path)

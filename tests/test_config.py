@@ -83,3 +83,66 @@ def test_the_commands_configs_mirror_the_library_constants() -> None:
     assert train.checks.resamples == BOOTSTRAP_RESAMPLES
     assert train.shift.flag_rate == FLAG_RATE
     assert train.shift.method in METHODS
+
+
+# ------------------------------------------------------------------ settings without effect
+def test_the_defaults_of_keys_that_act_only_with_another_are_the_configs_own() -> None:
+    from pneumonia.config import EVALUATE_ONLY_WITH, TRAIN_ONLY_WITH
+
+    train, evaluate = compose("train"), compose("evaluate", ["ckpt_path=x"])
+    for cfg, rules in ((train, TRAIN_ONLY_WITH), (evaluate, EVALUATE_ONLY_WITH)):
+        for key, (default, _acts, _needs) in rules.items():
+            assert OmegaConf.select(cfg, key) == default, key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["data.fold=1"], "data.fold=1"),
+        (["data.fold=0"], "data.fold=0"),  # the first job of data.fold=0,1,2: given, so refused
+        (["data.folds=5", "data.val_fraction=0.2"], "data.val_fraction=0.2"),
+        (["model.unfreeze_at_epoch=2"], "model.freeze_backbone=true"),
+        (["model.momentum=0.5"], "model.optimizer=sgd"),
+        (["model.threshold_rule=f1", "model.cost_ratio=3"], "model.threshold_rule=bayes"),
+        (["model.target_sensitivity=0.9"], "model.threshold_rule=sensitivity"),
+        (["model.lr_scaling=linear"], "model.lr_batch_size"),
+        (["data.augment.crop_scale=0.5"], "data.crop=random_resized"),
+        (["checks.enabled=false", "checks.resamples=100"], "checks.resamples=100"),
+        (["shift.enabled=false", "shift.method=knn"], "shift.method='knn'"),
+    ],
+)
+def test_a_setting_that_does_nothing_is_refused_before_any_work(overrides, refused) -> None:
+    from pneumonia.config import ConfigValueError, check_train_config
+
+    cfg = compose("train", overrides, output_dir="unused")
+    with pytest.raises(ConfigValueError, match="does nothing here") as info:
+        check_train_config(cfg)
+    assert refused in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["data.folds=5", "data.fold=4"],
+        ["model.freeze_backbone=true", "model.unfreeze_at_epoch=2", "model.unfreeze_lr_ratio=0.2"],
+        ["model.optimizer=sgd", "model.momentum=0.5"],
+        ["model.threshold_rule=sensitivity", "model.target_sensitivity=0.9"],
+        ["checks.enabled=false"],
+        *([f"experiment={p.stem}"] for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))),
+    ],
+)
+def test_settings_with_their_partner_and_every_shipped_experiment_pass(overrides) -> None:
+    from pneumonia.config import check_train_config
+
+    check_train_config(compose("train", overrides, output_dir="unused"))
+
+
+def test_evaluate_refuses_a_holdout_folder_it_would_not_read() -> None:
+    from pneumonia.config import EVALUATE_ONLY_WITH, EVALUATE_RULES, ConfigValueError, check_values
+
+    cfg = compose("evaluate", ["ckpt_path=x", "data.holdout_root=/h"], output_dir="unused")
+    with pytest.raises(ConfigValueError, match="acts only with split=holdout"):
+        check_values(cfg, EVALUATE_RULES, EVALUATE_ONLY_WITH)
+    cfg = compose("evaluate", ["ckpt_path=x", "split=holdout", "data.holdout_root=/h"])
+    check_values(cfg, EVALUATE_RULES, EVALUATE_ONLY_WITH)

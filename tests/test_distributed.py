@@ -76,9 +76,11 @@ def test_torchrun_ranks_share_one_folder_rank_0_writes_with_single_process_metri
 
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-        "-m", "pneumonia.train", *tiny_overrides(tmp_path, tiny_root), "trainer=ddp",
-        "model=resnet18", "trainer.limit_train_batches=2", "test=false",
-        "checks.enabled=false", "shift.enabled=false",
+        "-m", "pneumonia.train", *tiny_overrides(
+            tmp_path, tiny_root, "trainer=ddp", "model=resnet18",
+            "trainer.limit_train_batches=2", "test=false", "checks.enabled=false",
+            "shift.enabled=false",
+        ),
     ]  # fmt: skip
     done = subprocess.run(
         command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300

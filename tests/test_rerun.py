@@ -21,12 +21,14 @@ def test_a_sweep_killed_part_way_completes_when_run_again(tmp_path: Path, tiny_r
     sweep = tmp_path / "sweep"
     marker = tmp_path / "killed.txt"
     command = [
-        sys.executable, "-m", "pneumonia.train", "-m", *tiny_overrides(tmp_path, tiny_root),
-        "model=resnet18", "model.lr=1e-3,3e-4", "trainer.max_epochs=3",
-        "trainer.limit_train_batches=2", "test=false", "checks.enabled=false",
-        "shift.enabled=false", f"hydra.sweep.dir={sweep}",
-        "+callbacks.kill._target_=tests.killers.KillOnce", f"+callbacks.kill.marker={marker}",
-        "+callbacks.kill.job=1", "+callbacks.kill.this_job=${hydra:job.num}",
+        sys.executable, "-m", "pneumonia.train", "-m", *tiny_overrides(
+            tmp_path, tiny_root,
+            "model=resnet18", "model.lr=1e-3,3e-4", "trainer.max_epochs=3",
+            "trainer.limit_train_batches=2", "test=false", "checks.enabled=false",
+            "shift.enabled=false", f"hydra.sweep.dir={sweep}",
+            "+callbacks.kill._target_=tests.killers.KillOnce", f"+callbacks.kill.marker={marker}",
+            "+callbacks.kill.job=1", "+callbacks.kill.this_job=${hydra:job.num}",
+        ),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT)}
 

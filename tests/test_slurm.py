@@ -40,11 +40,13 @@ def slurm() -> str:
 
 def _sweep(tmp_path: Path, tiny_root: Path, partition: str, *overrides: str) -> list[str]:
     return [
-        sys.executable, "-m", "pneumonia.train", "-m", *tiny_overrides(tmp_path, tiny_root),
-        "hydra/launcher=slurm", f"hydra.launcher.partition={partition}",
-        "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-        "hydra.launcher.timeout_min=10", "model=resnet18", "trainer.limit_train_batches=2",
-        "test=false", "checks.enabled=false", "shift.enabled=false", *overrides,
+        sys.executable, "-m", "pneumonia.train", "-m", *tiny_overrides(
+            tmp_path, tiny_root,
+            "hydra/launcher=slurm", f"hydra.launcher.partition={partition}",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+            "hydra.launcher.timeout_min=10", "model=resnet18", "trainer.limit_train_batches=2",
+            "test=false", "checks.enabled=false", "shift.enabled=false", *overrides,
+        ),
     ]  # fmt: skip
 
 

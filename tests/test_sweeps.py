@@ -68,7 +68,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> di
         for name, seed in WORKERS.items():
             command = [
                 sys.executable, "-m", "pneumonia.train",
-                *tiny_overrides(tmp, tiny_root), *FAST,
+                *tiny_overrides(tmp, tiny_root, *FAST),
                 "hparams_search=optuna",
                 f"hydra.sweeper.storage={storage}",
                 f"hydra.sweeper.n_trials={TRIALS_PER_WORKER}",

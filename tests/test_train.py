@@ -525,14 +525,13 @@ def test_missing_data_root_stops_before_building_a_model(
 
 # ----------------------------------------------------------------------------- the real CLI
 def _cli(tmp_path: Path, tiny_root: Path, *args: str, timeout: int = 300):
-    base = tiny_overrides(tmp_path, tiny_root)
     flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants flags first
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides = tiny_overrides(tmp_path, tiny_root, *(a for a in args if not a.startswith("-")))
     # PYTHONPATH: the code of this checkout, whatever the environment has installed.
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1",
            "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "pneumonia.train", *flags, *base, *overrides],
+        [sys.executable, "-m", "pneumonia.train", *flags, *overrides],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -704,8 +703,8 @@ def test_csv_logger_early_stopping_and_a_square_resize_work_as_configured(
     from pneumonia.config import compose
     from pneumonia.evaluation import score
 
-    overrides = [
-        *tiny_overrides(tmp_path, tiny_root),
+    overrides = tiny_overrides(
+        tmp_path, tiny_root,
         "logger=[tensorboard,csv]",
         "callbacks=[default,early_stopping]",
         # no improvement ever counts (mode min: it must beat the best by 100): stops after
@@ -715,7 +714,7 @@ def test_csv_logger_early_stopping_and_a_square_resize_work_as_configured(
         "trainer.max_epochs=5",
         "data.resize_mode=square",
         "checks.enabled=false",
-    ]
+    )  # fmt: skip
     cfg = compose("train", overrides, output_dir=tmp_path / "run")
     metrics = train(cfg)
     run = tmp_path / "run"

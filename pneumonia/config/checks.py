@@ -1,114 +1,22 @@
-"""The project's Hydra configs: where they are, composing them outside a command-line run
-(tests, notebooks, scripts), and checking their values before any work."""
+"""A config's values checked before any work: types and ranges (``*_RULES``), and keys that act
+only with another key, given without it (``*_ONLY_WITH``). Every problem goes into one error
+that names each key, its value and what it must be."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-import pneumonia.system.launch  # noqa: F401  (the configs' resolvers: run folders shared by DDP ranks)
 from pneumonia.data.images import is_upscale_limit
 from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.decision.shift import METHODS as SHIFT_METHODS
-from pneumonia.errors import InputNotFoundError, InputValueError
+from pneumonia.errors import InputValueError
 
 
-def _config_dir() -> Path:
-    """The configs: inside the installed package (a wheel ships ``conf/`` as
-    ``pneumonia/conf``), else the checkout's top-level ``conf/`` (a source tree or an editable
-    install)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"The pneumonia configs are neither in {here / 'conf'} nor in {here.parent / 'conf'}: "
-        "reinstall the package (pip install pneumonia, or pip install -e . in a checkout)."
-    )
-
-
-# Every command (@hydra.main) and compose() read the configs from here.
-CONFIG_DIR = _config_dir()
-
-
-def compose(
-    config_name: str = "train",
-    overrides: Sequence[str] = (),
-    *,
-    output_dir: str | Path | None = None,
-    config_dir: str | Path | None = None,
-) -> DictConfig:
-    """The config ``pneumonia-<config_name> <overrides>`` would run with (Hydra's own order:
-    the config's name, then the overrides).
-
-    Args:
-        output_dir: the run folder (``paths.output_dir``). Given, the result is a plain job
-            config without the ``hydra`` node, ready for ``train(cfg)`` and friends; without
-            it, the ``hydra`` node stays (for instance to read where runs go).
-        config_dir: a folder of your own configs, searched before the package's, as the
-            commands' ``--config-dir`` adds it (``experiment/mine.yaml`` there is
-            ``experiment=mine``).
-    """
-    if not isinstance(config_name, str):
-        raise TypeError(
-            f"compose(config_name, overrides): config_name must be a name such as 'train', "
-            f"got {config_name!r}; pass the overrides second: compose('train', [...])"
-        )
-    overrides = list(overrides)
-    if config_dir is not None:
-        folder = Path(config_dir).expanduser().resolve()
-        if not folder.is_dir():
-            raise InputNotFoundError(f"config_dir={folder} is not a folder")
-        overrides.append(f"hydra.searchpath=[file://{folder}]")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = hydra_compose(
-                config_name=config_name, overrides=overrides, return_hydra_config=True
-            )
-    finally:
-        GlobalHydra.instance().clear()
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} interpolations resolve against it
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
-            del cfg.hydra
-    return cfg
-
-
-def flatten(tree: Any, sep: str = "/", prefix: str = "") -> dict[str, Any]:
-    """The one flattener: nested mappings -> one level, keys joined by ``sep``
-    (``{"model/lr": 1e-4, ...}``), leaves as they are; Hydra's own ``hydra`` node left out.
-    A config's parameters for loggers are :func:`as_params`, a metrics.json's numbers
-    ``pneumonia.runs.aggregation.flatten_metrics``."""
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            if k != "hydra":
-                out |= flatten(v, sep, f"{prefix}{k}{sep}")
-        return out
-    return {prefix.removesuffix(sep): tree}
-
-
-def as_params(tree: Any) -> dict[str, bool | int | float | str]:
-    """A config flat (``model/lr``), with the leaf values TensorBoard and MLflow take: null as
-    "null", lists and other values as their text."""
-    return {
-        key: "null" if value is None else value if isinstance(value, bool | int | float | str)
-        else str(value)
-        for key, value in flatten(tree).items()
-    }  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- value checks
 class ConfigValueError(InputValueError):
     """Config values of the wrong type or out of range, each named by its key."""
 
@@ -204,6 +112,64 @@ PREDICT_RULES = {"batch_size": COUNT, "max_upscale": OPTIONAL_UPSCALE}
 _MISSING = object()
 
 
+# --------------------------------------------------------------------- settings without effect
+def _at(key: str, value: Any = True):  # acts when key is value
+    return lambda cfg: OmegaConf.select(cfg, key) == value
+
+
+_set = lambda key: lambda cfg: OmegaConf.select(cfg, key) is not None  # noqa: E731
+
+
+# A key that only acts with another: key -> (its default, whether it acts in cfg, the other key).
+# Given without that other (on the command line, in a sweep, or as a value not its default), the
+# run would be the run without it: three "folds" that are one split, a sensitivity nobody reads.
+TRAIN_ONLY_WITH = {
+    "data.fold": (0, _set("data.folds"), "with data.folds=K (e.g. data.folds=5)"),
+    "data.val_fraction": (0.1, lambda c: not _set("data.folds")(c),
+                          "without data.folds (a fold is then the validation split)"),
+    "data.augment.crop_scale": (0.7, _at("data.crop", "random_resized"),
+                                "with data.crop=random_resized"),
+    "model.unfreeze_at_epoch": (None, _at("model.freeze_backbone"),
+                                "with model.freeze_backbone=true"),
+    "model.unfreeze_lr_ratio": (0.1, _set("model.unfreeze_at_epoch"),
+                                "with model.unfreeze_at_epoch (and model.freeze_backbone=true)"),
+    "model.momentum": (0.9, _at("model.optimizer", "sgd"), "with model.optimizer=sgd"),
+    "model.lr_scaling": ("auto", _set("model.lr_batch_size"), "with model.lr_batch_size"),
+    "model.cost_ratio": (1.0, _at("model.threshold_rule", "bayes"),
+                         "with model.threshold_rule=bayes"),
+    "model.target_sensitivity": (0.95, _at("model.threshold_rule", "sensitivity"),
+                                 "with model.threshold_rule=sensitivity"),
+    "checks.degraded": (True, _at("checks.enabled"), "with checks.enabled=true"),
+    "checks.resamples": (1000, _at("checks.enabled"), "with checks.enabled=true"),
+    "shift.method": ("mahalanobis", _at("shift.enabled"), "with shift.enabled=true"),
+    "shift.flag_rate": (0.05, _at("shift.enabled"), "with shift.enabled=true"),
+}  # fmt: skip
+EVALUATE_ONLY_WITH = {"data.holdout_root": (None, _at("split", "holdout"), "with split=holdout")}
+
+
+def _overridden() -> set[str]:
+    """The keys the command line (or a sweep's job) set, as Hydra recorded them."""
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    task = OmegaConf.select(hydra, "overrides.task", default=None) if hydra else None
+    task = task or []
+    return {o.lstrip("+~").split("=", 1)[0] for o in task}
+
+
+def without_effect(cfg: DictConfig, rules: Mapping[str, tuple]) -> list[str]:
+    """The keys of ``rules`` given in ``cfg`` although the key they act with is not."""
+    given = _overridden()
+    problems = []
+    for key, (default, acts, needs) in rules.items():
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is _MISSING or acts(cfg) or (key not in given and value == default):
+            continue
+        problems.append(
+            f"  {key}={value!r} does nothing here: it acts only {needs}. Set that, or leave "
+            f"{key} out (a run that ignores a setting is the run without it)"
+        )
+    return problems
+
+
 def _problems(cfg: DictConfig, rules: dict) -> list[str]:
     problems = []
     for key, rule in rules.items():
@@ -224,19 +190,20 @@ def _raise(problems: list[str]) -> None:
         )
 
 
-def check_values(cfg: DictConfig, rules: dict) -> None:
-    """Every problem of ``cfg`` under ``rules`` (key -> check), reported in one error.
+def check_values(cfg: DictConfig, rules: dict, only_with: Mapping[str, tuple] = {}) -> None:
+    """Every problem of ``cfg`` under ``rules`` (key -> check) and ``only_with`` (keys that act
+    only with another, :func:`without_effect`), reported in one error.
 
     Raises:
         ConfigValueError: naming each key, its value and what it must be.
     """
-    _raise(_problems(cfg, rules))
+    _raise(_problems(cfg, rules) + without_effect(cfg, only_with))
 
 
 def check_train_config(cfg: DictConfig) -> None:
     """Types and ranges of a training config, before any data is read or model built: the
     rules above, and the preprocessing's own checks (:class:`Preprocessing`)."""
-    problems = _problems(cfg, TRAIN_RULES)
+    problems = _problems(cfg, TRAIN_RULES) + without_effect(cfg, TRAIN_ONLY_WITH)
     data, model, trainer = cfg.get("data", {}), cfg.get("model", {}), cfg.get("trainer", {})
     if not problems:
         given = {f.name: data[f.name] for f in fields(Preprocessing) if f.name in data}
