@@ -54,7 +54,8 @@ def hand(values: list[float]) -> tuple[float, float, float, float]:
 def test_jobs_group_by_setting_and_each_metric_matches_a_hand_computation(tmp_path: Path):
     root, aurocs = sweep(tmp_path)
     result = aggregate(root)
-    assert result["unfinished"] == [str(root / "6")]
+    assert list(result["unfinished"]) == [str(root / "6")]
+    assert "no metrics.json: still running, or stopped" in result["unfinished"][str(root / "6")]
     assert [g["setting"] for g in result["groups"]] == [{"model.lr": "1e-3"}, {"model.lr": "1e-4"}]
     for group in result["groups"]:
         values = aurocs[group["setting"]["model.lr"]]
@@ -169,3 +170,61 @@ def test_k_fold_validation_predictions_pool_into_one_out_of_fold_set(tmp_path: P
     fold_rows(root / "1", images[:3], [0.9, 0.1, 0.8], labels[:3])  # an image in two folds
     with pytest.raises(InputValueError, match="not the folds of one k-fold"):
         aggregate(root)
+
+    # ... and the command says so in its own words (it was a traceback)
+    done = subprocess.run([sys.executable, "-m", "pneumonia.aggregate", str(root)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert "not the folds of one k-fold" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_folds_without_their_predictions_are_named_instead_of_dropping_the_section(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cv"
+    for fold in range(3):  # trained with checks.enabled=false: no val_predictions.csv
+        job(root / str(fold), [f"data.fold={fold}", "data.folds=3"], {"val/auroc": 0.8})
+    (group,) = aggregate(root)["groups"]
+    assert group["out_of_fold"] is None
+    assert group["without_predictions"] == [str(root / str(f)) for f in range(3)]
+    from pneumonia.aggregate import aggregate_markdown
+
+    page = aggregate_markdown(aggregate(root))
+    assert "3 fold job(s) without val_predictions.csv" in page
+    assert "checks.enabled=false" in page
+
+
+def test_a_fold_without_folds_and_a_cut_metrics_file_are_refused_by_name(tmp_path: Path) -> None:
+    root = tmp_path / "same"
+    for fold in range(3):  # data.fold=0,1,2 without data.folds: one split, three times
+        job(root / str(fold), [f"data.fold={fold}"], {"val/auroc": 0.8})
+    with pytest.raises(InputValueError, match="3 job.s. set data.fold without data.folds"):
+        aggregate(root)
+    cut = tmp_path / "cut"
+    job(cut / "0", ["model.lr=1e-3"], {"val/auroc": 0.8})
+    (cut / "0" / "metrics.json").write_text('{"val/auroc": 0.8')  # a disk filled up
+    done = subprocess.run([sys.executable, "-m", "pneumonia.aggregate", str(cut)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert f"{cut / '0' / 'metrics.json'} is not a run's metrics.json" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_failed_job_of_a_real_sweep_is_kept_and_named_with_its_error(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    from tests.conftest import tiny_overrides
+
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "pneumonia.train", "-m",
+               *tiny_overrides(tmp_path, tiny_root, "model.lr=-1,-2",
+                               f"hydra.sweep.dir={sweep_dir}")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1
+    for job_dir in ("0", "1"):
+        assert "model.lr" in (sweep_dir / job_dir / "failed.txt").read_text()
+    with pytest.raises(InputNotFoundError, match="No finished job") as info:
+        aggregate(sweep_dir)
+    assert f"{sweep_dir / '1'}: failed: ConfigValueError" in str(info.value)
+    assert "model.lr=-2: must be a positive number" in str(info.value)

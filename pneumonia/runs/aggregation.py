@@ -24,7 +24,7 @@ from pneumonia.config import flatten
 from pneumonia.decision.calibration import reliability
 from pneumonia.decision.predictions import VAL_PREDICTIONS, positive_class, read_predictions
 from pneumonia.errors import InputNotFoundError, InputValueError
-from pneumonia.runs.layout import metrics_file, read_metrics
+from pneumonia.runs.layout import FAILED, metrics_file, read_metrics
 
 # Overrides that repeat a setting rather than change it.
 REPEATS = ("data.fold", "seed", "data.seed")
@@ -81,10 +81,13 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def read_jobs(folder: Path) -> tuple[list[Job], list[Path]]:
     """Every finished job under ``folder`` (at any depth), and the job folders without a
-    ``metrics.json`` (unfinished or failed), which are reported, not averaged.
+    ``metrics.json`` (unfinished or failed: :func:`unfinished_reason`), which are reported,
+    not averaged.
 
     Raises:
         InputNotFoundError: no folder, or no job in it.
+        InputValueError: jobs that are not repeats of a setting although they look like it
+            (:func:`check_repeats`), or a metrics.json that cannot be read.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -101,8 +104,37 @@ def read_jobs(folder: Path) -> tuple[list[Job], list[Path]]:
         raise InputNotFoundError(
             f"No finished job under {folder}: a job is a folder with metrics.json and "
             ".hydra/overrides.yaml, as `python -m pneumonia.train -m ...` writes them."
+            + "".join(f"\n  {j}: {unfinished_reason(j)}" for j in unfinished)
         )
+    check_repeats(jobs)
     return jobs, unfinished
+
+
+def unfinished_reason(job: Path) -> str:
+    """Why a job has no metrics.json: its error (``failed.txt``), or that it never finished."""
+    failed = job / FAILED
+    if failed.is_file():
+        error = " ".join(failed.read_text(errors="replace").split())  # one line
+        return "failed: " + (error if len(error) <= 400 else error[:399] + "…")
+    return "no metrics.json: still running, or stopped (run the sweep's command again to finish it)"
+
+
+def check_repeats(jobs: Sequence[Job]) -> None:
+    """A ``data.fold`` without ``data.folds`` trains one split again and again: no folds, and a
+    spread of zero if they were averaged as folds.
+
+    Raises:
+        InputValueError: naming the jobs and the fix.
+    """
+    alone = [
+        j.folder for j in jobs if "data.fold" in j.overrides and "data.folds" not in j.overrides
+    ]
+    if alone:
+        raise InputValueError(
+            f"{len(alone)} job(s) set data.fold without data.folds (e.g. {alone[0]}): "
+            "data.fold picks a fold of data.folds, so these trained one split again and again, "
+            "not folds. Run the cross-validation with data.folds=K 'data.fold=range(K)'."
+        )
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -207,13 +239,19 @@ def aggregate(
                 "jobs": [str(j.folder) for j in group.jobs],
                 "metrics": group.summary(confidence),
                 "out_of_fold": out_of_fold(pooled, confidence) if pooled else None,
+                # folds whose validation images were not scored one by one (checks.enabled=false)
+                "without_predictions": [
+                    str(j.folder)
+                    for j in group.jobs
+                    if "data.fold" in j.overrides and not (j.folder / VAL_PREDICTIONS).is_file()
+                ],  # fmt: skip
                 "figures": drawn,
             }
         )
     return {
         "folder": str(folder),
         "confidence": confidence,
-        "unfinished": [str(j) for j in unfinished],
+        "unfinished": {str(j): unfinished_reason(j) for j in unfinished},
         "groups": groups,
     }
 

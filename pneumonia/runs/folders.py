@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from pneumonia.errors import InputNotFoundError, UserError
 from pneumonia.models.checkpoint import add_to_checkpoint
 from pneumonia.runs.layout import (
+    FAILED,
     METRICS,
     OUTPUTS,
     best_or_last,
@@ -28,6 +29,7 @@ from pneumonia.runs.layout import (
     metrics_file,
     read_metrics,
 )
+from pneumonia.system.files import write_text
 
 
 class RunFolderError(UserError, OSError):
@@ -115,7 +117,9 @@ class RunFolder(Callback):
     - Before Hydra sets up its log file there: check the folder can be written, which would
       otherwise fail with "Unable to configure handler 'file'" and the cause buried.
     - After a job that failed before writing anything of its own: remove the folder, which
-      holds only Hydra's record of the config and a log of the error already printed.
+      holds only Hydra's record of the config and a log of the error already printed. A
+      sweep's job is kept instead, with its error in ``failed.txt``: the sweep's aggregate
+      names it (a removed job would vanish from it without a word).
     """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
@@ -126,6 +130,7 @@ class RunFolder(Callback):
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
 
         from pneumonia.system.launch import detect
 
@@ -133,6 +138,10 @@ class RunFolder(Callback):
             return
         folder = Path(config.hydra.runtime.output_dir)
         if not folder.is_dir():
+            return
+        if config.hydra.mode == RunMode.MULTIRUN:
+            error = job_return._return_value  # the exception (return_value would raise it)
+            write_text(folder / FAILED, f"{type(error).__name__}: {error}\n")
             return
         hydras_own = {folder / f"{config.hydra.job.name}.log"}
         hydras_own |= set(folder.glob(f"{config.hydra.job.name}_rank*.log"))  # torchrun, srun

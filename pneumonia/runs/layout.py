@@ -8,7 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pneumonia.errors import InputValueError
+
 METRICS = "metrics.json"
+# A sweep's job that failed: its error, so that the job is named, not lost (pneumonia-aggregate)
+FAILED = "failed.txt"
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 # What a training run leaves in its folder, and no other run may write over.
@@ -25,7 +29,23 @@ def last_checkpoint(run_dir: str | Path) -> Path:
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads(metrics_file(run_dir).read_text())
+    """A run's ``metrics.json``.
+
+    Raises:
+        InputValueError: the file is not a JSON object (cut short, or edited by hand).
+    """
+    path = metrics_file(run_dir)
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        metrics = e
+    if not isinstance(metrics, dict):
+        raise InputValueError(
+            f"{path} is not a run's metrics.json ({metrics}): the run writes it whole at its "
+            "end, so it was cut short or edited. Move the run folder aside, or run the job "
+            "again to write it anew."
+        )
+    return metrics
 
 
 def best_or_last(run_dir: str | Path, best: str | Path | None) -> Path | None:

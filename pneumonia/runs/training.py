@@ -200,6 +200,11 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
         # each validation image's prediction: k-fold's out-of-fold rows (pneumonia-aggregate)
         rows = scored["val"].rows(model.class_names, model.positive_index)
         write_predictions(output_dir / VAL_PREDICTIONS, rows)
+    elif cfg.data.get("folds") and trainer.is_global_zero:
+        log.warning(
+            "checks.enabled=false: no %s, so pneumonia-aggregate has no out-of-fold figures "
+            "for this fold.", VAL_PREDICTIONS,
+        )  # fmt: skip
     metrics["decision"] = model.decision().to_dict()
     metrics["leakage"] = getattr(datamodule, "leakage", [])
     metrics["threshold"] = float(model.threshold)
