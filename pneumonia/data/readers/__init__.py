@@ -16,7 +16,8 @@ import pandas as pd
 
 from pneumonia.data.index import DataIndex, DataLayoutError
 from pneumonia.data.readers import chexpert, manifest, public
-from pneumonia.data.readers.common import CLASSES, LabelFileError
+from pneumonia.data.readers.common import CLASSES
+from pneumonia.data.readers.rows import LabelFileError, RowRules
 from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
 
@@ -70,6 +71,7 @@ def read_table(root: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
         InputValueError: an unknown reader or option; LabelFileError: what the reader refuses.
     """
     options = {k: v for k, v in spec.items() if k != "reader"}
+    rules = RowRules.take(options)  # before any file is read: a wrong policy costs nothing
     name = spec.get("reader")
     if name not in READERS:
         raise InputValueError(
@@ -79,7 +81,7 @@ def read_table(root: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
     if not root.is_dir():
         raise DataLayoutError(f"Data root {root} does not exist (data.root, for data.table={name})")
     try:
-        return READERS[name](root, **options)
+        return READERS[name](root, **options, rules=rules)
     except TypeError as e:
         if "unexpected keyword" not in str(e):
             raise

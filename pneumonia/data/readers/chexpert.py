@@ -16,19 +16,19 @@ import pandas as pd
 
 from pneumonia.data.readers.common import (
     FRONTAL,
-    LabelFileError,
-    check_policy,
     finish,
     frontal_only,
     left_out,
     read_label_file,
     require_columns,
 )
+from pneumonia.data.readers.rows import RowCheck, RowRules, check_policy, from_file
 from pneumonia.data.table import split_name
 from pneumonia.errors import InputValueError
 
 UNCERTAIN_POLICIES = ("drop", "positive", "negative")
 BLANK_POLICIES = ("drop", "negative")
+LABEL_FIX = "CheXpert's labels are 1, 0, -1 (uncertain) or blank: correct or remove those rows."
 
 
 def _chexpert_label(value: object, no_finding: object, uncertain: str, blank: str) -> str | None:
@@ -42,15 +42,19 @@ def _chexpert_label(value: object, no_finding: object, uncertain: str, blank: st
         return "NORMAL"
     if number is None and not pd.isna(no_finding) and str(no_finding).strip() in ("1", "1.0"):
         return "NORMAL"
-    if number not in (None, -1.0):
-        raise LabelFileError(f"a Pneumonia label of {text!r}: CheXpert's are 1, 0, -1 or blank")
     policy = uncertain if number == -1.0 else blank
     return {"drop": None, "positive": "PNEUMONIA", "negative": "NORMAL"}[policy]
 
 
-def _with_labels(table: pd.DataFrame, uncertain: str, blank: str, where: Path) -> pd.DataFrame:
+def _with_labels(
+    table: pd.DataFrame, uncertain: str, blank: str, where: Path, check: RowCheck
+) -> pd.DataFrame:
+    """The rows labelled by the policies; a ``Pneumonia`` value outside CheXpert's is recorded
+    in ``check``, those under a ``drop`` policy are counted in the log."""
     check_policy("uncertain", uncertain, UNCERTAIN_POLICIES)
     check_policy("blank", blank, BLANK_POLICIES)
+    table = table[check.cells(table, "Pneumonia", known=("1", "0", "-1"), required=False,
+                              fix=LABEL_FIX)]  # fmt: skip
     no_finding = table["No Finding"] if "No Finding" in table else [None] * len(table)
     labels = [
         _chexpert_label(v, n, uncertain, blank)
@@ -68,10 +72,12 @@ def read_chexpert(
     uncertain: str = "drop",
     blank: str = "drop",
     views: Sequence[str] | None = FRONTAL,
+    rules: RowRules | None = None,
 ) -> pd.DataFrame:
     """CheXpert (``CheXpert-v1.0`` or ``-small``): ``train.csv`` is the training pool,
     ``valid.csv`` the validation split (a ``test*.csv`` the test split); patient and study
     from the path."""
+    check = RowCheck(root)  # each row's place names its file: train.csv line 7
     parts = []
     for name in files:
         where = root / name
@@ -80,12 +86,14 @@ def read_chexpert(
             raise InputValueError(
                 f"data.table.files: cannot tell the split of {name} (train*, valid*, test*)"
             )
-        raw = read_label_file(where, "CheXpert label file")
+        raw = read_label_file(where, "CheXpert label file", rules)
         require_columns(raw, ("Path", "Pneumonia"), where, "Is this CheXpert's train.csv?")
-        part = _with_labels(raw, uncertain, blank, where)
+        raw = from_file(raw, name)
+        part = _with_labels(raw[check.cells(raw, "Path")], uncertain, blank, where, check)
         part["split"] = split
         parts.append(part)
-    table = pd.concat(parts, ignore_index=True)
+    table = pd.concat(parts)
+    lines, table = table.index, table.reset_index(drop=True)
     ids = table["Path"].str.extract(r"(patient\d+)/(study\d+)")
     lateral = table.get("Frontal/Lateral", pd.Series([""] * len(table))).eq("Lateral")
     view = table["AP/PA"] if "AP/PA" in table else pd.Series([None] * len(table))
@@ -100,10 +108,11 @@ def read_chexpert(
             "age": pd.to_numeric(table.get("Age"), errors="coerce"),
             "view": view.where(~lateral, "LATERAL"),
         }
-    )
+    ).set_axis(lines)
     where = root / files[0]
     fix = f"Point data.root at the folder holding {files[0]} and the image folders."
-    return finish(frontal_only(out, views, where), where, source="chexpert", header=False, fix=fix)
+    out = frontal_only(out, views, where)
+    return finish(out, where, source="chexpert", header=False, fix=fix, check=check, rules=rules)
 
 
 def _chexpert_path(root: Path, listed: str) -> Path:
@@ -139,21 +148,30 @@ def read_mimic(
     uncertain: str = "drop",
     blank: str = "drop",
     views: Sequence[str] | None = FRONTAL,
+    rules: RowRules | None = None,
 ) -> pd.DataFrame:
     """MIMIC-CXR-JPG: study labels (chexpert file) joined to each image's metadata
     (``ViewPosition``) and the official split (train / validate / test); images at
-    ``files/pNN/p<subject>/s<study>/<dicom_id>.jpg``."""
+    ``files/pNN/p<subject>/s<study>/<dicom_id>.jpg``. An image the split file leaves out is
+    left out and named in the log (``data.table.no_split``): it may be a test image."""
+    rules = rules or RowRules()
     paths = {k: _mimic_file(root, v) for k, v in MIMIC_FILES.items()}
-    labels = read_label_file(paths["labels"], "MIMIC-CXR chexpert label file")
-    require_columns(labels, ("subject_id", "study_id", "Pneumonia"), paths["labels"], "")
-    meta = read_label_file(paths["metadata"], "MIMIC-CXR metadata file")
-    require_columns(
-        meta, ("dicom_id", "subject_id", "study_id", "ViewPosition"), paths["metadata"], ""
-    )
-    split = read_label_file(paths["split"], "MIMIC-CXR split file")
-    require_columns(split, ("dicom_id", "split"), paths["split"], "")
-    labels = _with_labels(labels, uncertain, blank, paths["labels"])
-    images = meta.merge(
+    check = RowCheck(root)  # each row's place names its file
+    study = ["subject_id", "study_id"]
+    labels = _mimic_read(paths["labels"], "chexpert label file", [*study, "Pneumonia"], rules,
+                         check)  # fmt: skip
+    meta = _mimic_read(paths["metadata"], "metadata file", ["dicom_id", *study, "ViewPosition"],
+                       rules, check, required=["dicom_id", *study])  # fmt: skip
+    split = _mimic_read(paths["split"], "split file", ["dicom_id", "split"], rules, check,
+                        required=["dicom_id"])  # fmt: skip
+    labels = _with_labels(labels, uncertain, blank, paths["labels"], check)
+    labels = labels[check.agree(labels, study, "label", "study(ies) listed with two labels",
+                                "A study has one label: remove the wrong rows.")]  # fmt: skip
+    labels = labels[check.once(labels, study, rules.duplicates, "study and label")]
+    split = split[check.agree(split, ["dicom_id"], "split", "image(s) listed in two splits",
+                              "An image has one split: remove the wrong rows.")]  # fmt: skip
+    split = split[check.once(split, ["dicom_id"], rules.duplicates, "dicom_id and split")]
+    images = meta.assign(_line=meta.index).merge(
         labels[["subject_id", "study_id", "label"]], on=["subject_id", "study_id"], how="inner"
     )
     images = images.merge(split[["dicom_id", "split"]], on="dicom_id", how="left")
@@ -172,7 +190,21 @@ def read_mimic(
             "view": images["ViewPosition"],
             "image_id": images["dicom_id"],
         }
-    )
+    ).set_axis(images["_line"])
     fix = f"The images belong under {root / 'files'}."
     table = frontal_only(table, views, paths["labels"])
-    return finish(table, paths["labels"], source="mimic", header=False, fix=fix)
+    return finish(table, root, source="mimic", header=False, fix=fix, check=check, rules=rules,
+                  no_split="drop")  # fmt: skip
+
+
+def _mimic_read(path: Path, what: str, columns: list[str], rules: RowRules, check: RowCheck,
+                required: Sequence[str] = ("subject_id", "study_id")) -> pd.DataFrame:  # fmt: skip
+    """One of MIMIC's files, its ``columns`` there and ``required`` ones filled (the other
+    rows recorded in ``check``), each row's place prefixed with the file's name."""
+    table = read_label_file(path, f"MIMIC-CXR {what}", rules)
+    require_columns(table, columns, path, "Is this MIMIC-CXR-JPG's own file?")
+    table = from_file(table, path.name)
+    keep = pd.Series(True, index=table.index)
+    for column in required:
+        keep &= check.cells(table, column)
+    return table[keep]

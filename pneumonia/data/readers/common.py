@@ -1,14 +1,22 @@
-"""What every label-file reader shares: the table's checks and the DICOM header's columns.
+"""What every label-file reader shares: reading the file, the table's checks and the DICOM
+header's columns.
 
 A reader turns its collection's files into the table of :mod:`pneumonia.data.table` (``path``,
 ``label`` as a class name, ``patient_id``, ``study_id``, ``split``, ``source``, attributes)
-and hands it to :func:`finish`, which refuses what cannot be used, with the way out.
+and hands it to :func:`finish`, which refuses what cannot be used, with the way out. The rows
+themselves are checked in :mod:`pneumonia.data.readers.rows`; the table's index says where
+each row came from (``line 7``), for the messages.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
+import io
 import logging
+import lzma
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,43 +24,98 @@ from typing import Any
 import pandas as pd
 
 from pneumonia.data.dicom import DicomError, dicom_attributes, is_dicom
-from pneumonia.data.index import DataLayoutError
-from pneumonia.data.table import split_name
-from pneumonia.errors import InputValueError
+from pneumonia.data.readers.rows import (
+    SEPARATORS,
+    LabelFileError,
+    RowCheck,
+    RowRules,
+    examples,
+    line_index,
+    normal_text,
+)
 
 log = logging.getLogger(__name__)
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 FRONTAL = ("PA", "AP")
 HEADER_COLUMNS = ("patient_id", "study_id", "sex", "age", "view")
-EXAMPLES = 5
+OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
-class LabelFileError(DataLayoutError):
-    """A label file that cannot be read as the table of images it should be."""
-
-
-def read_label_file(path: Path, what: str) -> pd.DataFrame:
-    """A CSV (also ``.csv.gz``) or parquet label file, every column as read.
+def read_label_file(path: Path, what: str, rules: RowRules | None = None) -> pd.DataFrame:
+    """A CSV (also ``.csv.gz``) or parquet label file, every column as read (CSV cells as
+    text); the index names each row's line in the file.
 
     Raises:
-        LabelFileError: missing or unreadable, or parquet without pyarrow (naming the extra).
+        LabelFileError: missing or unreadable, not in ``rules.encoding`` (naming the line and
+            byte), one column where the separator is another, parquet without pyarrow.
     """
+    rules = rules or RowRules()
     if not path.is_file():
         raise LabelFileError(f"The {what} {path} does not exist. {_look(path.parent)}")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             try:
-                return pd.read_parquet(path)
+                table = pd.read_parquet(path)
             except ImportError as e:
                 raise LabelFileError(
                     f'Reading {path} needs pyarrow: pip install "pneumonia[parquet]"'
                 ) from e
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            return table.set_axis(line_index(len(table), None))
+        text = _text(path, what, rules.encoding)
+        separator = rules.separator or _separator(text, path)
+        table = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False,
+                            na_values=[""])  # fmt: skip
     except LabelFileError:
         raise
     except Exception as e:
         raise LabelFileError(f"Cannot read the {what} {path}: {type(e).__name__}: {e}") from e
+    _one_column(table, path, separator)
+    return table.set_axis(line_index(len(table), len(text.splitlines())))
+
+
+def _text(path: Path, what: str, encoding: str) -> str:
+    """The file's text; a byte-order mark is no part of the first column's name."""
+    with OPENERS.get(path.suffix.lower(), open)(path, "rb") as f:
+        data = f.read()
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise LabelFileError(
+            f"The {what} {path} is not {encoding} text: line {line} holds the byte "
+            f"0x{data[e.start]:02x} (byte {e.start} of the file), which {encoding} cannot read. "
+            "A file saved by Excel or an older system is often latin-1 (or cp1252): read it "
+            "with data.table.encoding=latin-1, or save it as UTF-8."
+        ) from e
+
+
+def _separator(text: str, path: Path) -> str:
+    """The separator of the header line: the most frequent of , ; tab | outside quotes (a
+    ``.tsv``: tab); a header of one column: a comma."""
+    if path.name.lower().removesuffix(".gz").endswith(".tsv"):
+        return "\t"
+    header = re.sub(r'"[^"]*"', "", text.split("\n", 1)[0])
+    counts = {s: header.count(s) for s in SEPARATORS}
+    best = max(SEPARATORS, key=lambda s: counts[s])  # ties: the first, a comma
+    if counts[best] and best != ",":
+        log.info("%s: columns separated by %r (data.table.separator)", path, best)
+    return best if counts[best] else ","
+
+
+def _one_column(table: pd.DataFrame, path: Path, separator: str) -> None:
+    """A file read as one column whose name holds another separator was split wrongly."""
+    if len(table.columns) != 1:
+        return
+    inside = [s for s in SEPARATORS if s != separator and s in str(table.columns[0])]
+    if inside:
+        raise LabelFileError(
+            f"{path} reads as one column {str(table.columns[0])!r} with the separator "
+            f"{separator!r}, but its header is separated by {inside[0]!r}: the separator is "
+            f"the problem, not the columns. Set data.table.separator={inside[0]!r} (or null "
+            "to detect it)."
+        )
 
 
 def _look(folder: Path) -> str:
@@ -69,25 +132,6 @@ def require_columns(table: pd.DataFrame, columns: Iterable[str], where: Path, fi
         raise LabelFileError(
             f"{where} has no column {', '.join(repr(c) for c in missing)}; its columns are "
             f"{list(table.columns)}. {fix}"
-        )
-
-
-def examples(values: Sequence[Any]) -> str:
-    shown = ", ".join(str(v) for v in values[:EXAMPLES])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > EXAMPLES else "")
-
-
-def check_paths(table: pd.DataFrame, where: Path, fix: str) -> None:
-    """Every ``path`` exists.
-
-    Raises:
-        LabelFileError: naming how many do not, examples, and ``fix``.
-    """
-    missing = [p for p in table["path"] if not Path(p).exists()]
-    if missing:
-        raise LabelFileError(
-            f"{len(missing)} of the {len(table)} images that {where} lists do not exist: "
-            f"{examples(missing)}. {fix}"
         )
 
 
@@ -115,24 +159,13 @@ def from_header(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def check_splits(table: pd.DataFrame, where: Path) -> None:
-    """Split values are train/val/test, and no patient is on two sides of the given split.
+def check_patients(table: pd.DataFrame, where: Path) -> None:
+    """No patient is on two sides of the split the table gives.
 
     Raises:
-        LabelFileError: an unknown split value, or patients in two splits (with examples).
+        LabelFileError: patients in two splits (with examples).
     """
-    if "split" not in table:
-        return
-    table["split"] = pd.Series([split_name(v) for v in table["split"]], dtype=object)
-    given = [v for v in table["split"] if v is not None and not pd.isna(v)]
-    unknown = sorted({v for v in given if v not in ("train", "val", "test")})
-    if unknown:
-        raise LabelFileError(
-            f"{where} gives the splits {unknown}; known: train, val (valid, validation), "
-            "test. Rename them, or drop the split column to let the project make a "
-            "patient-grouped split."
-        )
-    if "patient_id" not in table:
+    if "split" not in table or "patient_id" not in table:
         return
     given = table.dropna(subset=["split", "patient_id"])
     sides = given.groupby("patient_id")["split"].nunique()
@@ -147,21 +180,41 @@ def check_splits(table: pd.DataFrame, where: Path) -> None:
 
 
 def finish(
-    table: pd.DataFrame, where: Path, *, source: str, fix: str, header: bool = True
+    table: pd.DataFrame,
+    where: Path,
+    *,
+    source: str,
+    fix: str,
+    header: bool = True,
+    check: RowCheck | None = None,
+    rules: RowRules | None = None,
+    no_split: str = "train",
 ) -> pd.DataFrame:
-    """The checked table: paths that exist, the header's columns filled, one side of the
-    split per patient, ``source`` where no row names one. Rows keep their order."""
+    """The checked table: every row through :class:`RowCheck` (with what the reader found,
+    ``check``) and every problem raised in one message; then the header's columns filled,
+    one side of the split per patient, ``source`` where no row names one. Rows keep their
+    order.
+
+    Args:
+        no_split: what becomes of a row without a split (:class:`RowRules`), unless the
+            user's ``rules`` say.
+    """
+    check = check or RowCheck(where)
+    if not all(isinstance(i, str) for i in table.index):
+        table = table.set_axis(line_index(len(table), None))
+    table = check.table(table, rules or RowRules(), no_split)
+    check.paths(table, fix)
+    check.raise_any()
     table = table.reset_index(drop=True)
     if not len(table):
         raise LabelFileError(f"{where} lists no images with a usable label. {fix}")
-    check_paths(table, where, fix)
     if header:
         table = from_header(table)
     if "source" not in table:
         table["source"] = source
     else:
         table["source"] = table["source"].fillna(source)
-    check_splits(table, where)
+    check_patients(table, where)
     return table
 
 
@@ -199,30 +252,13 @@ def id_text(value: Any) -> str:
     return str(value)
 
 
-def normal_text(value: Any) -> str:
-    """A label cell as text: ``1``, ``1.0`` and ``"1"`` alike."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else text
-
-
-def check_policy(name: str, value: str, valid: Sequence[str]) -> None:
-    """Raises InputValueError where ``data.table.<name>`` is not one of ``valid``."""
-    if value not in valid:
-        raise InputValueError(f"data.table.{name}={value!r}; valid: {', '.join(valid)}")
-
-
 def left_out(table: pd.DataFrame, keep: pd.Series, why: str, where: Path) -> pd.DataFrame:
-    """The rows of ``keep``; how many others were left out, and why, goes to the log."""
+    """The rows of ``keep`` (with their places in the file); how many others were left out,
+    and why, goes to the log."""
     dropped = int((~keep).sum())
     if dropped:
         log.info("%s: %d of %d images left out (%s)", where, dropped, len(table), why)
-    return table[keep].reset_index(drop=True)
+    return table[keep]
 
 
 def frontal_only(table: pd.DataFrame, views: Sequence[str] | None, where: Path) -> pd.DataFrame:

@@ -14,15 +14,13 @@ from typing import Any
 import pandas as pd
 
 from pneumonia.data.readers.common import (
-    LabelFileError,
     class_of,
-    examples,
     finish,
-    normal_text,
     read_label_file,
     require_columns,
     typed,
 )
+from pneumonia.data.readers.rows import LabelFileError, RowCheck, RowRules, normal_text
 
 FIELDS = ("path", "label", "patient_id", "study_id", "split", "source")
 DEFAULT_COLUMNS = {"path": "path", "label": "label"}
@@ -40,6 +38,7 @@ def read(
     labels: Mapping[str, Sequence[Any]] | None = None,
     source: str | None = None,
     image_dir: str | None = None,
+    rules: RowRules | None = None,
 ) -> pd.DataFrame:
     """The table of a label file.
 
@@ -51,13 +50,17 @@ def read(
         labels: ``{class name: [label values]}``; a value outside them is an error.
         source: the source of rows without a ``source`` column (default: the file's stem).
         image_dir: the folder relative paths start from, relative to ``root`` (default root).
+        rules: how the file is read and its rows checked; a row without a split (where the
+            file has a split column) joins the training pool unless they say otherwise.
 
     Raises:
-        LabelFileError: a missing column, a path that does not exist, an unknown label value.
+        LabelFileError: a missing column; every row problem (an empty path or label, a label
+            value outside ``labels``, a path with two labels, a path that does not exist ...)
+            in one message.
     """
     path = Path(file).expanduser()
     path = path if path.is_absolute() else root / path
-    raw = read_label_file(path, "label file")
+    raw = read_label_file(path, "label file", rules)
     chosen = {**DEFAULT_COLUMNS, **(columns or {})}
     unknown = sorted(set(chosen) - set(FIELDS))
     if unknown:
@@ -68,7 +71,8 @@ def read(
     table = raw.rename(columns={column: field for field, column in given.items()})
     others = [c for c in raw.columns if c not in given.values()]
     table = typed(table[[*given, *others]], ("patient_id", "study_id", "split", "source"))
-    table = _labelled(table, labels or DEFAULT_LABELS, path)
+    check = RowCheck(path)
+    table = _labelled(table, labels or DEFAULT_LABELS, check, given)
     base = root / image_dir if image_dir else root
     table["path"] = [str(p if Path(p).is_absolute() else base / p) for p in table["path"]]
     return finish(
@@ -76,20 +80,25 @@ def read(
         path,
         source=source or path.name.split(".")[0],
         fix=f"Paths are relative to {base} (data.table.image_dir).",
+        check=check,
+        rules=rules,
     )
 
 
-def _labelled(table: pd.DataFrame, labels: Mapping[str, Sequence[Any]], where: Path):
+def _labelled(
+    table: pd.DataFrame, labels: Mapping[str, Sequence[Any]], check: RowCheck,
+    columns: Mapping[str, str],
+) -> pd.DataFrame:  # fmt: skip
+    """The rows with a path and a known label value, labelled with its class; the others are
+    recorded in ``check`` under the file's own column names."""
     lookup = class_of(labels)
-    text = [normal_text(v) if not pd.isna(v) else "" for v in table["label"]]
-    unknown = sorted({t for t in text if t not in lookup})
-    if unknown:
-        shown = examples([repr(u) for u in unknown])
-        raise LabelFileError(
-            f"{where} has label values {shown} outside the known ones "
-            f"{ {name: list(v) for name, v in labels.items()} }. Map them with "
-            "data.table.labels.<CLASS>=[...], or remove those rows."
-        )
-    table = table.copy()
-    table["label"] = [lookup[t] for t in text]
+    named = table.rename(columns={"path": columns["path"], "label": columns["label"]})
+    fix = (
+        f"The known values are { {name: list(v) for name, v in labels.items()} }: map them "
+        "with data.table.labels.<CLASS>=[...], or remove those rows."
+    )
+    keep = check.cells(named, columns["path"]) & check.cells(named, columns["label"],
+                                                             known=lookup, fix=fix)  # fmt: skip
+    table = table[keep].copy()
+    table["label"] = [lookup[normal_text(v)] for v in table["label"]]
     return table
