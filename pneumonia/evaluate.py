@@ -19,7 +19,7 @@ from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
 from pneumonia.inference.runner import inference_precision
 from pneumonia.models.checkpoint import load_checkpoint
 from pneumonia.reports.pages import write_page
-from pneumonia.runs.folders import check_writable
+from pneumonia.runs.owners import command_folder
 from pneumonia.system.files import write_text
 from pneumonia.system.runtime import resolve_device
 
@@ -28,11 +28,15 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; write the report into ``cfg.output_dir``."""
-    from pneumonia.reports.plots import evaluation_figures, save_figure
 
     check_values(cfg, EVALUATE_RULES, EVALUATE_ONLY_WITH)
-    out = Path(cfg.output_dir)
-    check_writable(out, "output_dir")  # before any work
+    with command_folder(cfg, "evaluate") as out:  # checked and held before any work
+        return _evaluate(cfg, out)
+
+
+def _evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    from pneumonia.reports.plots import evaluation_figures, save_figure
+
     ckpt = load_checkpoint(cfg.ckpt_path)
     ckpt.use_threshold(cfg.get("threshold"))  # a named or given threshold instead of the stored
     ckpt.use_max_upscale(cfg.get("max_upscale"))  # None: the checkpoint's

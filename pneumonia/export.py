@@ -12,17 +12,17 @@ from omegaconf import DictConfig
 from pneumonia.config import CONFIG_DIR
 from pneumonia.inference.deployment import export_model
 from pneumonia.models.checkpoint import load_checkpoint
-from pneumonia.runs.folders import check_writable
+from pneumonia.runs.owners import command_folder
 
 log = logging.getLogger(__name__)
 
 
 def export(cfg: DictConfig) -> Path:
-    """Export ``cfg.ckpt_path`` into ``cfg.output_dir``; return the network's path."""
-    out = Path(cfg.output_dir)
-    check_writable(out, "output_dir")  # before any work
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    path, sidecar = export_model(ckpt, cfg.format, out, opset=cfg.opset)
+    """Export ``cfg.ckpt_path`` into ``cfg.output_dir`` (else the run folder); return the
+    network's path."""
+    with command_folder(cfg, "export") as out:  # checked and held before any work
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        path, sidecar = export_model(ckpt, cfg.format, out, opset=cfg.opset)
     log.info("Exported %s and %s", path, sidecar)
     return path
 

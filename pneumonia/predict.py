@@ -16,7 +16,7 @@ from pneumonia.data.walk import list_images
 from pneumonia.decision.predictions import PREDICTIONS, write_predictions
 from pneumonia.inference.runner import inference_precision, predict_files
 from pneumonia.models.checkpoint import load_checkpoint
-from pneumonia.runs.folders import check_writable
+from pneumonia.runs.owners import command_folder
 from pneumonia.system.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,13 @@ log = logging.getLogger(__name__)
 
 def predict(cfg: DictConfig) -> Path:
     """Predict ``cfg.input``; write ``predictions.csv`` (and ``gradcam/``) into
-    ``cfg.output_dir`` and return the CSV's path."""
+    ``cfg.output_dir`` (else the run folder) and return the CSV's path."""
     check_values(cfg, PREDICT_RULES)
-    out = Path(cfg.output_dir)
-    check_writable(out, "output_dir")  # before any work
+    with command_folder(cfg, "predict") as out:  # checked and held before any work
+        return _predict(cfg, out)
+
+
+def _predict(cfg: DictConfig, out: Path) -> Path:
     ckpt = load_checkpoint(cfg.ckpt_path)
     ckpt.use_threshold(cfg.get("threshold"))  # a named or given threshold instead of the stored
     ckpt.use_max_upscale(cfg.get("max_upscale"))  # None: the checkpoint's

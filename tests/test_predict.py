@@ -56,10 +56,9 @@ def test_predict_lists_unreadable_files_and_agrees_with_evaluate(trained: dict, 
         assert by_name[f.name]["error"] == ""
     cams = sorted(p.name for p in (tmp_path / "cam").glob("*.png"))
     assert len(cams) == 3
-    assert f"sub__{Path(picks[0].name).stem}_gradcam.png" in cams
+    assert any(c.startswith(f"sub__{picks[0].name}_") for c in cams)  # its whole path
     for pick in picks:  # drawn on the original image, not on the model's 32 px crop
-        stem = Path(pick.name).stem
-        (cam,) = [c for c in cams if c.endswith(f"{stem}_gradcam.png")]
+        (cam,) = [c for c in cams if pick.name in c]
         with Image.open(tmp_path / "cam" / cam) as im, Image.open(pick) as original:
             assert im.size == original.size
             assert im.mode == "RGB"
@@ -253,3 +252,32 @@ def test_small_images_follow_one_rule_in_predict_evaluate_and_the_api(
     clf = pneumonia.load(trained["ckpt"], device="cpu", precision="32-true", max_upscale=5)
     assert clf.predict([eight])["error"][0] == ""
     assert load_checkpoint(trained["ckpt"]).preprocessing.max_upscale == 4.0  # the run's record
+
+
+def test_gradcam_names_are_one_per_input_and_short_enough_for_any_folder(
+    trained: dict, tmp_path: Path
+) -> None:
+    """x.png and x.jpeg, sub/b.png and sub__b.png each keep their own overlay (predict wrote 2
+    for 4), and folders nested past the file-name limit still get one (it was ENAMETOOLONG,
+    and predictions.csv was lost)."""
+    import os
+
+    from pneumonia.inference.explain import gradcam_name
+
+    image = sorted((trained["root"] / "test" / "NORMAL").iterdir())[0].read_bytes()
+    folder = tmp_path / "in"
+    deep = folder.joinpath(*["a_rather_long_folder_name_of_a_hospital_export"] * 6)
+    names = ["x.png", "x.jpeg", "sub/b.png", "sub__b.png", f"{deep.relative_to(folder)}/y.png"]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(image)
+    files = list_images(folder)
+    assert len(files) == 5
+    cams = {gradcam_name(f, i, folder) for i, f in enumerate(files)}
+    assert len(cams) == 5
+    assert all(len(os.fsencode(c)) < 200 for c in cams)
+    ckpt = load_checkpoint(trained["ckpt"])
+    rows = predict_files(ckpt, files, device=CPU, precision="32-true",
+                         gradcam_dir=tmp_path / "cam", root=folder)  # fmt: skip
+    assert all(r["probability"] is not None for r in rows)
+    assert {p.name for p in (tmp_path / "cam").iterdir()} == cams

@@ -161,3 +161,54 @@ def test_a_command_that_fails_before_writing_leaves_no_empty_run_folder(tmp_path
     )
     assert (kept / "notes.txt").read_text() == "mine"
     assert (kept / ".hydra").is_dir()
+
+
+def test_a_commands_output_dir_is_its_only_folder_and_has_one_owner(
+    trained: dict, tmp_path: Path
+) -> None:
+    """predict (as evaluate and export) with output_dir= writes nothing under ./outputs of the
+    folder it was started in (it made outputs/ inside the data folder), and a second command
+    into the same folder is refused, the first one's files untouched."""
+    data = tmp_path / "data"
+    data.mkdir()
+    image = sorted((trained["root"] / "test" / "NORMAL").iterdir())[0]
+    (data / image.name).write_bytes(image.read_bytes())
+    out = tmp_path / "out"
+
+    def predict() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pneumonia.predict", f"ckpt_path={trained['ckpt']}",
+             f"input={data}", f"output_dir={out}", "precision=32-true", "accelerator=cpu"],
+            capture_output=True, text=True, cwd=data, timeout=300,
+        )  # fmt: skip
+
+    first = predict()
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in data.iterdir()) == [image.name]  # no outputs/ among the images
+    assert (out / ".hydra" / "config.yaml").is_file()
+    assert (out / "predict.log").is_file()
+    written = (out / "predictions.csv").read_bytes()
+    second = predict()
+    assert second.returncode != 0
+    assert f"The folder {out} holds an earlier predict's predictions.csv" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert (out / "predictions.csv").read_bytes() == written
+
+
+def test_a_folder_another_live_command_holds_is_refused(tmp_path: Path) -> None:
+    import socket
+
+    from omegaconf import OmegaConf
+
+    from pneumonia.runs.folders import RunFolderError
+    from pneumonia.runs.owners import LOCK, command_folder
+
+    cfg = OmegaConf.create({"output_dir": str(tmp_path), "paths": {"output_dir": "unused"}})
+    (tmp_path / LOCK).write_text(f"{os.getppid()}@{socket.gethostname()}")
+    held = pytest.raises(RunFolderError, match=rf"held by another command .*{os.getppid()}")
+    with held, command_folder(cfg, "evaluate"):
+        pass
+    (tmp_path / LOCK).write_text("999999999@" + socket.gethostname())  # dead
+    with command_folder(cfg, "evaluate") as folder:  # a dead process's lock is taken over
+        assert (folder / LOCK).read_text().startswith(f"{os.getpid()}@")
+    assert not (tmp_path / LOCK).exists()

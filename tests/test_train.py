@@ -449,7 +449,8 @@ def test_resuming_with_another_backbone_names_both_before_any_work(
 def test_a_run_never_writes_into_another_runs_folder(
     tmp_path: Path, tiny_root: Path, trained: dict
 ) -> None:
-    from pneumonia.runs.folders import LOCK, RunFolderError
+    from pneumonia.runs.folders import RunFolderError
+    from pneumonia.runs.owners import LOCK
 
     first = trained["run"]  # a finished run's folder
     cfg = compose_train_cfg(tmp_path, tiny_root, "debug=fdr")

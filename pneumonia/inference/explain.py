@@ -3,6 +3,8 @@ overlays drawn on the original image (the model sees a small crop; a reader need
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.models.backbones import cam_layer
 from pneumonia.models.checkpoint import LoadedCheckpoint
 from pneumonia.models.classifier import PneumoniaClassifier
+from pneumonia.system.files import atomic_path
 
 # Overlays larger than this (longest side, pixels) are scaled down: a 2,900 px X-ray PNG per
 # image would be large to write and no easier to read.
@@ -101,24 +104,42 @@ def write_gradcams(
     images: torch.Tensor,
     out_dir: Path,
     root: Path | None,
-) -> None:
+) -> dict[int, str]:
     """One PNG per input (by its index among all inputs): its Grad-CAM for PNEUMONIA drawn on
-    the original image, named after its path below ``root`` (``sub__name_gradcam.png``)."""
+    the original image, named by :func:`gradcam_name`. An overlay that cannot be written does
+    not stop the others (nor the predictions): returns input index -> why."""
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = gradcam(ckpt.model, images)
+    failed = {}
     for (index, item), cam_map in zip(inputs.items(), maps, strict=True):
-        original = original_gray(item, ckpt.preprocessing)
-        picture = overlay_on_original(original, cam_map, ckpt.preprocessing)
-        Image.fromarray(picture).save(out_dir / gradcam_name(item, index, root))
+        target = out_dir / gradcam_name(item, index, root)
+        try:
+            original = original_gray(item, ckpt.preprocessing)
+            picture = overlay_on_original(original, cam_map, ckpt.preprocessing)
+            with atomic_path(target) as tmp:
+                Image.fromarray(picture).save(tmp, format="PNG")
+        except OSError as e:
+            failed[index] = f"Grad-CAM not written to {target}: {e.strerror or e}"
+    return failed
+
+
+# The readable part of a Grad-CAM's name, in bytes: with the hash and suffix, well under the
+# 255 bytes a file name may have on Linux and macOS (deep folders made longer ones fail).
+NAME_BYTES = 120
 
 
 def gradcam_name(item: Path | Image.Image, index: int, root: Path | None) -> str:
-    """The file name of an input's Grad-CAM: its path below ``root``, folders joined by "__"
-    (``sub__name_gradcam.png``); ``image_<index>`` for an image given without a path."""
+    """The file name of an input's Grad-CAM, one per input and never another's: its whole path
+    below ``root`` (extension included, folders joined by "__"), then a hash of that path
+    (``sub__b.png_3f2a9c1e0b_gradcam.png``: ``x.png`` and ``x.jpeg``, or ``sub/b.png`` and
+    ``sub__b.png``, no longer share one), its start left out where it is long; ``image_<index>``
+    for an image given without a path."""
     if isinstance(item, Image.Image):
-        rel = Path(f"image_{index}")
-    elif root is not None and item.is_relative_to(root):
-        rel = item.relative_to(root)
-    else:
-        rel = Path(item.name)
-    return "__".join(rel.with_suffix("").parts) + "_gradcam.png"
+        return f"image_{index}_gradcam.png"
+    rel = item.relative_to(root) if root is not None and item.is_relative_to(root) else item
+    exact = os.fsencode(rel)  # non-UTF-8 names too, byte for byte
+    readable = os.fsencode("__".join(p for p in rel.parts if p != "/"))
+    if len(readable) > NAME_BYTES:
+        readable = readable[-NAME_BYTES:].decode("utf-8", "ignore").encode()  # whole characters
+    digest = hashlib.sha1(exact, usedforsecurity=False).hexdigest()[:10]
+    return f"{os.fsdecode(readable)}_{digest}_gradcam.png"

@@ -165,7 +165,8 @@ def predict_files(
 
                 named = {i: inputs[i] for i, _ in good}
                 plain = images[:, TTA_DEGREES.index(0.0)] if tta else images
-                write_gradcams(ckpt, named, plain, gradcam_dir, root)
+                for why in write_gradcams(ckpt, named, plain, gradcam_dir, root).values():
+                    log.warning("%s (its prediction stands)", why)
     # The prevalence is a property of the whole set of images, so it is re-based at the end.
     adapted, _ = flag_and_rebase(
         torch.tensor(list(probs.values())),

@@ -8,8 +8,6 @@ The names below are those of the module ``pneumonia.runs`` that this package rep
 """
 
 from pneumonia.runs.folders import (
-    LOCK,
-    OUTPUTS,
     RunFolder,
     RunFolderError,
     best_checkpoint,
@@ -18,9 +16,9 @@ from pneumonia.runs.folders import (
     read_scalars,
     run_dir_from_env,
     runs_root,
-    training_folder,
 )
-from pneumonia.runs.layout import read_metrics
+from pneumonia.runs.layout import OUTPUTS, read_metrics
+from pneumonia.runs.owners import LOCK, training_folder
 
 __all__ = [
     "LOCK",

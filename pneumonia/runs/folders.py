@@ -1,18 +1,15 @@
-"""Run folders: checking one can be written before a command starts, holding a training run's
-folder while it runs, cleaning up after a failed start, storing records into a run's
-checkpoint, and finding and reading training runs (for notebooks and scripts). What a run
-leaves in its folder is named in :mod:`pneumonia.runs.layout`; resuming one is
-:mod:`pneumonia.runs.resume`."""
+"""Run folders: checking one can be written before a command starts, cleaning up after a
+failed start, storing records into a run's checkpoint, and finding and reading training runs
+(for notebooks and scripts). What a run leaves in its folder is named in
+:mod:`pneumonia.runs.layout`; holding one while a command runs is :mod:`pneumonia.runs.owners`;
+resuming one is :mod:`pneumonia.runs.resume`."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,6 @@ from pneumonia.models.checkpoint import add_to_checkpoint
 from pneumonia.runs.layout import (
     FAILED,
     METRICS,
-    OUTPUTS,
     best_or_last,
     last_checkpoint,
     metrics_file,
@@ -56,59 +52,6 @@ def check_writable(folder: Path, setting: str = "hydra.run.dir") -> None:
             + (" (or paths.log_dir=... for every run)" if setting == "hydra.run.dir" else "")
             + ", or make the folder writable."
         ) from e
-
-
-LOCK = ".pneumonia-run.lock"  # pid and host of the training run that holds its folder
-
-
-def _holder(lock: Path) -> str | None:
-    """``pid@host`` of a live process that holds ``lock``, or None (no lock, or a dead one)."""
-    try:
-        pid, host = lock.read_text().split("@", 1)
-        if host.strip() != socket.gethostname():
-            return f"{pid}@{host.strip()}"  # another machine's: cannot tell, so it holds
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return None
-    return f"{pid}@{host.strip()}"
-
-
-@contextlib.contextmanager
-def training_folder(folder: Path, *, resume_from: Path | None) -> Iterator[None]:
-    """Hold ``folder`` for one training run, while it runs.
-
-    A training run never writes into a folder another one holds (a live process's lock) or
-    has written (its checkpoints or metrics.json), unless it resumes from a checkpoint of
-    that folder: two runs' files would mix, silently.
-
-    Raises:
-        RunFolderError: naming the other run and both ways forward.
-    """
-    folder = folder.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK
-    holder = _holder(lock)
-    if holder and int(holder.split("@")[0]) != os.getpid():
-        raise RunFolderError(
-            f"The run folder {folder} is held by another training run (process {holder}). "
-            "Let it finish, or write this run elsewhere (hydra.run.dir=...; by default every "
-            "run gets a folder of its own)."
-        )
-    resuming_here = resume_from is not None and folder in Path(resume_from).resolve().parents
-    written = [name for name in OUTPUTS if (folder / name).exists()]
-    if written and not resuming_here:
-        last = last_checkpoint(folder)
-        raise RunFolderError(
-            f"The run folder {folder} holds another training run's {' and '.join(written)}: "
-            "a new run there would mix its files with them. Write this run elsewhere "
-            "(hydra.run.dir=...; by default every run gets a folder of its own), or continue "
-            f"that run: ckpt_path={last} hydra.run.dir={folder}"
-        )
-    lock.write_text(f"{os.getpid()}@{socket.gethostname()}")
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 class RunFolder(Callback):

@@ -47,9 +47,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def umask() -> int:
     """The process's umask, read without changing it where Linux tells it (``/proc``)."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/self/status") as f:
-            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
     mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, and set it back
     os.umask(mask)
     return mask

@@ -171,6 +171,7 @@ def lightning_ranks_run_this_job() -> Iterator[None]:
 def _register() -> None:
     resolvers = {
         "pneumonia.run_stamp": run_stamp,
+        "pneumonia.first": lambda *values: next((v for v in values if v is not None), None),
         "pneumonia.rank_suffix": lambda: f"_rank{detect().rank}" if detect().rank else "",
         "pneumonia.on_rank_zero": lambda value: None if detect().rank else value,
         "pneumonia.launched_devices": lambda default: (
