@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia.errors import InputNotFoundError
+from pneumonia.reports.markup import md_code, md_text, md_url
 from pneumonia.reports.pages import write_page
 from pneumonia.runs.aggregation import CONFIDENCE, aggregate
 from pneumonia.system.files import write_text
@@ -31,18 +32,21 @@ SHOWN = ("val/", "test/", "checks.")
 
 
 def aggregate_markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> str:
+    """``aggregate.md``; the folder, job and setting names (from the sweep's folders and
+    overrides) through :func:`md_code` and :func:`md_text`, shown as text and never as markup
+    (issue 28)."""
     conf = f"{result['confidence']:.0%}"
-    lines = [f"# Aggregate of `{result['folder']}`", ""]
+    lines = [f"# Aggregate of {md_code(result['folder'])}", ""]
     if result["unfinished"]:
         lines += [f"{len(result['unfinished'])} job(s) without metrics.json, left out: "
-                  + ", ".join(f"`{j}`" for j in result["unfinished"]), ""]  # fmt: skip
+                  + ", ".join(md_code(j) for j in result["unfinished"]), ""]  # fmt: skip
     for group in result["groups"]:
-        setting = ", ".join(f"`{k}={v}`" for k, v in group["setting"].items()) or "all jobs"
+        setting = ", ".join(md_code(f"{k}={v}") for k, v in group["setting"].items()) or "all jobs"
         lines += [f"## {setting}", "", f"{len(group['jobs'])} job(s).", "",
                   f"| metric | n | mean | std | {conf} CI |", "|---|---|---|---|---|"]  # fmt: skip
         for name, m in group["metrics"].items():
             if name.startswith(tuple(shown)):
-                lines.append(f"| {name} | {m['n']} | {m['mean']:.4f} | {m['std']:.4f} | "
+                lines.append(f"| {md_text(name)} | {m['n']} | {m['mean']:.4f} | {m['std']:.4f} | "
                              f"{m['ci_low']:.4f} - {m['ci_high']:.4f} |")  # fmt: skip
         lines.append("")
         oof = group.get("out_of_fold")
@@ -50,7 +54,7 @@ def aggregate_markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> 
             lines += ["Out of fold (each image scored by the fold that did not train on it):", ""]
             for seed, s in oof["seeds"].items():
                 (tn, fp), (fn, tp) = s["confusion_matrix"]
-                lines.append(f"- seed {seed or '-'}: {s['num_images']} images, AUROC "
+                lines.append(f"- seed {md_text(seed) or '-'}: {s['num_images']} images, AUROC "
                              f"{s['auroc']:.4f}; at the stored thresholds TN {tn}, FP {fp}, "
                              f"FN {fn}, TP {tp}")  # fmt: skip
             a, e = oof["auroc"], oof["ece"]
@@ -59,7 +63,7 @@ def aggregate_markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> 
                       f"{a['ci_low']:.4f} - {a['ci_high']:.4f})",
                       f"- ECE ({binning}) over {e['n']} seed(s): {e['mean']:.4f} ({conf} CI "
                       f"{e['ci_low']:.4f} - {e['ci_high']:.4f})", ""]  # fmt: skip
-        lines += [f"![{name}]({name})" for name in group.get("figures", [])] + [""]
+        lines += [f"![{md_text(f)}]({md_url(f)})" for f in group.get("figures", [])] + [""]
     return "\n".join(lines)
 
 
@@ -128,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text(out / "aggregate.csv", table(result))
     page = aggregate_markdown(result)
     write_text(out / "aggregate.md", page)
-    write_page(out / "aggregate.md", f"Aggregate of {args.folder}")
+    figures = [name for g in result["groups"] for name in g.get("figures", [])]
+    write_page(out / "aggregate.md", f"Aggregate of {args.folder}", figures)
     logdir = log_to_tensorboard(result, out, page)
     log.info("%s\nWritten: %s (TensorBoard: %s)", page, out / "aggregate.md", logdir)
     if args.mlflow:

@@ -27,6 +27,7 @@ from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.decision.predictions import read_predictions
 from pneumonia.errors import InputNotFoundError, UserError
 from pneumonia.evaluation.comparison import NAMES, Paired, compare, p_text
+from pneumonia.reports.markup import md_code, md_text, md_url
 from pneumonia.reports.pages import write_page
 from pneumonia.runs.folders import check_writable
 from pneumonia.system.files import write_text
@@ -37,7 +38,9 @@ FIGURE = "roc_compare.png"
 
 def comparison_markdown(result: dict[str, Any]) -> str:
     """``compare.md``: both models' AUROC with intervals, the difference and its tests, the
-    agreement at the stored thresholds, and the figure."""
+    agreement at the stored thresholds, and the figure. The models' paths, the class name and
+    the files left out (with their errors) come from the user's files: :func:`md_code` and
+    :func:`md_text` show them as text, never as markup (issue 28)."""
     conf, a, b = f"{result['confidence']:.0%}", *result["models"].values()
     test, boot, mc = result["delong"], result["bootstrap"], result["mcnemar"]
 
@@ -47,12 +50,13 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     lines = ["# Comparing two models on the same images", ""]
     for name, m in result["models"].items():
         at = "several" if m["threshold"] is None else f"{m['threshold']:.4f}"
-        lines.append(f"- **{name}**: `{m['source']}` (stored threshold {at})")
+        lines.append(f"- **{name}**: {md_code(m['source'])} (stored threshold {at})")
     lines += [f"- {result['num_images']} images, {result['num_positive']} of them "
-              f"{result['positive_class']}", ""]  # fmt: skip
+              f"{md_text(result['positive_class'])}", ""]  # fmt: skip
     if result["left_out"]:
         lines += [f"{len(result['left_out'])} image(s) with an error, left out of both:", ""]
-        lines += [f"- `{r['file']}` ({r['model']}: {r['error']})" for r in result["left_out"]]
+        lines += [f"- {md_code(r['file'])} ({md_text(r['model'])}: {md_text(r['error'])})"
+                  for r in result["left_out"]]  # fmt: skip
         lines.append("")
     lines += [f"**{result['summary']}**", "", "## AUROC", "",
               f"| | AUROC | {conf} CI (paired bootstrap) | {conf} CI (DeLong) |",
@@ -81,7 +85,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
         f"Accuracy: A {a['accuracy']:.4f}, B {b['accuracy']:.4f}. A alone is right on "
         f"{mc['b']} image(s), B alone on {mc['c']}: McNemar's exact test p {p_text(mc['p'])}.",
         "",
-        f"![ROC curves of A and B]({FIGURE})",
+        f"![ROC curves of A and B]({md_url(FIGURE)})",
         "",
     ]
     return "\n".join(lines)
@@ -181,7 +185,7 @@ def write(
     for name, rows in scored.items():
         write_predictions(out / f"predictions_{name.lower()}.csv", rows)
     write_text(out / "compare.md", comparison_markdown(result))
-    write_page(out / "compare.md", "Comparison of two models")
+    write_page(out / "compare.md", "Comparison of two models", [FIGURE])
     write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
 
 

@@ -72,7 +72,8 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     mistakes = _confident_mistakes(ckpt, preds, cfg, device, out)
     page = evaluation_markdown(result, [f"{n}.png" for n in figures], mistakes)
     write_text(out / "report.md", page)
-    write_page(out / "report.md", f"Evaluation of {Path(cfg.ckpt_path).name}")
+    written = [f"{n}.png" for n in figures] + [m["gradcam"] for m in mistakes]  # the page inlines
+    write_page(out / "report.md", f"Evaluation of {Path(cfg.ckpt_path).name}", written)
     log.info("\n%s", page)
     log.info("Report (report.md, report.html), figures and predictions.csv: %s", out)
     return result

@@ -95,7 +95,7 @@ def test_a_figure_the_page_lacks_is_said_to_be_missing_not_broken(tmp_path: Path
 
     report = tmp_path / "report.md"
     report.write_text("# A\n\n| metric | value |\n|---|---|\n| AUROC | 0.9 |\n\n![roc](roc.png)\n")
-    page = _open(browser, write_page(report, "A"))
+    page = _open(browser, write_page(report, "A", ["roc.png"]))
     assert _images(page) == []
     assert "(roc.png was not written)" in page.inner_text("body")
     assert page.inner_text("td") == "AUROC"

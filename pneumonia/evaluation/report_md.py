@@ -9,6 +9,7 @@ from typing import Any
 from pneumonia.decision.metrics import level_name
 from pneumonia.decision.prior_shift import WARN_SHARE
 from pneumonia.decision.rules import Decision
+from pneumonia.reports.markup import md_code, md_text, md_url
 
 METRIC_LABELS = {
     "accuracy": "Accuracy",
@@ -40,6 +41,10 @@ def evaluation_markdown(
 ) -> str:
     """``report.md``: the report of :func:`evaluate_checkpoint` as a table.
 
+    Every text that comes from the data (paths, file names, class names, a table's sources and
+    subgroups) goes through :func:`md_text` or :func:`md_code`: it shows as text, never as
+    markup (issue 28).
+
     The columns at 0.5 are left out where the threshold is 0.5: they would repeat the first.
 
     Args:
@@ -52,9 +57,10 @@ def evaluation_markdown(
     at_half = result["metrics_at_0.5"] if t != 0.5 else None
     head = f"| metric | at threshold {t:.3f} | {conf} CI |"
     lines = [
-        f"# Evaluation of `{result['checkpoint']}`",
+        f"# Evaluation of {md_code(result['checkpoint'])}",
         "",
-        f"Split **{result['split']}** of `{result['data_root']}`: {result['num_images']} images, "
+        f"Split **{md_text(result['split'])}** of {md_code(result['data_root'])}: "
+        f"{result['num_images']} images, "
         f"{result['num_pneumonia']} PNEUMONIA. Test-time augmentation: "
         f"{'small rotations averaged' if result['tta'] else 'none'}.",
         f"Intervals: {conf} percentile bootstrap, {result['bootstrap']['resamples']} resamples.",
@@ -71,7 +77,8 @@ def evaluation_markdown(
     (tn, fp), (fn, tp) = result["confusion_matrix"]
     lines += ["", f"Confusion matrix at {t:.3f}: TN {tn}, FP {fp}, FN {fn}, TP {tp}.", ""]
     if figures:
-        lines += [" ".join(f"![{Path(f).stem.replace('_', ' ')}]({f})" for f in figures), ""]
+        lines += [" ".join(f"![{md_text(Path(f).stem.replace('_', ' '))}]({md_url(f)})"
+                           for f in figures), ""]  # fmt: skip
     lines += _operating_lines(result.get("operating_points"), conf)
     lines += _calibration_lines(result.get("calibration"))
     lines += _shift_lines(result.get("shift"), conf)
@@ -166,7 +173,8 @@ def _source_lines(sources: dict[str, Any] | None, conf: str) -> list[str]:
     for name, group in sources.items():
         m = group["metrics"]
         cells = " | ".join(_cells(m[k]) for k in ("auroc", "accuracy", "recall", "specificity"))
-        lines.append(f"| {name} | {group['num_images']} | {group['num_pneumonia']} | {cells} |")
+        lines.append(f"| {md_text(name)} | {group['num_images']} | {group['num_pneumonia']} | "
+                     f"{cells} |")  # fmt: skip
     return [*lines, ""]
 
 
@@ -187,14 +195,16 @@ def _subgroup_lines(subgroups: dict[str, Any] | None, conf: str) -> list[str]:
     for grouping, groups in subgroups.items():
         head = (f"| group | images | PNEUMONIA | AUROC | {conf} CI | sensitivity | {conf} CI "
                 f"| specificity | {conf} CI |")  # fmt: skip
-        lines += [f"**{GROUPINGS.get(grouping, grouping)}**", "", head, "|---" * 9 + "|"]
+        lines += [f"**{GROUPINGS.get(grouping) or md_text(grouping)}**", "", head,
+                  "|---" * 9 + "|"]  # fmt: skip
         for name, g in groups.items():
             if "warning" in g:
                 cells = f"{g['warning']} | | | | | |"
             else:
                 cells = " | ".join(_cells(g["metrics"].get(k))
                                    for k in ("auroc", "recall", "specificity"))  # fmt: skip
-            lines.append(f"| {name} | {g['num_images']} | {g['num_pneumonia']} | {cells} |")
+            lines.append(f"| {md_text(name)} | {g['num_images']} | {g['num_pneumonia']} | "
+                         f"{cells} |")  # fmt: skip
         lines.append("")
     return lines
 
@@ -209,8 +219,9 @@ def _mistake_lines(mistakes: Sequence[Mapping[str, Any]], threshold: float) -> l
              "at coloured, the rest dimmed).", "",
              "| image | true class | P(PNEUMONIA) | Grad-CAM |", "|---|---|---|---|"]  # fmt: skip
     for m in mistakes:
-        picture = f"![{Path(m['file']).name}]({m['gradcam']})" if m.get("gradcam") else "-"
-        lines.append(f"| `{Path(m['file']).name}` | {m['label']} | {m['probability']:.3f} | "
+        name = Path(m["file"]).name
+        picture = f"![{md_text(name)}]({md_url(m['gradcam'])})" if m.get("gradcam") else "-"
+        lines.append(f"| {md_code(name)} | {md_text(m['label'])} | {m['probability']:.3f} | "
                      f"{picture} |")  # fmt: skip
     return [*lines, ""]
 
