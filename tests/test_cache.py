@@ -201,18 +201,22 @@ def test_a_second_setup_takes_the_leak_checks_hashes_from_the_cache(
 def test_worker_processes_build_the_same_cache_as_one_thread(
     tiny_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
+    import types
+
     import pneumonia.data.cache_build as cache_module
+    import pneumonia.system.pools as pools
     from pneumonia.data.cache import DecodedImageCache
     from pneumonia.data.preprocessing import Preprocessing
 
     started = []
+    fork = pools.mp.get_context("fork")
 
-    class CountedPool(cache_module.ProcessPoolExecutor):
-        def __init__(self, *args, **kwargs):
-            started.append(kwargs.get("max_workers"))
-            super().__init__(*args, **kwargs)
+    def counted_pool(processes: int, **kwargs):
+        started.append(processes)
+        return fork.Pool(processes, **kwargs)
 
-    monkeypatch.setattr(cache_module, "ProcessPoolExecutor", CountedPool)
+    context = types.SimpleNamespace(Pool=counted_pool)
+    monkeypatch.setattr(pools, "mp", types.SimpleNamespace(get_context=lambda method: context))
     monkeypatch.setattr(cache_module, "PROCESS_MIN_IMAGES", 0)  # processes even for a few
     files = sorted(tiny_root.rglob("*.jpeg"))
     prep = Preprocessing(resize_size=40, crop_size=32)

@@ -155,6 +155,7 @@ def test_evaluate_cli_runs_and_reports_a_missing_checkpoint(trained: dict, tmp_p
             "pneumonia.evaluate",
             f"ckpt_path={tmp_path / 'gone.ckpt'}",
             *common,
+            f"hydra.run.dir={tmp_path / 'cli_missing'}",  # cli/ holds the first one's report
         ],
         cwd=tmp_path,
         env=env,

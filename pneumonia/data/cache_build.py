@@ -5,6 +5,12 @@ decodes in worker processes, one chunk at a time (memory does not grow with the 
 images), shows its progress, and resumes after an interruption without decoding the finished
 images again; one process builds while others (DDP ranks, a second run) wait for it. Each
 file's content hash is kept, so that a second run's leak check reads no image again.
+
+SIGTERM (a scheduler's preemption) and Ctrl-C end a build as they end training: the workers
+end with it (:mod:`pneumonia.system.pools`; they ignore Ctrl-C themselves, so none prints a
+traceback), the log says how far it got and that the same command continues it, and the
+process exits with 128 + the signal's number. Nothing is half-written: what lies past the last
+whole chunk is cut when the build resumes.
 """
 
 from __future__ import annotations
@@ -14,14 +20,12 @@ import functools
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
-import pickle
 import shutil
-import sys
+import signal
+import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumonia.data.images import BadImageError
+from pneumonia.system.pools import mapper
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,8 @@ def _decode_into(
         log.info("Resuming the decoded-image cache at image %d of %d", build.done, len(files))
     processes = len(files) - build.done >= PROCESS_MIN_IMAGES
     with (
-        _decoders(decode, workers, processes=processes) as run,
+        _stoppable(build, len(files)),
+        mapper(functools.partial(_decode_one, decode), workers, processes=processes) as run,
         tqdm(total=len(files), initial=build.done, desc="Caching images", unit="img") as bar,
     ):
         for start in range(build.done, len(files), BUILD_CHUNK):
@@ -119,25 +125,38 @@ def _decode_one(decode: Callable[[Path], np.ndarray], path: Path) -> tuple[str, 
         return digest, str(e)
 
 
+class _Stopped(BaseException):
+    """A signal that ends the build (a BaseException: no ``except Exception`` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 @contextlib.contextmanager
-def _decoders(decode: Callable[[Path], np.ndarray], workers: int, *, processes: bool = True):
-    """``run(paths) -> [(hash, pixels or reason)]``, in order: worker processes where asked,
-    ``decode`` pickles (a Preprocessing's ``decode`` does) and there are cores for them,
-    else threads (Pillow releases the GIL while it decodes)."""
-    job = functools.partial(_decode_one, decode)
-    # fork only on Linux: on macOS it is unsafe once torch (or Objective-C) has started
-    processes = processes and workers > 1 and sys.platform.startswith("linux")
-    if processes:
-        try:
-            pickle.dumps(job)
-        except Exception:
-            processes = False
-    if processes:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
-    else:
-        pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    with pool:
-        yield lambda paths: list(pool.map(job, paths, **({"chunksize": 8} if processes else {})))
+def _stoppable(build: _PartialBuild, total: int):
+    """SIGTERM and Ctrl-C during the block: say how far the build got and how to continue,
+    then ``SystemExit(128 + signal)`` (training's handlers add their own resume message)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # only it may set handlers
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except _Stopped as e:
+        signum = e.signum
+        log.warning(
+            "The decoded-image cache build was stopped (%s) at image %d of %d. The images "
+            "decoded so far are kept (%s): the same command continues from there.",
+            signal.Signals(signum).name, build.done, total, build.folder,
+        )  # fmt: skip
+        raise SystemExit(128 + signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

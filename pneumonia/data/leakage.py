@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from typing import Any, Literal
 from pneumonia.data.cache_build import content_hash
 from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
+from pneumonia.system.pools import threads
 from pneumonia.system.runtime import decode_threads
 
 LeakPolicy = Literal["warn", "error", "drop"]
@@ -94,7 +94,7 @@ def find_leaks(
     known = hashes or {}
     resolved = {f: str(f.resolve()) for f in files}
     missing = [f for f in files if resolved[f] not in known]
-    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+    with threads(decode_threads()) as pool:  # Ctrl-C drops the queued files
         read = dict(zip(missing, pool.map(content_hash, missing), strict=True))
     hashes = {f: read[f] if f in read else known[resolved[f]] for f in files}
     leaks = []
