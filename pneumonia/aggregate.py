@@ -25,6 +25,7 @@ from pneumonia.reports.markup import md_code, md_text, md_url
 from pneumonia.reports.pages import write_page
 from pneumonia.runs.aggregation import CONFIDENCE, aggregate
 from pneumonia.system.files import write_text
+from pneumonia.system.sheets import sheet_text
 
 log = logging.getLogger(__name__)
 # What aggregate.md shows by default (aggregate.csv has every number of metrics.json).
@@ -68,14 +69,19 @@ def aggregate_markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> 
 
 
 def table(result: dict[str, Any]) -> str:
+    """``aggregate.csv``: a row per setting and metric. The settings' keys and values and the
+    metric names are text from the sweep's folders: none is written as a formula a
+    spreadsheet would run (:func:`~pneumonia.system.sheets.sheet_text`); the numbers stay
+    numbers."""
     keys = sorted({k for g in result["groups"] for k in g["setting"]})
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([*keys, "metric", "n", "mean", "std", "ci_low", "ci_high"])
+    writer.writerow([*map(sheet_text, keys), "metric", "n", "mean", "std", "ci_low", "ci_high"])
     for group in result["groups"]:
+        setting = [sheet_text(str(group["setting"].get(k, ""))) for k in keys]
         for name, m in group["metrics"].items():
-            writer.writerow([*(group["setting"].get(k, "") for k in keys), name, m["n"],
-                             m["mean"], m["std"], m["ci_low"], m["ci_high"]])  # fmt: skip
+            writer.writerow([*setting, sheet_text(name), m["n"], m["mean"], m["std"], m["ci_low"],
+                             m["ci_high"]])  # fmt: skip
     return out.getvalue()
 
 

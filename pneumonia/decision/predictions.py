@@ -17,6 +17,7 @@ import torch
 
 from pneumonia.errors import InputNotFoundError, InputValueError
 from pneumonia.system.files import atomic_open
+from pneumonia.system.sheets import from_sheet, sheet_cell, sheet_text
 
 # What evaluate and predict write into their output folder.
 PREDICTIONS = "predictions.csv"
@@ -141,19 +142,15 @@ def prediction_rows(
 
 def write_predictions(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Write ``rows`` as ``predictions.csv``, atomically (complete or absent); numbers with
-    six decimals, missing values empty."""
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        return f"{value:.6f}" if isinstance(value, float) else str(value)
-
+    six decimals, missing values empty, and no text (a file name, a label file's cell, an
+    error) that a spreadsheet would run as a formula (:func:`~pneumonia.system.sheets.sheet_cell`;
+    :func:`read_predictions` undoes it)."""
     rows = list(rows)
     columns = prediction_columns(rows)
     with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="raise")
-        writer.writeheader()
-        writer.writerows({c: cell(row.get(c)) for c in columns} for row in rows)
+        writer.writerow({c: sheet_text(str(c)) for c in columns})  # a label file's column names
+        writer.writerows({c: sheet_cell(row.get(c)) for c in columns} for row in rows)
 
 
 def prediction_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -166,7 +163,8 @@ def prediction_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """A ``predictions.csv`` (or ``val_predictions.csv``) as written: text cells, missing
-    values empty, its columns checked.
+    values empty, its columns checked, and the apostrophe that kept a text from being a
+    formula taken off again (``'=1+1.png`` -> ``=1+1.png``).
 
     Raises:
         InputNotFoundError: no such file.
@@ -185,6 +183,11 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
             f"{path} is not a {PREDICTIONS} ({type(e).__name__}: {e}). Pass the {PREDICTIONS} "
             "that pneumonia-evaluate writes."
         ) from e
+    table.columns = [from_sheet(str(c)) for c in table.columns]
+    for i in range(table.shape[1]):
+        guarded = table.iloc[:, i].str.startswith("'")
+        if guarded.any():
+            table.iloc[guarded.to_numpy(), i] = table.iloc[guarded.to_numpy(), i].map(from_sheet)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise InputValueError(
