@@ -27,8 +27,9 @@ from pneumonia.decision.predictions import VAL_PREDICTIONS, Predictions, write_p
 from pneumonia.decision.rules import operating_thresholds, uncertain_thresholds
 from pneumonia.models.budget import TimeBudget
 from pneumonia.models.checkpoint import read_checkpoint
-from pneumonia.runs.folders import add_to_run_checkpoint, training_folder
+from pneumonia.runs.folders import add_to_run_checkpoint
 from pneumonia.runs.layout import metrics_file
+from pneumonia.runs.owners import training_folder
 from pneumonia.runs.resume import (
     check_resumable,
     earlier_attempt,
