@@ -27,6 +27,9 @@ def test_checkpoint_errors_are_clear(trained: dict, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="pickled Python objects") as info:
         load_checkpoint(pickled)
     assert "\x1b" not in str(info.value)  # no terminal colour codes in the message
+    assert "pathlib" in str(info.value)  # what it carries, named
+    assert "weights_only=False" not in str(info.value)  # never torch's advice to run it
+    assert "weights_only" not in str(info.value)
     empty = tmp_path / "empty.ckpt"
     empty.touch()
     with pytest.raises(CheckpointError, match=r"empty \(0 bytes\)"):

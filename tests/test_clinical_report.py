@@ -287,9 +287,9 @@ def test_predict_selects_a_named_threshold_stored_in_the_checkpoint(
 
     def run(*overrides: str) -> list[dict]:
         given = [f"ckpt_path={trained['ckpt']}", f"input={tiny_root / 'test'}", "precision=32-true"]
-        cfg = compose("predict", [*given, *overrides], output_dir=tmp_path / "p")
-        predict(cfg)
-        with open(tmp_path / "p" / "predictions.csv") as f:
+        out = tmp_path / "_".join(["p", *overrides])  # a folder each: one owner per folder
+        predict(compose("predict", [*given, *overrides], output_dir=out))
+        with open(out / "predictions.csv") as f:
             return list(csv.DictReader(f))
 
     rows = run("threshold=sens95")

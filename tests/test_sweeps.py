@@ -180,3 +180,31 @@ def test_local_launcher_runs_a_workers_jobs_side_by_side(two_workers: dict) -> N
         spans = [(lines[job][0][0], lines[job][-1][0]) for job in jobs]
         assert _overlap(*spans), spans
     assert len(every_pid) == TRIALS_PER_WORKER * len(WORKERS)
+
+
+def test_a_sweeps_tools_are_checked_before_its_first_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No SLURM on the machine, an Optuna storage that cannot be opened, and a shared study of
+    the other direction: each a message of ours before any job (they were tracebacks from
+    submitit, SQLAlchemy and Optuna)."""
+    import shutil
+
+    import optuna
+
+    from pneumonia.config import compose
+    from pneumonia.runs.preflight import SweepSetupError, check_sweep
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SweepSetupError, match="sbatch, srun, squeue this machine does not have"):
+        check_sweep(compose("train", ["hydra/launcher=slurm"]))
+    monkeypatch.undo()
+    gone = f"sqlite:///{tmp_path / 'no' / 'such' / 'folder' / 'study.db'}"
+    with pytest.raises(SweepSetupError, match="cannot be opened .*OperationalError"):
+        check_sweep(compose("train", ["hparams_search=optuna", f"hydra.sweeper.storage={gone}"]))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="pneumonia", storage=storage, direction="maximize")
+    search = ["hparams_search=optuna", f"hydra.sweeper.storage={storage}"]
+    with pytest.raises(SweepSetupError, match="created to maximize, and this search would minim"):
+        check_sweep(compose("train", search))  # val/nll, minimised by default
+    check_sweep(compose("train", [*search, "callbacks.model_checkpoint.mode=max"]))

@@ -104,6 +104,7 @@ class LoadedCheckpoint:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)", re.IGNORECASE)
 
 
 def _first_line(error: BaseException) -> str:
@@ -177,12 +178,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's own text suggests weights_only=False, which would run what the file carries
+        carried = _GLOBAL.search(_ANSI.sub("", str(e)))
+        what = f" (it carries {carried.group(1)})" if carried else ""
         raise CheckpointError(
-            f"{path} holds pickled Python objects that safe loading (weights_only=True) refuses "
-            f"({_first_line(e)}). pneumonia.train checkpoints hold only tensors and plain "
-            "values: this file was written by other code. Pass a checkpoint of a pneumonia "
-            "training run."
-        ) from e
+            f"{path} holds pickled Python objects that safe loading refuses{what}. "
+            "pneumonia.train checkpoints hold only tensors and plain values: this file was "
+            "written by other code, and loading it unsafely would run whatever code it "
+            "carries. Pass a checkpoint of a pneumonia training run."
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated or corrupt? {type(e).__name__}: "

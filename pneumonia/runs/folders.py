@@ -58,7 +58,8 @@ class RunFolder(Callback):
     """Hydra callback for the run folder of every command.
 
     - Before Hydra sets up its log file there: check the folder can be written, which would
-      otherwise fail with "Unable to configure handler 'file'" and the cause buried.
+      otherwise fail with "Unable to configure handler 'file'" and the cause buried; before a
+      sweep's first job, its launcher's and sweeper's tools (:mod:`pneumonia.runs.preflight`).
     - After a job that failed before writing anything of its own: remove the folder, which
       holds only Hydra's record of the config and a log of the error already printed. A
       sweep's job is kept instead, with its error in ``failed.txt``: the sweep's aggregate
@@ -69,7 +70,14 @@ class RunFolder(Callback):
         _check_or_exit(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from pneumonia.runs.preflight import SweepSetupError, check_sweep
+
         _check_or_exit(Path(config.hydra.sweep.dir))
+        try:
+            check_sweep(config)  # the launcher's and sweeper's tools, before the first job
+        except SweepSetupError as e:
+            sys.stderr.write(f"Error: {e}\n")
+            raise SystemExit(1) from None
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
