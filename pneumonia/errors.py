@@ -22,3 +22,7 @@ class InputValueError(UserError, ValueError):
 
 class InputNotFoundError(UserError, FileNotFoundError):
     """A file or folder that is not there, or not where it should be."""
+
+
+class InputExistsError(UserError, FileExistsError):
+    """A file or folder already there, in the way of what the command would write."""

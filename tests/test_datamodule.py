@@ -231,9 +231,19 @@ def test_demo_datamodule_generates_data_once_and_says_so_once(
 
 
 def test_synthetic_refuses_to_write_into_real_data(tiny_copy: Path, tmp_path: Path) -> None:
+    """experiment=demo pointed at real images: the fix the user wants is data.synthetic=false
+    (it said to point data.root at an empty folder)."""
     (tiny_copy / SYNTHETIC_MARKER).unlink()
-    with pytest.raises(FileExistsError, match="refusing to write synthetic"):
+    before = sorted(tiny_copy.rglob("*"))
+    with pytest.raises(FileExistsError, match="it looks like a data set") as info:
         make_dm(tiny_copy, tmp_path, synthetic=True).setup("fit")
+    assert "add data.synthetic=false" in str(info.value)
+    assert sorted(tiny_copy.rglob("*")) == before  # nothing written into it
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="point data.root at an empty or new folder") as info:
+        make_dm(tmp_path / "notes", tmp_path, synthetic=True).setup("fit")
+    assert "data.synthetic=false" not in str(info.value)  # not a data set: no such advice
 
 
 # ----------------------------------------------------------------------------- real data

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from pneumonia.errors import InputExistsError
+
 log = logging.getLogger(__name__)
 
 SYNTHETIC_MARKER = "SYNTHETIC_DATA.txt"
@@ -120,9 +122,19 @@ def ensure_synthetic_dataset(root: Path, *, seed: int = 0) -> Path:
     if (root / SYNTHETIC_MARKER).is_file():
         return root
     if root.exists() and any(root.iterdir()):
-        raise FileExistsError(
-            f"{root} exists and holds files that were not generated here; refusing to write "
-            "synthetic images into it. Point data.root at an empty or new folder."
+        real = (root / "train").is_dir()  # a data set of one's own: the usual wish is to use it
+        raise InputExistsError(
+            f"data.synthetic=true (experiment=demo sets it) would write generated images into "
+            f"{root}, which holds files of its own"
+            + (
+                ": it looks like a data set (it has train/). To train on it, add "
+                "data.synthetic=false (python -m pneumonia.train experiment=demo "
+                "data.synthetic=false data.root=...)."
+                if real
+                else ". "
+            )
+            + " For the demo's generated images instead, point data.root at an empty or new "
+            "folder (or leave data.root out)."
         )
     log.warning("Generating SYNTHETIC demo data (not real X-rays) at %s", root)
     root.parent.mkdir(parents=True, exist_ok=True)
