@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pneumonia.errors import InputNotFoundError
+from pneumonia.errors import UserError
 from pneumonia.reports.markup import md_code, md_text, md_url
 from pneumonia.reports.pages import write_page
 from pneumonia.runs.aggregation import CONFIDENCE, aggregate
@@ -39,8 +39,9 @@ def aggregate_markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> 
     conf = f"{result['confidence']:.0%}"
     lines = [f"# Aggregate of {md_code(result['folder'])}", ""]
     if result["unfinished"]:
-        lines += [f"{len(result['unfinished'])} job(s) without metrics.json, left out: "
-                  + ", ".join(md_code(j) for j in result["unfinished"]), ""]  # fmt: skip
+        lines += [f"{len(result['unfinished'])} job(s) without metrics.json, left out:", ""]
+        lines += [f"- {md_code(job)}: {md_text(why)}" for job, why in result["unfinished"].items()]
+        lines.append("")
     for group in result["groups"]:
         setting = ", ".join(md_code(f"{k}={v}") for k, v in group["setting"].items()) or "all jobs"
         lines += [f"## {setting}", "", f"{len(group['jobs'])} job(s).", "",
@@ -50,6 +51,11 @@ def aggregate_markdown(result: dict[str, Any], shown: Sequence[str] = SHOWN) -> 
                 lines.append(f"| {md_text(name)} | {m['n']} | {m['mean']:.4f} | {m['std']:.4f} | "
                              f"{m['ci_low']:.4f} - {m['ci_high']:.4f} |")  # fmt: skip
         lines.append("")
+        if missing := group.get("without_predictions"):
+            lines += [f"No out-of-fold figures from {len(missing)} fold job(s) without "
+                      "val_predictions.csv (trained with checks.enabled=false, which skips "
+                      "scoring each validation image): " + ", ".join(md_code(j) for j in missing),
+                      ""]  # fmt: skip
         oof = group.get("out_of_fold")
         if oof:
             lines += ["Out of fold (each image scored by the fold that did not train on it):", ""]
@@ -131,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = args.out or args.folder
         result = aggregate(args.folder, args.confidence, figures=out)
-    except InputNotFoundError as e:
+    except UserError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     write_text(out / "aggregate.json", json.dumps(result, indent=2) + "\n")
