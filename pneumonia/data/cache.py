@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pneumonia.data.cache_build import CACHE_VERSION, HASHES, INDEX, META, PIXELS, build_cache
+from pneumonia.data.dicom import DECODE_REVISION
 from pneumonia.data.images import BadImageError
 from pneumonia.system.runtime import decode_threads
 
@@ -51,11 +52,18 @@ def cache_folder(enabled: bool, folder: str | Path | None) -> Path | None:
 
 def cache_key(files: Sequence[Path], settings: dict[str, Any]) -> str:
     """Hash of what decides the cached pixels: files, their sizes/mtimes, decode settings."""
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, settings], sort_keys=True).encode())
+    # DECODE_REVISION: a changed DICOM decode never reads the pixels of the one before
+    h = hashlib.sha256(
+        json.dumps([CACHE_VERSION, DECODE_REVISION, settings], sort_keys=True).encode()
+    )
     for f in files:
-        st = f.stat()
+        try:
+            st = f.stat()
+            sized = f"\t{st.st_size}\t{st.st_mtime_ns}"
+        except OSError:  # gone (a link whose target went): its decode reports it as a bad image
+            sized = "\tmissing"
         # os.fsencode: names that are not UTF-8 hash by their bytes instead of failing.
-        h.update(b"\n" + os.fsencode(f.resolve()) + f"\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        h.update(b"\n" + os.fsencode(f.resolve()) + sized.encode())
     return h.hexdigest()[:20]
 
 

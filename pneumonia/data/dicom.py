@@ -2,11 +2,16 @@
 header's patient, study and acquisition attributes.
 
 Pixels: the modality LUT (rescale slope and intercept), then the VOI LUT or the window centre
-and width when the file has them, else the full range of the stored bit depth; MONOCHROME1
-(bone dark) is inverted so that bone is bright, as in MONOCHROME2 and in every JPEG of the
-collections. Compressed transfer syntaxes decode through pydicom's plugins: RLE with NumPy
-alone, JPEG and JPEG 2000 with the ``dicom`` extra (``pip install "pneumonia[dicom]"``,
-pylibjpeg and its codecs).
+and width when the file has them, else the full range of the stored bit depth (a dark image
+stays dark); MONOCHROME1 (bone dark) is inverted so that bone is bright, as in MONOCHROME2 and
+in every JPEG of the collections. A file without a window whose values fill under an eighth of
+that range (signed 16-bit data in a narrow band, 12-bit data in a 16-bit container) would
+decode to a band of fewer than 32 grays, on which the model's answer means nothing: it is
+decoded over its own range (min to max, what a viewer does without a window) instead, and
+a warning names the file and what was assumed. Compressed transfer syntaxes decode through
+pydicom's plugins: RLE with NumPy alone, JPEG and JPEG 2000 with the ``dicom`` extra
+(``pip install "pneumonia[dicom]"``, pylibjpeg and its codecs); others (MPEG video) have no
+decoder, and the message says how to convert them.
 
 No project module is imported here: :mod:`pneumonia.data.images` turns :class:`DicomError`
 into its bad-image error.
@@ -14,6 +19,7 @@ into its bad-image error.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -21,9 +27,20 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 PREAMBLE = 128  # bytes before the "DICM" prefix of a DICOM Part 10 file
 CODECS_EXTRA = 'pip install "pneumonia[dicom]" (pylibjpeg with its JPEG, JPEG 2000 and RLE codecs)'
+# Without a window, values filling less than this share of the stored range decode over their
+# own range: the stored range would leave them fewer than 256 / 8 = 32 grays.
+NARROW = 1 / 8
+# Changes whenever a file's decoded pixels change (the decoded-image cache's key holds it).
+DECODE_REVISION = 2
+CONVERT = (
+    "Convert it to an uncompressed DICOM (gdcmconv --raw in.dcm out.dcm, or DCMTK's dcmdjpeg "
+    "for JPEG), or export it uncompressed from its source"
+)
 
 
 class DicomError(ValueError):
@@ -118,16 +135,32 @@ def _pixels(ds: Any, max_pixels: int) -> np.ndarray:
         raise DicomError(f"a multi-frame DICOM ({frames} frames): a chest radiograph has one")
     try:
         return ds.pixel_array
-    except (NotImplementedError, RuntimeError) as e:
-        syntax = ds.file_meta.get("TransferSyntaxUID")
-        name = getattr(syntax, "name", str(syntax))
-        if "missing dependencies" in str(e) or isinstance(e, NotImplementedError):
-            raise DicomError(
-                f"compressed as {name}, and no installed decoder reads it: {CODECS_EXTRA}"
-            ) from e
-        raise DicomError(f"cannot decode its pixels ({name}: {e})") from e
     except Exception as e:
-        raise DicomError(f"cannot decode its pixels ({type(e).__name__}: {e})") from e
+        raise DicomError(_undecodable(ds, e)) from e
+
+
+def _undecodable(ds: Any, error: Exception) -> str:
+    """Why the pixels cannot be decoded, and the advice that is true here: the extra only
+    where a decoder for the transfer syntax exists and lacks its libraries."""
+    from pydicom.pixels import get_decoder
+
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    name = f"{getattr(syntax, 'name', syntax)} ({syntax})"
+    try:
+        decoder = get_decoder(syntax)
+    except (NotImplementedError, ValueError):  # no decoder exists (MPEG, HEVC video ...)
+        return f"compressed as {name}, which no DICOM decoder here reads. {CONVERT}."
+    installed = ", ".join(decoder.available_plugins) or "none"
+    if not decoder.is_available or "missing dependencies" in str(error):
+        missing = "; ".join(decoder.missing_dependencies)
+        return (
+            f"compressed as {name}, and no installed decoder reads it (needs: {missing}): "
+            f"{CODECS_EXTRA}. {CONVERT}."
+        )
+    return (
+        f"cannot decode its pixels ({name}, decoders tried: {installed}; "
+        f"{type(error).__name__}: {error}). {CONVERT}."
+    )
 
 
 def read_dicom_gray(path: Path, max_pixels: int) -> np.ndarray:
@@ -151,11 +184,30 @@ def read_dicom_gray(path: Path, max_pixels: int) -> np.ndarray:
     if scaled is None:
         scaled = _window(values, ds)
     if scaled is None:
-        low, high = _stored_range(ds)
-        scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+        scaled = _unwindowed(values, ds, path)
     if interpretation == "MONOCHROME1":
         scaled = 1.0 - scaled
     return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
+
+
+def _unwindowed(values: np.ndarray, ds: Any, path: Path) -> np.ndarray:
+    """[0, 1] without a window: the stored bit depth's range, or the values' own where they
+    fill under :data:`NARROW` of it (said in a warning)."""
+    low, high = _stored_range(ds)
+    least, most = (float(values.min()), float(values.max())) if values.size else (low, high)
+    if most > least and (most - least) < NARROW * (high - low):
+        bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+        kind = "signed" if int(ds.get("PixelRepresentation", 0)) == 1 else "unsigned"
+        log.warning(
+            "%s has no window (no WindowCenter/WindowWidth, no VOI LUT) and its values "
+            "%g..%g fill %.1f%% of the %d-bit %s range %g..%g: decoded over its own range "
+            "(%g black, %g white) instead of a band of grays. Check its prediction, or give "
+            "the file its window.",
+            path, least, most, 100 * (most - least) / (high - low), bits, kind, low, high,
+            least, most,
+        )  # fmt: skip
+        low, high = least, most
+    return np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
 
 
 def age_years(value: object) -> float | None:
@@ -200,6 +252,7 @@ def dicom_attributes(path: Path) -> dict[str, Any]:
 
 __all__ = [
     "CODECS_EXTRA",
+    "DECODE_REVISION",
     "DicomError",
     "age_years",
     "dicom_attributes",

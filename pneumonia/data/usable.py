@@ -1,12 +1,17 @@
 """Which listed image files can be used: each decoded once (into the decoded-image cache, or
 only to check it), then the bad-image policy (``data.on_bad_image``) applied.
 
+A listed file that is not there to read (a link whose target is gone, a file removed since it
+was listed) is a bad image like any other, named with the link and where it leads: it never
+reaches the cache, whose key needs every file's size and time.
+
 :func:`usable_images` is the one path every labelled listing takes: the data root's splits,
 the holdout folder and any folder evaluated. It returns new listings and changes nothing given.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,16 +70,18 @@ def usable_images(
             f"data.on_bad_image={policy!r}; valid: {', '.join(BAD_IMAGE_POLICIES)}"
         )
     files = [f for listing in listings.values() for f in listing.files]
+    gone = {str(f.resolve()): why for f in files if (why := not_there(f))}
+    there = [f for f in files if str(f.resolve()) not in gone] if gone else files
     if cache_dir is not None:
         cache = DecodedImageCache.open_or_build(
-            files,
+            there,
             decode=preprocessing.decode,
             settings=preprocessing.decode_settings(),
             cache_dir=cache_dir,
         )
-        bad, decode, hashes = dict(cache.bad), cache.get, cache.hashes
+        bad, decode, hashes = dict(cache.bad) | gone, cache.get, cache.hashes
     else:
-        bad, decode = verify_images(files, preprocessing.decode), preprocessing.decode
+        bad, decode = verify_images(there, preprocessing.decode) | gone, preprocessing.decode
         hashes = {}
     if not bad:
         return UsableImages(dict(listings), decode, {}, hashes)
@@ -87,6 +94,19 @@ def usable_images(
     warn(f"Skipping {len(bad)} unusable image files (data.on_bad_image=skip):\n{lines}")
     kept = {name: _without(listing, bad) for name, listing in listings.items()}
     return UsableImages(kept, decode, bad, hashes)
+
+
+def not_there(path: Path) -> str | None:
+    """Why ``path`` cannot be opened at all, in the project's words: a link whose target does
+    not exist (named), or a file gone since it was listed; None where it is there."""
+    if path.exists():
+        return None
+    if path.is_symlink():
+        return (
+            f"a broken link: {path} leads to {os.path.realpath(path)}, which does not exist "
+            "(restore the target, or remove the link)"
+        )
+    return f"{path} no longer exists (removed since it was listed?)"
 
 
 def _without(listing: SplitListing, bad: Mapping[str, str]) -> SplitListing:

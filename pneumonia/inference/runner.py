@@ -19,6 +19,7 @@ from PIL import Image
 
 from pneumonia.data.images import BadImageError
 from pneumonia.data.preprocessing import TTA_DEGREES
+from pneumonia.data.usable import not_there
 from pneumonia.decision.predictions import prediction_rows
 from pneumonia.decision.prior_shift import check_prior_shift, flag_and_rebase
 from pneumonia.decision.shift import ShiftReference
@@ -139,6 +140,8 @@ def predict_files(
         try:
             if isinstance(item, Image.Image):
                 return pre.load_image(item, tta=tta), None
+            if gone := not_there(Path(item)):  # a broken link: named, with where it leads
+                return None, gone
             return pre.load(item, tta=tta), None
         except (BadImageError, ValueError) as e:
             return None, str(e)
