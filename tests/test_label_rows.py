@@ -221,3 +221,28 @@ def test_a_real_label_file_with_a_repeat_and_a_conflict(kermany_224: Path, tmp_p
     pd.concat([labels, wrong]).to_csv(tmp_path / "labels.csv", index=False)
     with pytest.raises(LabelFileError, match=r"1 path\(s\) listed with two labels.*line 10"):
         read_table(tmp_path, spec)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,finding\nexport/000/IMG0,no\nexport/000/img1,png,no\n",
+         r"line 3 has 3 cells, more than its header.*needs quotes"),
+        ("", r"is empty: not even a header line"),
+    ],
+)  # fmt: skip
+def test_a_file_pandas_cannot_parse_is_named_in_the_projects_words(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    root = hospital_copy(tmp_path / "hospital")
+    (root / "labels.csv").write_text(text)
+    with pytest.raises(LabelFileError, match=message) as info:
+        read_table(root, HOSPITAL_TABLE)
+    assert "ParserError" not in str(info.value)
+    assert "EmptyDataError" not in str(info.value)
+
+
+def test_a_wrong_row_policy_is_refused_before_any_file_is_read(tmp_path: Path) -> None:
+    for option, value in (("duplicates", "keep"), ("separator", ";;")):
+        with pytest.raises(InputValueError, match=f"data.table.{option}="):
+            read_table(tmp_path / "nowhere", {**HOSPITAL_TABLE, option: value})

@@ -51,6 +51,7 @@ def read_label_file(path: Path, what: str, rules: RowRules | None = None) -> pd.
             byte), one column where the separator is another, parquet without pyarrow.
     """
     rules = rules or RowRules()
+    separator = rules.separator or ","
     if not path.is_file():
         raise LabelFileError(f"The {what} {path} does not exist. {_look(path.parent)}")
     try:
@@ -68,6 +69,16 @@ def read_label_file(path: Path, what: str, rules: RowRules | None = None) -> pd.
                             na_values=[""])  # fmt: skip
     except LabelFileError:
         raise
+    except pd.errors.EmptyDataError as e:
+        raise LabelFileError(f"The {what} {path} is empty: not even a header line.") from e
+    except pd.errors.ParserError as e:
+        line = re.search(r"line (\d+), saw (\d+)", str(e))
+        where = f"line {line[1]} has {line[2]} cells" if line else "a line has more cells"
+        raise LabelFileError(
+            f"Cannot read the {what} {path}: {where}, more than its header. A cell holding "
+            f"the separator {separator!r} needs quotes, or the separator is another "
+            "(data.table.separator)."
+        ) from e
     except Exception as e:
         raise LabelFileError(f"Cannot read the {what} {path}: {type(e).__name__}: {e}") from e
     _one_column(table, path, separator)
