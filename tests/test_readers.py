@@ -287,3 +287,12 @@ def test_an_image_without_a_view_is_kept_and_counted(tmp_path: Path, caplog) -> 
         table = read_table(root, {"reader": "rsna"})
     assert pid in set(table["image_id"])
     assert "1 images have no view position; kept" in caplog.text
+
+
+def test_one_view_given_as_a_word_is_that_view_not_its_letters(tmp_path: Path) -> None:
+    """data.table.views=PA (a string on the command line) kept the views 'P' and 'A': none."""
+    from pneumonia.data.readers.common import frontal_only
+
+    table = pd.DataFrame({"path": ["a", "b", "c"], "view": ["PA", "AP", "LL"]})
+    assert frontal_only(table, "PA", tmp_path)["path"].tolist() == ["a"]
+    assert frontal_only(table, ["PA", "AP"], tmp_path)["path"].tolist() == ["a", "b"]

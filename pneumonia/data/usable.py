@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +25,7 @@ from pneumonia.data.images import BadImageError
 from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.data.table import SplitListing
 from pneumonia.errors import InputValueError
+from pneumonia.system.pools import threads
 from pneumonia.system.runtime import decode_threads
 
 BadImagePolicy = Literal["error", "skip"]
@@ -125,7 +125,7 @@ def verify_images(files: list[Path], decode: Callable[[Path], np.ndarray]) -> di
         return None
 
     bad: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+    with threads(decode_threads()) as pool:  # Ctrl-C drops the queued files
         results = tqdm(pool.map(check, files), total=len(files), desc="Checking images", unit="img")
         for path, reason in zip(files, results, strict=True):
             if reason is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from pneumonia.decision.prior_shift import check_prior_shift, flag_and_rebase
 from pneumonia.decision.shift import ShiftReference
 from pneumonia.errors import InputValueError
 from pneumonia.models.checkpoint import LoadedCheckpoint
+from pneumonia.system.pools import threads
 from pneumonia.system.runtime import decode_threads, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def predict_files(
     probs: dict[int, float] = {}
     shifts: dict[int, float] = {}
     errors: dict[int, str] = {}
-    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+    with threads(decode_threads()) as pool:  # Ctrl-C drops the queued files
         for start in range(0, len(inputs), batch_size):
             chunk = range(start, min(start + batch_size, len(inputs)))
             loaded = dict(zip(chunk, pool.map(load, [inputs[i] for i in chunk]), strict=True))

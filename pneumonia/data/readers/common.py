@@ -275,6 +275,8 @@ def left_out(table: pd.DataFrame, keep: pd.Series, why: str, where: Path) -> pd.
 def frontal_only(table: pd.DataFrame, views: Sequence[str] | None, where: Path) -> pd.DataFrame:
     """Only the rows whose ``view`` is in ``views`` (None: every view; ``FRONTAL`` by default
     in the collections); rows without a view are kept and counted."""
+    if isinstance(views, str):  # data.table.views=PA would be the letters P and A
+        views = [views]
     if views is None or "view" not in table:
         return table
     wanted = {v.upper() for v in views}
