@@ -29,7 +29,7 @@ from pneumonia.errors import InputNotFoundError, UserError
 from pneumonia.evaluation.comparison import NAMES, Paired, compare, p_text
 from pneumonia.reports.markup import md_code, md_text, md_url
 from pneumonia.reports.pages import write_page
-from pneumonia.runs.folders import check_writable
+from pneumonia.runs.owners import output_folder
 from pneumonia.system.files import write_text
 
 log = logging.getLogger(__name__)
@@ -156,11 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tables.append(pd.DataFrame(done[key]))
         result, paired = compare(*tables, (args.a, args.b), resamples=args.resamples,
                                  confidence=args.confidence, seed=args.seed)  # fmt: skip
-        check_writable(out, "--out")  # only now: a refused input leaves no folder behind
+        with output_folder(out, "compare", "--out"):  # only now: a refused input leaves none
+            write(result, paired, scored, out)
     except UserError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
-    write(result, paired, scored, out)
     mc = result["mcnemar"]
     log.info("%s\nAt the stored thresholds: A alone right on %d image(s), B alone on %d "
              "(McNemar p %s); accuracy A %.4f, B %.4f.\nWritten: %s", result["summary"],

@@ -185,8 +185,10 @@ def test_a_commands_output_dir_is_its_only_folder_and_has_one_owner(
     first = predict()
     assert first.returncode == 0, first.stderr
     assert sorted(p.name for p in data.iterdir()) == [image.name]  # no outputs/ among the images
-    assert (out / ".hydra" / "config.yaml").is_file()
-    assert (out / "predict.log").is_file()
+    (record,) = (out / "logs").iterdir()  # Hydra's log and config record, a folder per run
+    assert record.name.startswith("predict_")
+    assert (record / ".hydra" / "config.yaml").is_file()
+    assert (record / "predict.log").is_file()
     written = (out / "predictions.csv").read_bytes()
     second = predict()
     assert second.returncode != 0

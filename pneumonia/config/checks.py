@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.data.images import is_upscale_limit
 from pneumonia.data.preprocessing import Preprocessing
+from pneumonia.decision.prior_shift import PRIOR_SHIFTS
 from pneumonia.decision.shift import METHODS as SHIFT_METHODS
 from pneumonia.errors import InputValueError
 
@@ -107,8 +108,16 @@ EVALUATE_RULES = {
     "subgroups.min_size": COUNT,
     "mistakes": WORKERS,
     "max_upscale": OPTIONAL_UPSCALE,
+    "tta": FLAG,
+    "prior_shift": _one_of(PRIOR_SHIFTS),
 }
-PREDICT_RULES = {"batch_size": COUNT, "max_upscale": OPTIONAL_UPSCALE}
+PREDICT_RULES = {
+    "batch_size": COUNT,
+    "max_upscale": OPTIONAL_UPSCALE,
+    "tta": FLAG,
+    "gradcam": FLAG,
+    "prior_shift": _one_of(PRIOR_SHIFTS),
+}
 _MISSING = object()
 
 

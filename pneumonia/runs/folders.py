@@ -6,6 +6,7 @@ resuming one is :mod:`pneumonia.runs.resume`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -100,6 +101,9 @@ class RunFolder(Callback):
             hydras_own.add(folder / config.hydra.output_subdir)
         if all(path in hydras_own for path in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
+            if config.get("output_dir"):  # its logs/ folder in the user's, if now empty
+                with contextlib.suppress(OSError):
+                    folder.parent.rmdir()
 
 
 def _check_or_exit(folder: Path) -> None:

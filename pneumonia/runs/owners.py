@@ -102,6 +102,7 @@ COMMAND_OUTPUTS = {
     "evaluate": ("report.json", "report.md", "report.html", PREDICTIONS, "mistakes"),
     "predict": (PREDICTIONS, "gradcam"),
     "export": ("model.onnx", "model.pt", "model.json"),
+    "compare": ("compare.json", "compare.md", "compare.html", "roc_compare.png"),
 }
 
 
@@ -115,9 +116,17 @@ def command_folder(cfg: Any, command: str) -> Iterator[Path]:
     Raises:
         RunFolderError: naming the folder, what is there, and the way forward.
     """
-    folder = Path(cfg.get("output_dir") or cfg.paths.output_dir).expanduser().resolve()
-    check_writable(folder, "output_dir")
-    elsewhere = "output_dir=/another/folder; by default every run gets a folder of its own"
+    folder = Path(cfg.get("output_dir") or cfg.paths.output_dir)
+    with output_folder(folder, command) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def output_folder(folder: Path, command: str, setting: str = "output_dir") -> Iterator[Path]:
+    """:func:`command_folder` for a folder given as such (``setting`` chooses it)."""
+    folder = Path(folder).expanduser().resolve()
+    check_writable(folder, setting)
+    elsewhere = f"{setting}=/another/folder; by default every run gets a folder of its own"
 
     def refuse() -> None:
         written = [name for name in COMMAND_OUTPUTS[command] if (folder / name).exists()]

@@ -168,10 +168,20 @@ def lightning_ranks_run_this_job() -> Iterator[None]:
             torch.distributed.destroy_process_group()
 
 
+def run_dir(output_dir: str | None, log_dir: str, task: str, stamp: str) -> str:
+    """A command's run folder (Hydra's log and config record): under ``output_dir`` when the
+    command was given one (``<output_dir>/logs/<task>_<stamp>``: nothing lands in an
+    ``outputs/`` of the folder it was started in, and no earlier record there is written over),
+    else ``<log_dir>/<task>/runs/<stamp>``."""
+    if output_dir is not None:
+        return f"{output_dir}/logs/{task}_{stamp}"
+    return f"{log_dir}/{task}/runs/{stamp}"
+
+
 def _register() -> None:
     resolvers = {
         "pneumonia.run_stamp": run_stamp,
-        "pneumonia.first": lambda *values: next((v for v in values if v is not None), None),
+        "pneumonia.run_dir": run_dir,
         "pneumonia.rank_suffix": lambda: f"_rank{detect().rank}" if detect().rank else "",
         "pneumonia.on_rank_zero": lambda value: None if detect().rank else value,
         "pneumonia.launched_devices": lambda default: (
