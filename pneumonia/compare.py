@@ -108,6 +108,25 @@ def checkpoint_rows(path: Path, args: argparse.Namespace) -> list[dict[str, Any]
     return preds.rows(ckpt.class_names, ckpt.positive_index)
 
 
+# The options that act only on a checkpoint input (how it is scored)
+CHECKPOINT_OPTIONS = ("split", "data_root", "accelerator", "precision", "batch_size",
+                      "max_upscale")  # fmt: skip
+
+
+def checkpoint_options_without_a_checkpoint(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> list[str]:
+    """The checkpoint options set (``--split val`` ...) when neither input is a checkpoint:
+    a setting that does nothing is an error, not a comparison of other images than meant."""
+    if any(p.suffix.lower() != ".csv" for p in (args.a, args.b)):
+        return []
+    return [
+        f"--{name.replace('_', '-')}={getattr(args, name)}"
+        for name in CHECKPOINT_OPTIONS
+        if getattr(args, name) != parser.get_default(name)
+    ]
+
+
 def default_out() -> Path:
     root = Path(os.environ.get("PNEUMONIA_ROOT", "."))
     return root / "outputs" / "compare" / "runs" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -135,6 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resamples < 1 or not 0 < args.confidence < 1:
         print("Error: --resamples must be at least 1 and --confidence in (0, 1).", file=sys.stderr)
         return 1
+    if unused := checkpoint_options_without_a_checkpoint(parser, args):
+        print(
+            f"Error: {' '.join(unused)} act only on a checkpoint (.ckpt), and A and B are both "
+            "predictions.csv files: leave them out, or pass a checkpoint.",
+            file=sys.stderr,
+        )
+        return 1  # fmt: skip
     out = args.out or default_out()
     scored: dict[str, list[dict[str, Any]]] = {}  # each checkpoint's rows
     try:

@@ -228,3 +228,14 @@ def test_a_failed_job_of_a_real_sweep_is_kept_and_named_with_its_error(
         aggregate(sweep_dir)
     assert f"{sweep_dir / '1'}: failed: ConfigValueError" in str(info.value)
     assert "model.lr=-2: must be a positive number" in str(info.value)
+
+
+def test_a_seed_that_is_no_plain_word_names_no_file_outside_the_folder(tmp_path: Path) -> None:
+    from pneumonia.runs.aggregation import _file_part
+
+    assert [_file_part(s) for s in ("0", "42", "")] == ["0", "42", "none"]
+    for hostile in ("../../x", "a/b", "x" * 300, ".."):
+        part = _file_part(hostile)
+        assert "/" not in part
+        assert ".." not in part
+        assert len(part) <= 32

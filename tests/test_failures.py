@@ -79,6 +79,8 @@ def cases(trained: dict, tmp: Path) -> list[tuple[str, list[str], list[str]]]:
         ("aggregate", [str(empty)], ["No finished job"]),
         ("compare", [str(tmp / "gone.csv"), str(not_predictions)], ["gone.csv does not exist"]),
         ("compare", [str(not_predictions), str(not_predictions)], ["other.csv"]),
+        ("compare", [str(not_predictions), str(not_predictions), "--split", "val"],
+         ["--split=val act only on a checkpoint"]),  # a setting that does nothing
     ]  # fmt: skip
 
 

@@ -8,7 +8,9 @@ differ only in the fold and the seed are repeats of one setting: they form one g
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -230,7 +232,7 @@ def aggregate(
         drawn = []
         if figures is not None:
             for seed, table in pooled.items():
-                name = f"{number}_seed{seed or 'none'}.png"
+                name = f"{number}_seed{_file_part(seed)}.png"
                 drawn.append(_roc(table, figures / f"oof_roc_{name}"))
                 drawn.append(_calibration(table, figures / f"oof_calibration_{name}"))
         groups.append(
@@ -254,6 +256,16 @@ def aggregate(
         "unfinished": {str(j): unfinished_reason(j) for j in unfinished},
         "groups": groups,
     }
+
+
+def _file_part(seed: str) -> str:
+    """A seed as part of a file name: as it is when it is a plain word (``0``, ``42``), else a
+    hash of it (an override's value could hold ``/`` or ``..``, or be long)."""
+    if re.fullmatch(r"[\w.-]{1,32}", seed) and ".." not in seed:
+        return seed
+    return (
+        "none" if not seed else hashlib.sha1(seed.encode(), usedforsecurity=False).hexdigest()[:10]
+    )
 
 
 def _roc(table: pd.DataFrame, path: Path) -> str:
