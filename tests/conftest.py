@@ -102,7 +102,7 @@ def tiny_overrides(
     dead = {"checks.resamples": "checks.enabled=false", "data.val_fraction": "data.folds="}
     base = [
         o for o in base
-        if not any(o.startswith(key) and any(e.startswith(by) for e in extra)
+        if not any(o.startswith(key) and any(e.lower().startswith(by) for e in extra)
                    for key, by in dead.items())
     ]  # fmt: skip
     return [*base, *extra]
