@@ -214,14 +214,12 @@ def test_a_fold_without_folds_and_a_cut_metrics_file_are_refused_by_name(tmp_pat
 def test_a_failed_job_of_a_real_sweep_is_kept_and_named_with_its_error(
     tmp_path: Path, tiny_root: Path
 ) -> None:
-    from tests.conftest import tiny_overrides
+    from tests.conftest import run_command, tiny_overrides
 
     sweep_dir = tmp_path / "sweep"
-    command = [sys.executable, "-m", "pneumonia.train", "-m",
-               *tiny_overrides(tmp_path, tiny_root, "model.lr=-1,-2",
-                               f"hydra.sweep.dir={sweep_dir}")]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 1
+    code, _ = run_command("train", ["-m", *tiny_overrides(tmp_path, tiny_root, "model.lr=-1,-2",
+                                    f"hydra.sweep.dir={sweep_dir}")])  # fmt: skip
+    assert code == 1
     for job_dir in ("0", "1"):
         assert "model.lr" in (sweep_dir / job_dir / "failed.txt").read_text()
     with pytest.raises(InputNotFoundError, match="No finished job") as info:

@@ -4,33 +4,11 @@ commands run in this process, as their console scripts would run them)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def run(module: str, argv: list[str]) -> tuple[int, str]:
-    """``python -m pneumonia.<module> argv``: its exit status and what it wrote to stderr."""
-    import importlib
-
-    main = importlib.import_module(f"pneumonia.{module}").main
-    err = io.StringIO()
-    code = 0
-    old = sys.argv
-    sys.argv = [module, *argv]
-    try:
-        with contextlib.redirect_stderr(err):
-            try:
-                returned = main(argv) if module in ("aggregate", "compare") else main()
-                code = returned or 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    return code, err.getvalue()
+from tests.conftest import run_command as run
 
 
 def cases(trained: dict, tmp: Path) -> list[tuple[str, list[str], list[str]]]:

@@ -12,7 +12,7 @@ import pytest
 
 from pneumonia.runs.folders import best_checkpoint, latest_run, runs_root
 
-from .conftest import tiny_overrides
+from .conftest import run_command, tiny_overrides
 
 
 @pytest.mark.slow
@@ -164,7 +164,7 @@ def test_a_command_that_fails_before_writing_leaves_no_empty_run_folder(tmp_path
 
 
 def test_a_commands_output_dir_is_its_only_folder_and_has_one_owner(
-    trained: dict, tmp_path: Path
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """predict (as evaluate and export) with output_dir= writes nothing under ./outputs of the
     folder it was started in (it made outputs/ inside the data folder), and a second command
@@ -174,26 +174,25 @@ def test_a_commands_output_dir_is_its_only_folder_and_has_one_owner(
     image = sorted((trained["root"] / "test" / "NORMAL").iterdir())[0]
     (data / image.name).write_bytes(image.read_bytes())
     out = tmp_path / "out"
+    monkeypatch.chdir(data)  # started among the images
 
-    def predict() -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "pneumonia.predict", f"ckpt_path={trained['ckpt']}",
-             f"input={data}", f"output_dir={out}", "precision=32-true", "accelerator=cpu"],
-            capture_output=True, text=True, cwd=data, timeout=300,
-        )  # fmt: skip
+    def predict() -> tuple[int, str]:
+        args = [f"ckpt_path={trained['ckpt']}", f"input={data}", f"output_dir={out}",
+                "precision=32-true", "accelerator=cpu"]  # fmt: skip
+        return run_command("predict", args)
 
-    first = predict()
-    assert first.returncode == 0, first.stderr
+    first, err = predict()
+    assert first == 0, err
     assert sorted(p.name for p in data.iterdir()) == [image.name]  # no outputs/ among the images
     (record,) = (out / "logs").iterdir()  # Hydra's log and config record, a folder per run
     assert record.name.startswith("predict_")
     assert (record / ".hydra" / "config.yaml").is_file()
     assert (record / "predict.log").is_file()
     written = (out / "predictions.csv").read_bytes()
-    second = predict()
-    assert second.returncode != 0
-    assert f"The folder {out} holds an earlier predict's predictions.csv" in second.stderr
-    assert "Traceback" not in second.stderr
+    second, err = predict()
+    assert second != 0
+    assert f"The folder {out} holds an earlier predict's predictions.csv" in err
+    assert "Traceback" not in err
     assert (out / "predictions.csv").read_bytes() == written
 
 
