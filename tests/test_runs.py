@@ -123,42 +123,21 @@ def test_a_notebook_below_the_launch_folder_finds_its_runs(
         run_dir_from_env()
 
 
-def test_a_command_that_fails_before_writing_leaves_no_empty_run_folder(tmp_path: Path) -> None:
+def test_a_command_that_fails_before_writing_leaves_no_empty_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     run = tmp_path / "failed"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pneumonia.predict",
-            f"ckpt_path={tmp_path / 'gone.ckpt'}",
-            f"input={tmp_path}",
-            f"hydra.run.dir={run}",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert out.returncode != 0
-    assert "gone.ckpt does not exist" in out.stderr  # the error still reaches the user
+    gone = [f"ckpt_path={tmp_path / 'gone.ckpt'}", f"input={tmp_path}"]
+    code, err = run_command("predict", [*gone, f"hydra.run.dir={run}"])
+    assert code != 0
+    assert "gone.ckpt does not exist" in err  # the error still reaches the user
     assert not run.exists()  # not a folder of Hydra's config and a log of that error
     # A folder that holds something else is left alone.
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pneumonia.predict",
-            f"ckpt_path={tmp_path / 'gone.ckpt'}",
-            f"input={tmp_path}",
-            f"hydra.run.dir={kept}",
-        ],  # fmt: skip
-        capture_output=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    run_command("predict", [*gone, f"hydra.run.dir={kept}"])
     assert (kept / "notes.txt").read_text() == "mine"
     assert (kept / ".hydra").is_dir()
 
