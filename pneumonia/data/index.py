@@ -107,20 +107,30 @@ def class_names(train_dir: Path, chosen: Sequence[str] | None = None) -> list[st
 def labelled_folder(folder: Path, classes: Sequence[str]) -> SplitListing:
     """The images of a folder holding one sub-folder per class, labelled in ``classes`` order.
 
+    A class folder may be missing or empty: a set of one class is evaluated for what it can
+    tell (the specificity of NORMAL images alone, the sensitivity of PNEUMONIA images alone).
+
     Raises:
-        DataLayoutError: a missing folder, or class folders other than ``classes`` (both sets
-            are named).
+        DataLayoutError: a missing folder, class folders other than ``classes`` (both sets
+            are named), or no images in any of them.
     """
     if not folder.is_dir():
         raise DataLayoutError(f"{folder} does not exist or is not a folder.")
     found = _folders(folder)
-    if sorted(found) != sorted(classes):
+    if not found or not set(found) <= set(classes):
         raise DataLayoutError(
             f"{folder} has the class folders {found}, but the model was trained on "
-            f"{list(classes)}. Point data.root at a folder holding exactly "
-            f"{', '.join(c + '/' for c in classes)} (or at one whose test/ does)."
+            f"{list(classes)}. Point data.root at a folder holding "
+            f"{', '.join(c + '/' for c in classes)} or some of them (or at one whose test/ "
+            "does)."
         )
-    return list_split(folder, list(classes))
+    listing = list_split(folder, list(classes), empty_ok=True)
+    if not listing.files:
+        raise DataLayoutError(
+            f"The class folders {', '.join(c + '/' for c in found)} of {folder} hold no images "
+            "(extensions: .jpeg, .jpg, .png, ...): put the images to evaluate in them."
+        )
+    return listing
 
 
 def evaluation_folder(root: Path) -> Path:
@@ -141,21 +151,33 @@ def evaluation_folder(root: Path) -> Path:
 
 
 def list_split(
-    split_dir: Path, classes: list[str], left_out: Sequence[str] | None = None
+    split_dir: Path,
+    classes: list[str],
+    left_out: Sequence[str] | None = None,
+    *,
+    empty_ok: bool = False,
 ) -> SplitListing:
     """List image files of one split, checking its class folders match ``classes``.
+
+    Args:
+        empty_ok: a class folder may be missing or empty (an evaluation set of one class);
+            training and its checks need both.
 
     Raises:
         DataLayoutError: different class folders than train, or an empty class folder.
     """
     found = _folders(split_dir)
-    if found != classes and not (left_out is not None and set(classes) <= set(found)):
+    if empty_ok:
+        classes = [c if c in found else "" for c in classes]  # "": listed as no images
+    elif found != classes and not (left_out is not None and set(classes) <= set(found)):
         raise DataLayoutError(
             f"{split_dir} has class folders {found}, but train/ has {classes}. "
             "Every split must hold the same class folders."
         )
     listing = SplitListing(files=[], labels=[])
     for label, name in enumerate(classes):
+        if not name:
+            continue
         n_before = len(listing.files)
         walk = walk_files(split_dir / name, within=split_dir)
         for link in walk.repeated:
@@ -181,11 +203,15 @@ def list_split(
                 listing.labels.append(label)
             else:
                 listing.ignored.append(path)
-        if len(listing.files) == n_before:
+        if len(listing.files) == n_before and not empty_ok:
+            optional = split_dir.name in ("val", "test")
             raise DataLayoutError(
                 f"Class folder {split_dir / name} holds no images (extensions: .jpeg, .jpg, .png,"
-                " ...). Add images or remove the folder from every split."
-            )
+                f" ...). Training and its checks need images of each class ({', '.join(classes)})"
+                " in every split: add images to it"
+                + (f", or remove the whole {split_dir.name}/ split (it is optional)" if optional
+                   else "") + "."
+            )  # fmt: skip
     _one_label_each(listing, classes)
     return listing
 
