@@ -1,6 +1,12 @@
 """The report of an evaluation: every metric with a percentile-bootstrap interval, the
 calibration before and after the stored temperature, the operating points, and the metrics of
-the images like and unlike the training images."""
+the images like and unlike the training images.
+
+A set of one class (only NORMAL images: how many does the model wrongly call PNEUMONIA?) is a
+legitimate question with a smaller answer: its one rate, the counts and the calibration terms
+one class defines. What weighs one class against the other is None, never a NaN or the
+trivial number a formula gives (precision 1.0 when every image is PNEUMONIA), and named in
+``one_class`` so that the pages can say so."""
 
 from __future__ import annotations
 
@@ -31,6 +37,20 @@ from pneumonia.decision.metrics import (
 from pneumonia.decision.predictions import Predictions
 from pneumonia.decision.rules import Decision
 from pneumonia.decision.shift import ShiftReference
+
+# What needs images of both classes (issue 28): for a set of one class, None in both metric
+# sections, as are the operating points (threshold choice on these images), PPV and NPV, the
+# calibration line and the ROC and PR curves.
+NEEDS_BOTH_CLASSES = ("precision", "f1", "auroc", "average_precision")
+# The rate a set of one class tells, by its class (1: PNEUMONIA), and its complement.
+ONE_CLASS_RATES = {0: ("specificity", "false_positive_rate"), 1: ("recall", "false_negative_rate")}
+
+
+def only_class(targets: torch.Tensor) -> int | None:
+    """1 when every image is PNEUMONIA, 0 when every image is NORMAL, None otherwise."""
+    if not len(targets) or targets.min() != targets.max():
+        return None
+    return int(targets[0])
 
 
 def shift_report(preds: Predictions, reference: ShiftReference, **bootstrap: Any) -> dict:
@@ -97,12 +117,17 @@ def calibration_report(
         probs = calibrate(scores, temperature=temperature, reference_logit=reference,
                           prevalence=decision.prevalence)  # fmt: skip
         curve = reliability(probs, targets, bins)
+        line = calibration_line(probs, targets)
+        if only_class(targets) is not None:  # no logistic fit to one class: None, not NaN
+            line = {"mean_probability": float(probs.double().mean()),
+                    "observed_rate": float(targets.double().mean()),
+                    **dict.fromkeys(line)}  # fmt: skip
         sections[name] = {
             "temperature": float(temperature),
             "ece": curve["ece"],
             "nll": nll(probs, targets),
             **brier_decomposition(probs, targets, bins),
-            **calibration_line(probs, targets),
+            **line,
             "bins": curve["bins"],
         }
     return {
@@ -126,8 +151,8 @@ def operating_points(
     both = len(targets) and 0 < int(targets.sum()) < len(targets)
     section: dict[str, Any] = {}
     for name, metric in collection.items():
-        if not both and name not in ("ppv", "npv"):
-            section[name] = None  # a curve needs both classes
+        if not both:
+            section[name] = None  # a curve, and PPV and NPV (both rates), need both classes
             continue
         entry = with_interval(metric, probs, targets, **bootstrap)
         if hasattr(metric, "threshold_reached"):
@@ -159,7 +184,7 @@ def metrics_report(
     """
     probs, targets = preds.probs.float(), preds.targets.long()
     bootstrap = {"resamples": resamples, "confidence": confidence, "seed": seed}
-    return {
+    result = {
         "metrics": metrics_with_intervals(
             probs, targets, preds.threshold, ranking=True, **bootstrap
         ),
@@ -171,3 +196,28 @@ def metrics_report(
         "threshold": preds.threshold,
         "bootstrap": bootstrap,
     }
+    present = only_class(targets)
+    if present is not None:
+        result["one_class"] = _one_class(result, present)
+    return result
+
+
+def _one_class(result: dict[str, Any], present: int) -> dict[str, Any]:
+    """For a set of one class: the metrics that need both set to None, the complement of its
+    one rate added with the same interval turned round (``1 - rate``: the percentiles of a
+    complement are the complements of the percentiles), and what is and is not reported."""
+    rate, complement = ONE_CLASS_RATES[present]
+    for section in ("metrics", "metrics_at_0.5"):
+        metrics = result[section]
+        for name in NEEDS_BOTH_CLASSES:
+            if name in metrics:
+                metrics[name] = None
+        m = metrics[rate]
+        metrics[complement] = {"value": 1 - m["value"], "ci_low": 1 - m["ci_high"],
+                               "ci_high": 1 - m["ci_low"]}  # fmt: skip
+    return {
+        "positive": bool(present),
+        "reported": [rate, complement, "accuracy", "confusion_matrix", "calibration"],
+        "not_computed": [*NEEDS_BOTH_CLASSES, "npv", "roc_curve", "pr_curve",
+                         "operating_points", "calibration_line", "threshold_choice"],
+    }  # fmt: skip

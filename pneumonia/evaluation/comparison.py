@@ -110,6 +110,15 @@ def pair(a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str] = NAMES) -> Pair
         )
     targets = (both["label_a"] == positives[0]).to_numpy().astype(np.int64)
     counts = int(targets.sum()), int(len(targets) - targets.sum())
+    if len(targets) and not min(counts):  # a set of one class: a legitimate question, not ours
+        only = str(both["label_a"].iloc[0])
+        rate = "sensitivity" if counts[0] else "specificity"
+        raise InputValueError(
+            f"All {len(targets)} images are {only}: pneumonia-compare compares AUROCs, which "
+            f"need images of both classes (two or more of each). For the {rate} on these "
+            "images, read each model's, with its interval, in its pneumonia-evaluate report; to "
+            "compare the two models, score both on a set holding both classes."
+        )
     if min(counts) < 2:
         raise InputValueError(
             f"{len(targets)} images left ({counts[0]} {positives[0]}, {counts[1]} other): "

@@ -69,7 +69,12 @@ def evaluation_markdown(
         head + (f" at 0.5 | {conf} CI |" if at_half else ""),
         "|---|---|---|" + ("---|---|" if at_half else ""),
     ]
-    for name, label in METRIC_LABELS.items():
+    one = result.get("one_class")
+    if one:
+        lines[6:6] = [*_one_class_lines(one, result["num_images"]), ""]
+    for name, label in (METRIC_LABELS | COMPLEMENT_LABELS if one else METRIC_LABELS).items():
+        if name not in result["metrics"]:
+            continue  # the complement of the rate the other class would give
         row = f"| {label} | {_cells(result['metrics'][name])} |"
         if at_half is not None:
             row += f" {_cells(at_half[name])} |" if name in at_half else " (threshold-free) | |"
@@ -79,15 +84,40 @@ def evaluation_markdown(
     if figures:
         lines += [" ".join(f"![{md_text(Path(f).stem.replace('_', ' '))}]({md_url(f)})"
                            for f in figures), ""]  # fmt: skip
-    lines += _operating_lines(result.get("operating_points"), conf)
+    lines += _operating_lines(None if one else result.get("operating_points"), conf)
     lines += _calibration_lines(result.get("calibration"))
     lines += _shift_lines(result.get("shift"), conf)
     lines += _source_lines(result.get("by_source"), conf)
     lines += _subgroup_lines(result.get("subgroups"), conf)
     lines += _mistake_lines(mistakes, t)
-    lines += ["Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `reliability.png`, "
-              "`predictions.csv`.", ""]  # fmt: skip
+    if one:  # the figures one class allows
+        lines += ["Files: " + ", ".join(f"`{f}`" for f in [*figures, "predictions.csv"]) + ".",
+                  ""]  # fmt: skip
+    else:
+        lines += ["Files: `confusion_matrix.png`, `roc.png`, `pr.png`, `reliability.png`, "
+                  "`predictions.csv`.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+# A set of one class: its rate's complement, by the rate (decision.report.ONE_CLASS_RATES).
+COMPLEMENT_LABELS = {
+    "false_positive_rate": "False-positive rate (1 - specificity)",
+    "false_negative_rate": "False-negative rate (1 - sensitivity)",
+}
+
+
+def _one_class_lines(one: Mapping[str, Any], images: int) -> list[str]:
+    """report.md's plain statement for a set of one class: what it tells, what it cannot."""
+    name = md_text(one.get("class") or ("PNEUMONIA" if one["positive"] else "NORMAL"))
+    rate, miss = (
+        ("sensitivity", "false-negative") if one["positive"] else ("specificity", "false-positive")
+    )
+    return [f"**Every image is {name}** ({images} images): these images tell the {rate} (the "
+            f"share of them called {name}) and the {miss} rate, with "
+            "the counts and the calibration one class defines. AUROC, the ROC and PR curves, "
+            "precision (PPV), NPV, F1, the operating points, the calibration slope and "
+            "intercept, and a threshold chosen on these images need both classes: they are not "
+            "computed."]  # fmt: skip
 
 
 def _operating_lines(points: dict[str, Any] | None, conf: str) -> list[str]:
@@ -126,8 +156,12 @@ def _calibration_lines(calibration: dict[str, Any] | None) -> list[str]:
              "over the same bins. `reliability.png` draws both curves with the bins' counts.", "",
              f"| | without temperature | with the stored temperature "
              f"{after['temperature']:.3f} |", "|---|---|---|"]  # fmt: skip
+    if "mean_probability" in after:  # one class: the mean probability against its share
+        rows = (("Mean probability of PNEUMONIA", "mean_probability"),
+                ("Observed share of PNEUMONIA", "observed_rate"), *rows)  # fmt: skip
     for label, key in rows:
-        lines.append(f"| {label} | {before[key]:.4f} | {after[key]:.4f} |")
+        if before[key] is not None:  # None: the calibration line, which one class cannot fit
+            lines.append(f"| {label} | {before[key]:.4f} | {after[key]:.4f} |")
     return [*lines, ""]
 
 

@@ -18,6 +18,7 @@ from pneumonia.decision.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from pneumonia.decision.predictions import Predictions
 from pneumonia.decision.prior_shift import flag_and_rebase
 from pneumonia.decision.report import (
+    NEEDS_BOTH_CLASSES,
     by_source,
     calibration_report,
     metrics_report,
@@ -137,7 +138,7 @@ def evaluate_checkpoint(
     also the calibration (before and after the stored temperature) and the operating points,
     with PPV and NPV at ``prevalence`` (a clinic's PNEUMONIA prevalence) when one is given, and
     the subgroups (bacterial and viral pneumonia, sex, age band, view) of ``min_subgroup``
-    images or more.
+    images or more. A set of one class is reported for what it defines (``one_class``).
 
     Returns:
         The report (``report.json``) and the predictions behind it (``predictions.csv``).
@@ -152,6 +153,11 @@ def evaluate_checkpoint(
         preds.probs, preds.shift, ckpt.shift, ckpt.decision, prior_shift
     )
     result = metrics_report(preds, **bootstrap)
+    if "one_class" in result:
+        _say_one_class(result, ckpt, split)
+        for group in ("in_distribution", "flagged"):  # of one class too: what needs both, None
+            if unlike and unlike[group]:
+                unlike[group] |= dict.fromkeys(NEEDS_BOTH_CLASSES)
     result["calibration"] = calibration
     result["operating_points"] = operating_points(preds, prevalence, **bootstrap)
     result["by_source"] = by_source(preds, **bootstrap)
@@ -167,3 +173,18 @@ def evaluate_checkpoint(
         "tta": bool(tta),
     }
     return result, preds
+
+
+def _say_one_class(result: dict[str, Any], ckpt: LoadedCheckpoint, split: str) -> None:
+    """Name the one class in ``result["one_class"]`` and say in the log what the report holds."""
+    section = result["one_class"]
+    index = ckpt.positive_index if section["positive"] else 1 - ckpt.positive_index
+    section = result["one_class"] = {"class": ckpt.class_names[index], **section}
+    rate = "sensitivity" if section["positive"] else "specificity"
+    log.warning(
+        "Every image of split %s is %s (%d images): the report gives the %s (and its "
+        "complement), the counts and the calibration one class defines. AUROC, the ROC and PR "
+        "curves, precision (PPV), NPV, F1, the operating points and a threshold chosen on "
+        "these images need both classes and are not computed.",
+        split, section["class"], result["num_images"], rate,
+    )  # fmt: skip

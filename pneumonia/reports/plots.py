@@ -26,17 +26,20 @@ from pneumonia.system.files import atomic_path
 def confusion_matrix_figure(
     matrix: torch.Tensor | np.ndarray, class_names: Sequence[str], title: str = ""
 ) -> Figure:
-    """mlxtend's confusion matrix with counts and row-normalised rates."""
+    """mlxtend's confusion matrix with counts and row-normalised rates; counts alone where a
+    class has no image (a set of one class), whose row's rates would be 0/0, drawn as nan."""
+    counts = np.asarray(matrix, dtype=np.int64)
     fig, ax = plt.subplots(figsize=(4.2, 4.2), layout="constrained")
-    plot_confusion_matrix(
-        conf_mat=np.asarray(matrix, dtype=np.int64),
-        class_names=list(class_names),
-        show_absolute=True,
-        show_normed=True,
-        colorbar=False,
-        figure=fig,
-        axis=ax,
-    )
+    with np.errstate(invalid="ignore"):  # mlxtend divides by every row's count, drawn or not
+        plot_confusion_matrix(
+            conf_mat=counts,
+            class_names=list(class_names),
+            show_absolute=True,
+            show_normed=bool(counts.sum(axis=1).all()),
+            colorbar=False,
+            figure=fig,
+            axis=ax,
+        )
     ax.set_title(title, fontsize=10)
     return fig
 
