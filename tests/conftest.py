@@ -99,7 +99,8 @@ def tiny_overrides(
         # BootStrapper: 1,000 metric copies) took 40% of a tiny run. 100 still draw an interval.
         "checks.resamples=100",
     ]
-    dead = {"checks.resamples": "checks.enabled=false", "data.val_fraction": "data.folds="}
+    dead = {"checks.resamples": "checks.enabled=false", "data.val_fraction": "data.folds=",
+            "data.cache_dir": "data.cache=false"}  # fmt: skip
     base = [
         o for o in base
         if not any(o.startswith(key) and any(e.lower().startswith(by) for e in extra)

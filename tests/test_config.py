@@ -101,6 +101,8 @@ def test_the_defaults_of_keys_that_act_only_with_another_are_the_configs_own() -
         (["data.fold=1"], "data.fold=1"),
         (["data.fold=0"], "data.fold=0"),  # the first job of data.fold=0,1,2: given, so refused
         (["data.folds=5", "data.val_fraction=0.2"], "data.val_fraction=0.2"),
+        (["data.folds=5", "data.val_split=official"], "data.val_split='official'"),
+        (["data.cache=false", "data.cache_dir=/c"], "data.cache_dir='/c'"),
         (["model.unfreeze_at_epoch=2"], "model.freeze_backbone=true"),
         (["model.momentum=0.5"], "model.optimizer=sgd"),
         (["model.threshold_rule=f1", "model.cost_ratio=3"], "model.threshold_rule=bayes"),
