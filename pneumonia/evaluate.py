@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pneumonia.config import CONFIG_DIR, EVALUATE_ONLY_WITH, EVALUATE_RULES, check_values
 from pneumonia.decision.predictions import PREDICTIONS, write_predictions
 from pneumonia.evaluation import evaluate_checkpoint, evaluation_markdown
-from pneumonia.evaluation.scoring import EVALUATE_DATA_KEYS
+from pneumonia.evaluation.scoring import evaluation_data
 from pneumonia.inference.runner import inference_precision
 from pneumonia.models.checkpoint import load_checkpoint
 from pneumonia.reports.pages import write_page
@@ -103,18 +103,6 @@ def _confident_mistakes(ckpt, preds, cfg: DictConfig, device, out: Path) -> list
         }
         for k, (i, f) in enumerate(zip(picked, files, strict=True))
     ]
-
-
-def evaluation_data(cfg: DictConfig) -> dict[str, Any] | None:
-    """The keys of ``cfg.data`` evaluation takes (a whole data config, from ``data=nih``,
-    brings training keys too, which the checkpoint decides)."""
-    if not cfg.get("data"):
-        return None
-    data = {k: cfg.data[k] for k in EVALUATE_DATA_KEYS if k in cfg.data}
-    return {
-        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-        for k, v in data.items()
-    }
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")

@@ -106,15 +106,16 @@ def as_params(tree: Any) -> dict[str, bool | int | float | str]:
 
 
 __all__ = [
-    "CONFIG_DIR", "EVALUATE_ONLY_WITH", "EVALUATE_RULES", "PREDICT_RULES", "TRAIN_ONLY_WITH",
-    "TRAIN_RULES", "ConfigValueError", "as_params", "check_train_config", "check_values",
-    "compose", "flatten", "without_effect",
+    "CONFIG_DIR", "EVALUATE_ONLY_WITH", "EVALUATE_RULES", "PREDICT_RULES", "RECALIBRATE_RULES",
+    "TRAIN_ONLY_WITH", "TRAIN_RULES", "ConfigValueError", "as_params", "check_train_config",
+    "check_values", "compose", "flatten", "without_effect",
 ]  # fmt: skip
 
 from pneumonia.config.checks import (  # noqa: E402  (the names callers import from here)
     EVALUATE_ONLY_WITH,
     EVALUATE_RULES,
     PREDICT_RULES,
+    RECALIBRATE_RULES,
     TRAIN_ONLY_WITH,
     TRAIN_RULES,
     ConfigValueError,

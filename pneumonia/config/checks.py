@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.data.images import is_upscale_limit
 from pneumonia.data.preprocessing import Preprocessing
 from pneumonia.decision.prior_shift import PRIOR_SHIFTS
+from pneumonia.decision.recalibration import REFIT_RULES
 from pneumonia.decision.shift import METHODS as SHIFT_METHODS
 from pneumonia.errors import InputValueError
 
@@ -117,6 +118,15 @@ PREDICT_RULES = {
     "tta": FLAG,
     "gradcam": FLAG,
     "prior_shift": _one_of(PRIOR_SHIFTS),
+}
+RECALIBRATE_RULES = {
+    "batch_size": COUNT,
+    "data.num_workers": WORKERS,
+    "max_upscale": OPTIONAL_UPSCALE,
+    "rule": _one_of(REFIT_RULES),
+    "prevalence": OPTIONAL_PREVALENCE,
+    "folds": _rule(lambda v: _integer(v) and v >= 2, "a whole number >= 2"),
+    "seed": _rule(_integer, "a whole number"),
 }
 _MISSING = object()
 

@@ -134,6 +134,9 @@ class Decision:
     temperature: float
     reference_prevalence: float  # the prevalence the training loss implied
     target_sensitivity: float  # the sensitivity rule's target
+    # what pneumonia.recalibrate re-fitted on a site's labelled images, and what it promises
+    # there (pneumonia.decision.recalibration.RefitRecord.to_dict); None: as trained
+    recalibration: dict[str, Any] | None = None
 
     @property
     def bayes(self) -> bool:
@@ -142,7 +145,10 @@ class Decision:
         return self.threshold_rule == "bayes"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if record["recalibration"] is None:
+            del record["recalibration"]  # as trained: the record of earlier versions
+        return record
 
     def describe(self, shift: dict[str, Any] | None = None) -> str:
         """One sentence for a report: the threshold, its rule, and the calibration behind it.
@@ -165,7 +171,12 @@ class Decision:
             )
             if not shift.get("converged", True):
                 line += f" (EM did not converge in {shift['iterations']} iterations)"
-        return line + "."
+        line += "."
+        if self.recalibration:
+            from pneumonia.decision.recalibration import describe_refit
+
+            line += " " + describe_refit(self.recalibration)
+        return line
 
 
 @dataclass(frozen=True)

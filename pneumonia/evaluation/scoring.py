@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from pneumonia.data import ChestXRayDataModule
 from pneumonia.data.cache import cache_folder
@@ -40,6 +41,18 @@ EVALUATE_BATCH_SIZE = 64
 # data=nih and the like bring a whole data config, of which only these count.
 EVALUATE_DATA_KEYS = ("root", "cache_dir", "cache", "num_workers", "on_bad_image", "holdout_root",
                       "table")  # fmt: skip
+
+
+def evaluation_data(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The keys of ``cfg.data`` evaluation takes (a whole data config, from ``data=nih``,
+    brings training keys too, which the checkpoint decides)."""
+    if not cfg.get("data"):
+        return None
+    data = {k: cfg.data[k] for k in EVALUATE_DATA_KEYS if k in cfg.data}
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in data.items()
+    }
 
 
 def score(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import zipfile
@@ -39,6 +40,8 @@ class LoadedCheckpoint:
     shift: ShiftReference | None = None  # what its training images looked like (None: older)
     # named operating thresholds chosen on validation (decision.operating_thresholds)
     thresholds: dict[str, dict[str, Any]] | None = None
+    # what pneumonia.recalibrate re-fitted on a site's images (decision.recalibration)
+    recalibration: dict[str, Any] | None = None
 
     @property
     def threshold(self) -> float:
@@ -99,8 +102,9 @@ class LoadedCheckpoint:
 
     @property
     def decision(self) -> Decision:
-        """Threshold rule, cost ratio, prevalence and temperature behind the threshold."""
-        return self.model.decision()
+        """Threshold rule, cost ratio, prevalence and temperature behind the threshold, and the
+        re-fit on a site's images, if any."""
+        return replace(self.model.decision(), recalibration=self.recalibration)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -245,6 +249,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         config=meta.get("config"),
         shift=ShiftReference.from_record(meta.get("shift")),
         thresholds=meta.get("thresholds"),
+        recalibration=meta.get("recalibration"),
     )
 
 
@@ -256,3 +261,33 @@ def add_to_checkpoint(path: str | Path, key: str, record: dict[str, Any]) -> Non
     ckpt["pneumonia"][key] = record
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
+
+
+def write_refitted(
+    path: str | Path,
+    dest: str | Path,
+    decision: Decision,
+    *,
+    thresholds: dict[str, dict[str, Any]],
+    recalibration: dict[str, Any],
+) -> Path:
+    """A copy of the checkpoint at ``path`` with another ``decision`` (its temperature,
+    reference prevalence, prevalence, threshold rule and threshold), named ``thresholds`` and the
+    ``recalibration`` record, written atomically to ``dest``; ``path`` is only read."""
+    path, dest = Path(path), Path(dest)
+    if dest.resolve() == path.resolve():
+        raise InputValueError(f"{dest}: a re-fitted checkpoint never replaces its original")
+    ckpt = read_checkpoint(path)
+    state = ckpt["state_dict"]
+    logit = math.log(decision.reference_prevalence / (1 - decision.reference_prevalence))
+    for name, value in (("threshold", decision.threshold), ("temperature", decision.temperature),
+                        ("reference_logit", logit)):  # fmt: skip
+        state[name] = torch.tensor(value, dtype=state[name].dtype)
+    ckpt["hyper_parameters"].update(
+        threshold_rule=decision.threshold_rule, prevalence=decision.prevalence
+    )
+    ckpt["pneumonia"] |= {"thresholds": thresholds, "recalibration": recalibration}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        torch.save(ckpt, tmp)
+    return dest

@@ -102,6 +102,7 @@ COMMAND_OUTPUTS = {
     "evaluate": ("report.json", "report.md", "report.html", PREDICTIONS, "mistakes"),
     "predict": (PREDICTIONS, "gradcam"),
     "export": ("model.onnx", "model.pt", "model.json"),
+    "recalibrate": ("recalibration.json", "report.md", "report.html", "checkpoints"),
     "compare": ("compare.json", "compare.md", "compare.html", "roc_compare.png"),
 }
 
