@@ -175,3 +175,60 @@ def test_the_recorded_overrides_repeat_a_budgeted_run_exactly(
     state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     for i in state_a:
         torch.testing.assert_close(state_a[i]["exp_avg"], state_b[i]["exp_avg"], rtol=0, atol=0)
+
+
+class Clock:
+    """A clock the test moves: each training step takes ``step_s`` of it until ``slow_after``
+    steps, then ``factor`` times as long (another job took the cores, a node throttled)."""
+
+    def __init__(self, step_s: float, slow_after: int, factor: float) -> None:
+        self.now, self.step_s, self.slow_after, self.factor = 0.0, step_s, slow_after, factor
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, step: int) -> None:
+        self.now += self.step_s * (self.factor if step > self.slow_after else 1.0)
+
+
+@pytest.mark.parametrize("factor", [3.0, 0.5], ids=["slower", "faster"])
+def test_the_schedule_anneals_by_the_deadline_when_steps_change_speed_mid_run(
+    train_cfg, monkeypatch: pytest.MonkeyPatch, factor: float
+) -> None:
+    import pneumonia.models.budget as budget_module
+    from pneumonia.models.budget import TimeBudget
+
+    clock = Clock(step_s=3.0, slow_after=4, factor=factor)
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: (3.0, 0.01))
+    monkeypatch.setattr(budget_module, "clock", clock)
+    ends: list[float] = []
+    original = TimeBudget.on_train_batch_end
+
+    def a_step_takes_the_clocks_time(self, trainer, *args):
+        clock.tick(trainer.global_step)
+        original(self, trainer, *args)
+        ends.append(clock.now)
+
+    monkeypatch.setattr(TimeBudget, "on_train_batch_end", a_step_takes_the_clocks_time)
+    cfg = train_cfg(
+        "trainer.max_time=00:00:01:30",
+        "trainer.max_epochs=1000",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.lr_monitor.logging_interval=step",
+        "test=false",
+        "checks.enabled=false",
+        "shift.enabled=false",
+    )
+    metrics = train(cfg)
+    plan = metrics["time_budget"]
+    run = Path(cfg.paths.output_dir)
+    lrs = read_scalars(run, "lr-AdamW")
+    assert max(lrs) == pytest.approx(cfg.model.lr, rel=0.05)  # the peak was reached
+    assert lrs[-1] < 1e-3 * max(lrs)  # and the last step ran at the annealed end
+    assert ends[-1] <= plan["window_s"] + 3.0 * factor  # training ended by its deadline
+    if factor > 1:  # slower: fewer steps than planned, the schedule moved by the clock
+        assert plan["steps_run"] < plan["max_steps"]
+        assert plan["followed_clock_from_step"] is not None
+    else:  # faster: every planned step, on the plan's schedule, early
+        assert plan["steps_run"] == plan["max_steps"]
+        assert plan["followed_clock_from_step"] is None

@@ -5,7 +5,10 @@ schedule is then cut off near its peak, and on a slow machine the run may not re
 validation. :class:`TimeBudget` measures this machine's training and evaluation speed before the
 first optimizer step, plans how many epochs (or steps, when not even one epoch fits) end inside
 the budget with the final validation and test, and rebuilds the per-step schedule over exactly
-that many steps, so it finishes annealing when the budget ends.
+that many steps, so it finishes annealing when the budget ends. The speed can change during a
+run (another job on a shared machine, a throttled node): the schedule then follows the clock as
+well as the steps, at whichever is further along, and training stops, annealed, when the time
+planned for it is up.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pneumonia.models.optim import build_scheduler
 
 log = logging.getLogger(__name__)
 
+# The clock a budget reads (a test gives it one that changes speed mid-run).
+clock = time.monotonic
+
 
 @dataclass(frozen=True)
 class BudgetPlan:
@@ -41,6 +47,9 @@ class BudgetPlan:
     epochs: int
     max_steps: int
     expected_s: float  # predicted time of the whole run, final validation and test included
+    # seconds from the first step that training and its validations may take: the schedule
+    # reaches its end by then whatever the speed (None: a plan of an older version, by steps)
+    window_s: float | None = None
 
     def repeat_overrides(self, precision: str) -> str:
         return (
@@ -83,6 +92,7 @@ def plan_budget(
         max_steps = int(min(max(1, (usable - val_s) // step_s), steps_per_epoch))
     expected = spent_s + max_steps * step_s + epochs * val_s + final_images * eval_image_s
     return BudgetPlan(
+        window_s=max(usable, max_steps * step_s + epochs * val_s),
         budget_s=budget_s,
         spent_s=spent_s,
         step_s=step_s,
@@ -187,8 +197,14 @@ class TimeBudget(pl.Callback):
         self.check_passes = check_passes
         # pneumonia.decision.shift's reference: one pass over the training and the validation images
         self.reference_pass = False
-        self.started = time.monotonic()
+        self.started = clock()
         self.plan: BudgetPlan | None = None
+        self.trained_s = 0.0  # training time before a resume (from the checkpoint)
+        self._first_step: float | None = None  # when this process's training began, by clock
+        self.clock_from_step: int | None = None  # where the schedule first followed the clock
+        self._last_tick: float | None = None  # the clock at the previous step's end
+        self._step_s = 0.0  # the latest step's duration, by the clock
+        self._last_step_done = False  # the step at the schedule's end has been scheduled
 
     @staticmethod
     def _budget(trainer: pl.Trainer) -> float | None:
@@ -216,6 +232,8 @@ class TimeBudget(pl.Callback):
             )
         trainer.fit_loop.max_epochs = self.plan.epochs
         trainer.fit_loop.epoch_loop.max_steps = self.plan.max_steps
+        self._first_step = clock() - self.trained_s
+        self._step_s = self.plan.step_s
 
     def _make_plan(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, budget: float
@@ -237,7 +255,7 @@ class TimeBudget(pl.Callback):
         accumulate = trainer.accumulate_grad_batches
         return plan_budget(
             budget_s=budget,
-            spent_s=time.monotonic() - self.started,
+            spent_s=clock() - self.started,
             step_s=batch_s * accumulate,
             eval_image_s=eval_image_s,
             steps_per_epoch=math.ceil(trainer.num_training_batches / accumulate),
@@ -257,15 +275,63 @@ class TimeBudget(pl.Callback):
                 rebuilt = build_scheduler(config.scheduler.optimizer, name, lambda: steps)
                 config.scheduler = rebuilt["scheduler"]
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        # Stopping inside the first epoch: should_stop makes Lightning validate before it ends.
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:  # fmt: skip
         plan = self.plan
-        if plan and plan.steps_per_epoch > plan.max_steps <= trainer.global_step:
+        if plan is None or self._first_step is None:
+            return
+        # Stopping inside the first epoch: should_stop makes Lightning validate before it ends.
+        if plan.steps_per_epoch > plan.max_steps <= trainer.global_step:
             trainer.should_stop = True
+        if plan.window_s:
+            self._follow_the_clock(trainer, plan, first_of_epoch=batch_idx == 0)
+
+    def _follow_the_clock(
+        self, trainer: pl.Trainer, plan: BudgetPlan, first_of_epoch: bool
+    ) -> None:
+        """Keep per-step schedules at least as far along as the time spent, counting the next
+        step: steps slower than planned move the schedule by the clock, the last step that fits
+        in the window runs at the schedule's end, and training then stops (and validates)."""
+        if self._last_step_done:
+            trainer.should_stop = True
+            return
+        now = clock()
+        if self._last_tick is not None and not first_of_epoch:  # not across a validation
+            self._step_s = now - self._last_tick
+        self._last_tick = now
+        spent = now - self._first_step
+        next_end = (spent + self._step_s) / plan.window_s  # where the next step will end
+        position = min(int(next_end * plan.max_steps), plan.max_steps - 1)
+        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
+        if not schedulers or schedulers[0].last_epoch >= position:
+            return  # on pace: the plan's schedule, by steps
+        if spent + 2 * self._step_s > plan.window_s:  # the next step is the last that fits
+            position, self._last_step_done = plan.max_steps - 1, True
+        if self.clock_from_step is None:
+            self.clock_from_step = trainer.global_step
+            log.warning(
+                "Time budget: training runs slower than planned (%d of %d steps after %.0f%% of "
+                "the time planned for them; another job on this machine?). The learning-rate "
+                "schedule now follows the clock, so it ends annealed when the budget does, in "
+                "fewer steps.",
+                trainer.global_step, plan.max_steps, 100 * spent / plan.window_s,
+            )  # fmt: skip
+        for scheduler in schedulers:
+            while scheduler.last_epoch < position:
+                scheduler.step()
+        if self._last_step_done:
+            log.warning(
+                "Time budget: one more step fits in the time planned for training (%d of %d "
+                "steps run); it runs at the schedule's end, then the run validates and tests.",
+                trainer.global_step, plan.max_steps,
+            )  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plan": asdict(self.plan) if self.plan else None}
+        trained = clock() - self._first_step if self._first_step is not None else 0.0
+        return {"plan": asdict(self.plan) if self.plan else None, "trained_s": trained}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         plan = state_dict.get("plan")
         self.plan = BudgetPlan(**plan) if plan else None
+        self.trained_s = float(state_dict.get("trained_s", 0.0))

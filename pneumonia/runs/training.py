@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pneumonia.config import as_params, check_train_config
 from pneumonia.decision.metrics import confusion_matrix
 from pneumonia.decision.predictions import VAL_PREDICTIONS, Predictions, write_predictions
+from pneumonia.decision.prior_shift import class_probabilities
 from pneumonia.decision.rules import operating_thresholds, uncertain_thresholds
 from pneumonia.models.budget import TimeBudget
 from pneumonia.models.checkpoint import read_checkpoint
@@ -166,6 +167,8 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
             if warning := uncertain_thresholds(metrics["thresholds"], classes):
                 log.warning(warning)
             add_to_run_checkpoint(output_dir, best, "thresholds", metrics["thresholds"])
+            by_class = class_probabilities(validation.probs, validation.targets)  # EM's check
+            add_to_run_checkpoint(output_dir, best, "class_probabilities", by_class)
     if cfg.get("test"):
         if datamodule.has_split("test"):
             results = trainer.test(
@@ -213,11 +216,15 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     metrics["precision"] = {"used": choice.precision, "reason": choice.reason}
     if model.lr_scaled is not None:
         metrics["lr_scaling"] = model.lr_scaled.to_dict()
-    plans = [cb.plan for cb in trainer.callbacks if isinstance(cb, TimeBudget) and cb.plan]
-    if plans:
+    budgets = [cb for cb in trainer.callbacks if isinstance(cb, TimeBudget) and cb.plan]
+    if budgets:
+        plan = budgets[0].plan
         metrics["time_budget"] = {
-            **asdict(plans[0]),
-            "repeat_with": plans[0].repeat_overrides(choice.precision),
+            **asdict(plan),
+            "steps_run": trainer.global_step,
+            # None: on pace; a step: from there the schedule followed the clock (slower steps)
+            "followed_clock_from_step": budgets[0].clock_from_step,
+            "repeat_with": plan.repeat_overrides(choice.precision),
         }
     _write_outputs(cfg, model, trainer, metrics, output_dir)
     return metrics
