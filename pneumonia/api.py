@@ -173,8 +173,9 @@ class Classifier:
             batch = self.batch(images, tta=tta).to(self.device)
             probs, shift = score_images(self.model, batch, shift=reference)
         probs, _ = flag_and_rebase(
-            probs.float().cpu(), shift, self.ckpt.shift, self.decision, prior_shift
-        )
+            probs.float().cpu(), shift, self.ckpt.shift, self.decision, prior_shift,
+            self.ckpt.class_probabilities,
+        )  # fmt: skip
         return _table(
             prediction_rows(
                 [f"tensor[{i}]" for i in range(len(probs))],

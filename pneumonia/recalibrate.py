@@ -20,7 +20,7 @@ from pneumonia.data.leakage import EXAMPLES, find_leaks
 from pneumonia.data.table import SplitListing
 from pneumonia.decision.calibration import logit, scores_of
 from pneumonia.decision.predictions import Predictions
-from pneumonia.decision.prior_shift import flag_and_rebase
+from pneumonia.decision.prior_shift import class_probabilities, flag_and_rebase
 from pneumonia.decision.recalibration import (
     check_sample,
     describe_refit,
@@ -86,8 +86,8 @@ def _recalibrate(cfg: DictConfig, out: Path) -> Path:
         if warning:
             log.warning("%s", warning)
     dest = out / "checkpoints" / f"{ckpt.path.stem}-recalibrated.ckpt"
-    write_refitted(ckpt.path, dest, fitted, thresholds=thresholds,
-                   recalibration=record.to_dict())  # fmt: skip
+    write_refitted(ckpt.path, dest, fitted, thresholds=thresholds, recalibration=record.to_dict(),
+                   class_probabilities=class_probabilities(probs, preds.targets))  # fmt: skip
     summary = {"checkpoint": str(dest), "decision": fitted.to_dict(),
                "recalibration": record.to_dict(), "thresholds": thresholds}  # fmt: skip
     write_text(out / "recalibration.json", json.dumps(summary, indent=2) + "\n")

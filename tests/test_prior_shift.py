@@ -50,3 +50,38 @@ def test_em_refuses_images_mostly_unlike_the_training_images() -> None:
         adapt_to_prevalence(probs, bayes_decision(), "em", flagged_share=0.6)
     _, record = adapt_to_prevalence(probs, bayes_decision(), "em", flagged_share=0.1)
     assert record["method"] == "em"
+
+
+def separated(n: int, prevalence: float, seed: int, normal_shift: float = 0.0):
+    """Probabilities of well-separated classes (scores N(-4, 1.2) and N(4, 1.2), as a
+    Kermany model's validation images), the NORMAL ones moved by ``normal_shift``."""
+    g = torch.Generator().manual_seed(seed)
+    targets = (torch.rand(n, generator=g) < prevalence).long()
+    z = torch.randn(n, generator=g) * 1.2 + 8.0 * targets - 4.0 + normal_shift * (targets == 0)
+    return torch.sigmoid(z), targets
+
+
+def test_em_says_when_the_images_changed_and_not_only_their_share(caplog) -> None:
+    from pneumonia.decision.prior_shift import class_probabilities
+
+    reference = class_probabilities(*separated(500, 0.7, seed=1))  # validation
+    assert reference["images"][0] + reference["images"][1] == 500
+    probs, targets = separated(624, 0.625, seed=2)  # label shift alone
+    with caplog.at_level("WARNING"):
+        _, record = adapt_to_prevalence(probs, bayes_decision(), "em", reference=reference)
+    assert record["mixture_check"]["p_value"] > 0.01
+    assert record["estimated_prevalence"] == pytest.approx(0.625, abs=0.04)
+    assert "images themselves changed" not in caplog.text
+    # as on the official test split: its NORMAL images score higher than validation's
+    probs, targets = separated(624, 0.625, seed=2, normal_shift=3.0)
+    with caplog.at_level("WARNING"):
+        _, record = adapt_to_prevalence(probs, bayes_decision(), "em", reference=reference)
+    assert record["mixture_check"]["p_value"] < 0.01
+    assert record["estimated_prevalence"] > 0.65  # the bias it warns of
+    assert "images themselves changed" in caplog.text
+    assert "pneumonia-recalibrate" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _, record = adapt_to_prevalence(probs, bayes_decision(), "em")
+    assert record["mixture_check"] is None
+    assert "cannot be checked" in caplog.text

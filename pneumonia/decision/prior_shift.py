@@ -21,6 +21,13 @@ from pneumonia.errors import InputValueError
 log = logging.getLogger(__name__)
 
 PRIOR_SHIFTS = ("none", "em")
+# Probability quantiles per class of the images a decision was fitted on (validation, or a
+# re-fit's site), stored in checkpoints as "class_probabilities": EM's assumption is checked
+# against them.
+QUANTILES = 101
+# Below this p-value the images' probabilities are not a mix of the two classes' reference
+# probabilities: their images changed, not only the share of each class.
+MIXTURE_P = 0.01
 # Fewer images than this say too little about their population's prevalence: EM on 3 images
 # estimated 0.994 and turned a NORMAL image's 0.504 into 0.994 PNEUMONIA.
 EM_MIN_IMAGES = 30
@@ -66,12 +73,59 @@ def check_prior_shift(
         )
 
 
+def class_probabilities(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any] | None:
+    """The record EM's check reads: :data:`QUANTILES` quantiles of the probabilities of each
+    class (0: negative, 1: positive) and the images behind them; None without both classes."""
+    p, t = probs.double().flatten(), targets.long().flatten()
+    if not (t == 0).any() or not (t == 1).any():
+        return None
+    levels = torch.linspace(0, 1, QUANTILES, dtype=torch.float64)
+    return {
+        "quantiles": [torch.quantile(p[t == c], levels).tolist() for c in (0, 1)],
+        "images": [int((t == 0).sum()), int((t == 1).sum())],
+    }
+
+
+def mixture_check(
+    probs: torch.Tensor, prevalence: float, reference: dict[str, Any]
+) -> dict[str, float]:
+    """How well these images' probabilities fit the mix, at ``prevalence``, of the reference
+    images' probabilities of each class: what label shift implies (each class looks as it did,
+    only the shares changed). The Kolmogorov-Smirnov distance between the two distributions,
+    and its p-value for the images on both sides (the reference's, interpolated between its
+    quantiles, count as their number of images)."""
+    from scipy.stats import kstwo
+
+    p = torch.sort(probs.double().flatten()).values
+    levels = torch.linspace(0, 1, len(reference["quantiles"][0]), dtype=torch.float64)
+
+    def cdf(quantiles: list[float], x: torch.Tensor) -> torch.Tensor:
+        q = torch.tensor(quantiles, dtype=torch.float64)
+        index = torch.searchsorted(q, x, right=True).clamp(1, len(q) - 1)
+        lo, hi = q[index - 1], q[index]
+        share = ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+        value = levels[index - 1] + share * (levels[index] - levels[index - 1])
+        return torch.where(x < q[0], 0.0, torch.where(x >= q[-1], 1.0, value))
+
+    mix = (1 - prevalence) * cdf(reference["quantiles"][0], p) + prevalence * cdf(
+        reference["quantiles"][1], p
+    )
+    n = len(p)
+    above = torch.arange(1, n + 1, dtype=torch.float64) / n - mix
+    below = mix - torch.arange(0, n, dtype=torch.float64) / n
+    distance = float(torch.maximum(above, below).max())
+    m = sum(reference["images"])
+    effective = max(1, round(n * m / (n + m)))
+    return {"distance": distance, "p_value": float(kstwo.sf(distance, effective))}
+
+
 def adapt_to_prevalence(
     probs: torch.Tensor,
     decision: Decision,
     method: str = "none",
     *,
     flagged_share: float | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any] | None]:
     """Probabilities re-based on the prevalence of these (unlabelled) images.
 
@@ -84,6 +138,11 @@ def adapt_to_prevalence(
     Args:
         flagged_share: the share of these images unlike the training images
             (``pneumonia.decision.shift``); above :data:`EM_MAX_FLAGGED`, EM is refused.
+        reference: the checkpoint's ``class_probabilities`` (:func:`class_probabilities`):
+            where these images' probabilities are not a mix of the reference classes' at the
+            estimated prevalence (:func:`mixture_check`), the images changed, not only their
+            proportions, and a warning says the estimate is biased. Without one, it says
+            that this cannot be checked.
 
     Returns:
         The probabilities, and a record of the estimate (None for ``none``); an estimate that
@@ -108,6 +167,24 @@ def adapt_to_prevalence(
             "probabilities with care (or use prior_shift=none).",
             iterations,
         )
+    check = mixture_check(probs, estimate, reference) if reference else None
+    if check is None:
+        log.warning(
+            "This checkpoint records no probabilities of its validation images by class (it "
+            "predates them), so whether these images changed, beyond their share of "
+            "pneumonia, cannot be checked: EM's estimate is biased where they did."
+        )
+    elif check["p_value"] < MIXTURE_P:
+        log.warning(
+            "EM assumes that only the share of pneumonia changed, and these images say "
+            "otherwise: their probabilities are not a mix of the validation images' NORMAL and "
+            "PNEUMONIA probabilities at any share near %.3f (Kolmogorov-Smirnov distance %.3f, "
+            "p = %.2g). The images themselves changed (another site, scanner or population), "
+            "so the estimated prevalence is biased, and so is every decision re-based on it. "
+            "Label some of these images and re-fit the decision on them "
+            "(pneumonia-recalibrate), or use prior_shift=none.",
+            estimate, check["distance"], check["p_value"],
+        )  # fmt: skip
     record = {
         "method": method,
         "estimated_prevalence": estimate,
@@ -115,6 +192,7 @@ def adapt_to_prevalence(
         "converged": converged,
         "model_prevalence": decision.prevalence,
         "num_images": len(probs),
+        "mixture_check": check,
     }
     return shift_prevalence(probs, decision.prevalence, estimate), record
 
@@ -125,6 +203,7 @@ def flag_and_rebase(
     reference: ShiftReference | None,
     decision: Decision,
     prior_shift: str = "none",
+    class_reference: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any] | None]:
     """What every command does with a set of scored images, in this order: flag those unlike
     the training images (by the checkpoint's shift ``reference``; None for a checkpoint
@@ -140,7 +219,9 @@ def flag_and_rebase(
         flagged = int((~reference.in_distribution(shift_scores)).sum())
         warn_if_unlike_training(flagged, len(shift_scores), reference)
         flagged_share = flagged / len(shift_scores)
-    return adapt_to_prevalence(probs, decision, prior_shift, flagged_share=flagged_share)
+    return adapt_to_prevalence(
+        probs, decision, prior_shift, flagged_share=flagged_share, reference=class_reference
+    )
 
 
 # Above this share of flagged images, a run warns that its figures may not hold.

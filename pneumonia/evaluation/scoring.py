@@ -163,7 +163,7 @@ def evaluate_checkpoint(
     unlike = shift_report(preds, ckpt.shift, **bootstrap) if ckpt.shift is not None else None
     calibration = calibration_report(preds, ckpt.decision)  # before any prior shift
     preds.probs, shift = flag_and_rebase(
-        preds.probs, preds.shift, ckpt.shift, ckpt.decision, prior_shift
+        preds.probs, preds.shift, ckpt.shift, ckpt.decision, prior_shift, ckpt.class_probabilities
     )
     result = metrics_report(preds, **bootstrap)
     if "one_class" in result:

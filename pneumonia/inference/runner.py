@@ -177,6 +177,7 @@ def predict_files(
         ckpt.shift,
         ckpt.decision,
         prior_shift,
+        ckpt.class_probabilities,
     )
     probs = dict(zip(probs, adapted.tolist(), strict=True))
     return prediction_rows(

@@ -42,6 +42,9 @@ class LoadedCheckpoint:
     thresholds: dict[str, dict[str, Any]] | None = None
     # what pneumonia.recalibrate re-fitted on a site's images (decision.recalibration)
     recalibration: dict[str, Any] | None = None
+    # the probabilities of the images the decision was fitted on, by class: EM's check
+    # (decision.prior_shift.class_probabilities); None: a checkpoint of an older version
+    class_probabilities: dict[str, Any] | None = None
 
     @property
     def threshold(self) -> float:
@@ -250,6 +253,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         shift=ShiftReference.from_record(meta.get("shift")),
         thresholds=meta.get("thresholds"),
         recalibration=meta.get("recalibration"),
+        class_probabilities=meta.get("class_probabilities"),
     )
 
 
@@ -270,10 +274,12 @@ def write_refitted(
     *,
     thresholds: dict[str, dict[str, Any]],
     recalibration: dict[str, Any],
+    class_probabilities: dict[str, Any] | None,
 ) -> Path:
     """A copy of the checkpoint at ``path`` with another ``decision`` (its temperature,
     reference prevalence, prevalence, threshold rule and threshold), named ``thresholds`` and the
-    ``recalibration`` record, written atomically to ``dest``; ``path`` is only read."""
+    ``recalibration`` record and the site's ``class_probabilities``, written atomically to
+    ``dest``; ``path`` is only read."""
     path, dest = Path(path), Path(dest)
     if dest.resolve() == path.resolve():
         raise InputValueError(f"{dest}: a re-fitted checkpoint never replaces its original")
@@ -286,7 +292,8 @@ def write_refitted(
     ckpt["hyper_parameters"].update(
         threshold_rule=decision.threshold_rule, prevalence=decision.prevalence
     )
-    ckpt["pneumonia"] |= {"thresholds": thresholds, "recalibration": recalibration}
+    ckpt["pneumonia"] |= {"thresholds": thresholds, "recalibration": recalibration,
+                          "class_probabilities": class_probabilities}  # fmt: skip
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
         torch.save(ckpt, tmp)
