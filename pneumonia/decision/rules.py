@@ -228,6 +228,13 @@ def fit_on_validation(
 RATE_CONFIDENCE = 0.95  # of the interval stored with each named threshold
 
 
+def exact_interval(successes: int, n: int, confidence: float = RATE_CONFIDENCE) -> list[float]:
+    """The exact (Clopper-Pearson) interval of the rate ``successes / n``: a rate reached on the
+    images that chose its threshold, or a re-fit's cross-validated rate."""
+    ci = binomtest(successes, n).proportion_ci(confidence, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
 def operating_thresholds(
     probs: torch.Tensor, targets: torch.Tensor, levels: tuple[float, ...] = OPERATING_LEVELS
 ) -> dict[str, dict[str, Any]]:
@@ -246,10 +253,8 @@ def operating_thresholds(
                 return {}
             entry: dict[str, Any] = {"threshold": threshold, **rates_at(probs, targets, threshold)}
             n = counts[rate]  # the images that chose it
-            interval = binomtest(round(entry[rate] * n), n).proportion_ci(
-                RATE_CONFIDENCE, method="exact"
-            )
-            entry |= {"images": n, "interval": [float(interval.low), float(interval.high)]}
+            interval = exact_interval(round(entry[rate] * n), n)
+            entry |= {"images": n, "interval": interval}
             table[f"{prefix}{level_name(level)}"] = entry
     return table
 
