@@ -62,6 +62,7 @@ def _predict(cfg: DictConfig, out: Path) -> Path:
         len(failed),
         output,
     )
+    log.info("Decision: %s", ckpt.decision.describe())
     for r in failed:
         log.warning("Unreadable: %s: %s", r["file"], r["error"])
     if gradcam_dir is not None:

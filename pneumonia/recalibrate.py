@@ -73,12 +73,21 @@ def _recalibrate(cfg: DictConfig, out: Path) -> Path:
     scores = scores_of(preds.probs, temperature=before.temperature,
                        reference_logit=logit(before.reference_prevalence),
                        prevalence=before.prevalence)  # fmt: skip
-    fitted = refit(scores, preds.targets, before, cfg.rule, cfg.prevalence)
+    prevalence = cfg.prevalence
+    if prevalence is None:  # the default, on evidence (benchmarks/RESULTS.md)
+        prevalence = min(max(float(preds.targets.double().mean()), 0.01), 0.99)
+        log.info(
+            "The re-fitted probabilities are for a %s prevalence of %.3f, the share of these "
+            "labelled images: right when they are a random sample of the site's images. For a "
+            "chosen sample (say, as many of each class), give the site's prevalence=...",
+            positive, prevalence,
+        )  # fmt: skip
+    fitted = refit(scores, preds.targets, before, cfg.rule, prevalence)
     record = refit_record(
         scores, preds.targets, before, fitted,
         rule=cfg.rule, classes=(negative, positive), source=_source(cfg, data),
         original=str(ckpt.path.resolve()), date=datetime.date.today().isoformat(),
-        flagged_share=flagged, prevalence=cfg.prevalence, folds=cfg.folds, seed=cfg.seed,
+        flagged_share=flagged, prevalence=prevalence, folds=cfg.folds, seed=cfg.seed,
     )  # fmt: skip
     probs = probabilities(scores, fitted).float()
     thresholds = operating_thresholds(probs, preds.targets)

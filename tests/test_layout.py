@@ -24,7 +24,7 @@ LAYERS = [
     {"runs"},  # run folders, resume, tracking
     {"api"},  # the Python API over the library
     {"evaluate", "predict", "export", "train", "aggregate",
-     "compare"},  # the commands: parse, call, write
+     "compare", "recalibrate"},  # the commands: parse, call, write
 ]  # fmt: skip
 COMMANDS = LAYERS[-1]
 

@@ -176,6 +176,15 @@ def test_recalibrate_writes_a_new_checkpoint_that_every_command_reads(
     model_json = json.loads((tmp_path / "export" / "model.json").read_text())
     assert model_json["decision_rule"]["recalibration"]["images"] == record["images"]
     assert api.load(dest, precision="32-true").decision.recalibration == record
+    from pneumonia.predict import predict
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        predict(compose("predict", [f"ckpt_path={dest}", f"input={root}", "precision=32-true"],
+                        output_dir=tmp_path / "predict"))  # fmt: skip
+    assert "Re-fitted by pneumonia.recalibrate (rule `spec90`)" in caplog.text
+    # the probabilities are for the sample's own share of PNEUMONIA unless told otherwise
+    assert record["prevalence"] == pytest.approx(20 / 36)
 
 
 def test_images_of_the_training_data_are_refused(trained: dict, tmp_path: Path):

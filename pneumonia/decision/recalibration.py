@@ -1,24 +1,22 @@
 """Re-fitting a decision on labelled images of a new site (``pneumonia.recalibrate``).
 
 A model that ranks a new site's images well can still score them higher or lower than its
-validation images: the decision fitted on validation then calls too many of one class the
-other. A temperature alone cannot move a decision at probability 0.5 (``z / T = 0`` where
-``z = 0``); an intercept can. The rules, each fitted on the site's own scores ``z``:
+validation images, and a decision fitted on validation then calls too many of one class the
+other. A temperature alone cannot move a decision at 0.5 (``z / T = 0`` where ``z = 0``); an
+intercept can. The rules, each fitted on the site's scores ``z``:
 
-- ``platt`` (the default, benchmarks/RESULTS.md "Re-fitting on a new site"): intercept and
-  slope, ``P(y=1) = sigmoid(a + b z)`` on Platt's (1999) soft targets, then the checkpoint's
-  Bayes rule (``1 / (1 + cost_ratio)``) at the chosen prevalence;
-- ``intercept``: the intercept alone, the stored temperature kept (calibration in the large);
-- ``temperature``: the temperature alone (kept for comparison: it moves no decision at 0.5);
-- ``spec90``, ``spec95``, ``sens90``, ``sens95``: ``platt`` for the probabilities, then the
-  threshold that reached that rate on the site's images.
+- ``platt`` (the default): intercept and slope, ``P(y=1) = sigmoid(a + b z)`` on Platt's (1999)
+  soft targets, then the checkpoint's Bayes rule at the chosen prevalence (the command's
+  default: the labelled images' own share, which met specificity >= 0.90 with sensitivity >=
+  0.95 more often than 0.5 did on the sites we could build: benchmarks/RESULTS.md);
+- ``intercept``: the intercept alone; ``temperature``: the temperature alone (for comparison);
+- ``spec90``, ``spec95``, ``sens90``, ``sens95``: ``platt``, then the threshold that reached
+  that rate on the site's images.
 
-The fitted line is stored in the checkpoint's own terms (``temperature = 1 / b``, reference
-prevalence ``logit(pi) - a`` for the sample's prevalence ``pi``), so every command reads a
-re-fitted checkpoint as it reads any other, and a prevalence other than the sample's moves the
-probabilities by Bayes' rule. What each rule promises is estimated out of sample: each image is
-decided by the rule re-fitted without its fold (stratified ``k``-fold cross-validation), and each
-rate gets its exact (Clopper-Pearson) interval.
+The fit is stored in the checkpoint's own terms (``temperature = 1 / b``, reference prevalence
+``logit(pi) - a`` for the sample's share ``pi``), so every command reads a re-fitted checkpoint
+as any other. What a rule promises is estimated out of sample (each image decided by the rule
+re-fitted without its fold, stratified k-fold), each rate with its exact interval.
 """
 
 from __future__ import annotations
@@ -28,18 +26,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from scipy.stats import binomtest
 
-from pneumonia.decision.calibration import (
-    calibrate,
-    fit_temperature,
-    logistic_line,
-    logistic_offset,
-    logit,
-    platt_targets,
-)
+from pneumonia.decision.calibration import calibrate, fit_temperature, logit
+from pneumonia.decision.logistic import logistic_line, logistic_offset, platt_targets
 from pneumonia.decision.metrics import OPERATING_LEVELS, level_name, rates_at, threshold_at
-from pneumonia.decision.rules import RATE_CONFIDENCE, Decision, bayes_threshold
+from pneumonia.decision.rules import RATE_CONFIDENCE, Decision, bayes_threshold, exact_interval
 from pneumonia.errors import InputValueError
 
 CALIBRATIONS = ("platt", "intercept", "temperature")
@@ -153,18 +144,9 @@ def refit(
 
 def probabilities(scores: torch.Tensor, decision: Decision) -> torch.Tensor:
     """Scores -> the decision's calibrated probabilities."""
-    return calibrate(
-        scores,
-        temperature=decision.temperature,
-        reference_logit=logit(decision.reference_prevalence),
-        prevalence=decision.prevalence,
-    ).double()
-
-
-def exact_interval(successes: int, n: int) -> list[float]:
-    """The exact (Clopper-Pearson) :data:`RATE_CONFIDENCE` interval of ``successes / n``."""
-    ci = binomtest(successes, n).proportion_ci(RATE_CONFIDENCE, method="exact")
-    return [float(ci.low), float(ci.high)]
+    d = decision
+    return calibrate(scores, temperature=d.temperature, prevalence=d.prevalence,
+                     reference_logit=logit(d.reference_prevalence)).double()  # fmt: skip
 
 
 def stratified_folds(targets: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
@@ -209,8 +191,8 @@ def promised_rates(called: torch.Tensor, targets: torch.Tensor) -> dict[str, dic
     for rate, cls, hit in (("sensitivity", 1, 1), ("specificity", 0, 0)):
         n = int((t == cls).sum())
         k = int((called[t == cls] == hit).sum())
-        rates[rate] = {"value": k / n if n else math.nan, "images": n,
-                       "interval": exact_interval(k, n) if n else [math.nan, math.nan]}  # fmt: skip
+        interval = exact_interval(k, n) if n else [math.nan, math.nan]
+        rates[rate] = {"value": k / n if n else math.nan, "images": n, "interval": interval}
     return rates
 
 
