@@ -245,7 +245,10 @@ class TimeBudget(pl.Callback):
         next_end = (spent + self._step_s) / plan.window_s  # where the next step will end
         position = min(int(next_end * plan.max_steps), plan.max_steps - 1)
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
-        if not schedulers or schedulers[0].last_epoch >= position:
+        # A first step's start-up, or a slow validation, leaves a run a step or two behind its
+        # clock: it follows the clock once it lags by more than 1% of its steps, then always.
+        slack = 0 if self.clock_from_step is not None else max(2, plan.max_steps // 100)
+        if not schedulers or schedulers[0].last_epoch + slack >= position:
             return  # on pace: the plan's schedule, by steps
         if spent + 2 * self._step_s > plan.window_s:  # the next step is the last that fits
             position, self._last_step_done = plan.max_steps - 1, True
