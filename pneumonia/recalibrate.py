@@ -16,11 +16,11 @@ from omegaconf import DictConfig
 
 from pneumonia.config import CONFIG_DIR, RECALIBRATE_RULES, check_values
 from pneumonia.data import ChestXRayDataModule
-from pneumonia.data.leakage import EXAMPLES, find_leaks
+from pneumonia.data.leakage import EXAMPLES, file_hashes, find_leaks
 from pneumonia.data.table import SplitListing
 from pneumonia.decision.calibration import logit, scores_of
 from pneumonia.decision.predictions import Predictions
-from pneumonia.decision.prior_shift import class_probabilities, flag_and_rebase
+from pneumonia.decision.prior_shift import class_probabilities, warn_if_unlike_training
 from pneumonia.decision.recalibration import (
     check_sample,
     describe_refit,
@@ -63,12 +63,14 @@ def _recalibrate(cfg: DictConfig, out: Path) -> Path:
                   batch_size=cfg.batch_size, data=data)  # fmt: skip
     check_sample(cfg.rule, preds.targets, (negative, positive))
     site = _listing(preds)
-    _refuse_two_labels(site)
-    _refuse_training_images(ckpt, site)
+    hashes = {str(f.resolve()): h for f, h in file_hashes(site.files).items()}  # read once
+    _refuse_two_labels(site, hashes)
+    _refuse_training_images(ckpt, site, hashes)
     flagged = None
     if ckpt.shift is not None and preds.shift is not None:
-        flag_and_rebase(preds.probs, preds.shift, ckpt.shift, ckpt.decision)  # says, and warns
-        flagged = float((~preds.in_distribution).double().mean())
+        count = int((~preds.in_distribution).sum())
+        warn_if_unlike_training(count, len(preds.shift), ckpt.shift)  # as evaluate says it
+        flagged = count / len(preds.shift)
     before = ckpt.decision
     scores = scores_of(preds.probs, temperature=before.temperature,
                        reference_logit=logit(before.reference_prevalence),
@@ -89,21 +91,22 @@ def _recalibrate(cfg: DictConfig, out: Path) -> Path:
         original=str(ckpt.path.resolve()), date=datetime.date.today().isoformat(),
         flagged_share=flagged, prevalence=prevalence, folds=cfg.folds, seed=cfg.seed,
     )  # fmt: skip
+    refit_dict = record.to_dict()
     probs = probabilities(scores, fitted).float()
     thresholds = operating_thresholds(probs, preds.targets)
     for warning in (wide_promises(record), uncertain_thresholds(thresholds, (negative, positive))):
         if warning:
             log.warning("%s", warning)
     dest = out / "checkpoints" / f"{ckpt.path.stem}-recalibrated.ckpt"
-    write_refitted(ckpt.path, dest, fitted, thresholds=thresholds, recalibration=record.to_dict(),
+    write_refitted(ckpt.path, dest, fitted, thresholds=thresholds, recalibration=refit_dict,
                    class_probabilities=class_probabilities(probs, preds.targets))  # fmt: skip
     summary = {"checkpoint": str(dest), "decision": fitted.to_dict(),
-               "recalibration": record.to_dict(), "thresholds": thresholds}  # fmt: skip
+               "recalibration": refit_dict, "thresholds": thresholds}  # fmt: skip
     write_text(out / "recalibration.json", json.dumps(summary, indent=2) + "\n")
-    page = _markdown(record.to_dict(), before, fitted.threshold, dest)
+    page = _markdown(refit_dict, before, fitted.threshold, dest)
     write_text(out / "report.md", page)
     write_page(out / "report.md", f"Re-fit of {ckpt.path.name}", [])
-    log.info("%s", describe_refit(record.to_dict()))
+    log.info("%s", describe_refit(refit_dict))
     log.info("The re-fitted checkpoint: %s (the original, %s, is unchanged)", dest, ckpt.path)
     return dest
 
@@ -114,10 +117,10 @@ def _listing(preds: Predictions) -> SplitListing:
     return SplitListing(list(preds.files), preds.targets.tolist(), attributes=attributes)
 
 
-def _refuse_two_labels(site: SplitListing) -> None:
+def _refuse_two_labels(site: SplitListing, hashes: dict[str, str]) -> None:
     """One image (the same bytes) under both classes cannot teach a decision either way."""
     by_class = {c: site.take([i for i, y in enumerate(site.labels) if y == c]) for c in (0, 1)}
-    both = find_leaks(by_class, [(0, 1)])[0].duplicates
+    both = find_leaks(by_class, [(0, 1)], hashes)[0].duplicates
     if both:
         examples = "\n".join(f"  {a}  ==  {b}" for a, b in both[:EXAMPLES])
         raise InputValueError(
@@ -126,7 +129,9 @@ def _refuse_two_labels(site: SplitListing) -> None:
         )
 
 
-def _refuse_training_images(ckpt: LoadedCheckpoint, site: SplitListing) -> None:
+def _refuse_training_images(
+    ckpt: LoadedCheckpoint, site: SplitListing, hashes: dict[str, str]
+) -> None:
     """Refuse images the checkpoint was trained or validated on (the same bytes), and warn
     about patients whose ids its training images share: a decision re-fitted on them would be
     fitted on what the model already knows. Said, not checked, where the training data is not
@@ -141,9 +146,12 @@ def _refuse_training_images(ckpt: LoadedCheckpoint, site: SplitListing) -> None:
         return
     args = {k: v for k, v in ckpt.data_args.items() if k not in ("synthetic",)}
     index = ChestXRayDataModule(**args, **ckpt.preprocessing.to_dict()).listed()
-    splits = {"site": site} | {s: index.splits[s] for s in ("train", "val") if s in index.splits}
-    leaks = [leak for leak in find_leaks(splits, [("site", "train"), ("site", "val")]) if leak]
-    same = [pair for leak in leaks for pair in leak.duplicates]
+    trained = [index.splits[s] for s in ("train", "val") if s in index.splits]
+    # Only a file of the same size can hold the same bytes: the rest are never read.
+    sizes = {f.stat().st_size for f in site.files}
+    alike = [f for listing in trained for f in listing.files if f.stat().st_size in sizes]
+    pair = [("site", "trained")]
+    same = find_leaks({"site": site.files, "trained": alike}, pair, hashes)[0].duplicates
     if same:
         examples = "\n".join(f"  {a}  ==  {b}" for a, b in same[:EXAMPLES])
         raise InputValueError(
@@ -151,7 +159,8 @@ def _refuse_training_images(ckpt: LoadedCheckpoint, site: SplitListing) -> None:
             f"({root}), e.g.\n{examples}\nA decision re-fitted on images the model was trained "
             "or validated on promises nothing about new ones: re-fit on the site's own images."
         )
-    patients = sorted({p for leak in leaks for p in leak.patients})
+    theirs = {p for listing in trained for p in listing.patient_ids}
+    patients = sorted({p for p in site.patient_ids if p in theirs and not p.startswith("file:")})
     if patients:
         log.warning(
             "%d patient id(s) of these images are also in the training data of %s (e.g. %s): "

@@ -91,12 +91,7 @@ def find_leaks(
     }
     names = {n for pair in pairs for n in pair if n in splits}
     files = sorted({f for n in names for f in splits[n].files})
-    known = hashes or {}
-    resolved = {f: str(f.resolve()) for f in files}
-    missing = [f for f in files if resolved[f] not in known]
-    with threads(decode_threads()) as pool:  # Ctrl-C drops the queued files
-        read = dict(zip(missing, pool.map(content_hash, missing), strict=True))
-    hashes = {f: read[f] if f in read else known[resolved[f]] for f in files}
+    hashes = file_hashes(files, hashes)
     leaks = []
     for first, second in pairs:
         if first not in splits or second not in splits:
@@ -116,6 +111,17 @@ def find_leaks(
         }
         leaks.append(leak)
     return leaks
+
+
+def file_hashes(files: Sequence[Path], known: Mapping[str, str] | None = None) -> dict[Path, str]:
+    """Each file's content hash: ``known``'s (resolved path -> hash, the decoded-image cache's)
+    where it has one, else read here."""
+    known = known or {}
+    resolved = {f: str(f.resolve()) for f in files}
+    missing = [f for f in files if resolved[f] not in known]
+    with threads(decode_threads()) as pool:  # Ctrl-C drops the queued files
+        read = dict(zip(missing, pool.map(content_hash, missing), strict=True))
+    return {f: read[f] if f in read else known[resolved[f]] for f in files}
 
 
 def _by_patient(listing: SplitListing) -> dict[str, list[Path]]:

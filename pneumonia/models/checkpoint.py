@@ -257,12 +257,12 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     )
 
 
-def add_to_checkpoint(path: str | Path, key: str, record: dict[str, Any]) -> None:
-    """Store ``record`` as ``key`` of the checkpoint's "pneumonia" section, atomically (the
-    file is whole before or after, never half-written)."""
+def add_to_checkpoint(path: str | Path, records: dict[str, Any]) -> None:
+    """Store each of ``records`` (key -> record) in the checkpoint's "pneumonia" section, in
+    one write, atomically (the file is whole before or after, never half-written)."""
     path = Path(path)
     ckpt = read_checkpoint(path)
-    ckpt["pneumonia"][key] = record
+    ckpt["pneumonia"] |= records
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 

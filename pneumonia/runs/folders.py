@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +69,15 @@ class RunFolder(Callback):
     """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        _check_or_exit(Path(config.hydra.run.dir))
+        with _or_exit():
+            check_writable(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from pneumonia.runs.preflight import SweepSetupError, check_sweep
+        from pneumonia.runs.preflight import check_sweep
 
-        _check_or_exit(Path(config.hydra.sweep.dir))
-        try:
+        with _or_exit():
+            check_writable(Path(config.hydra.sweep.dir))
             check_sweep(config)  # the launcher's and sweeper's tools, before the first job
-        except SweepSetupError as e:
-            sys.stderr.write(f"Error: {e}\n")
-            raise SystemExit(1) from None
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
@@ -106,12 +105,13 @@ class RunFolder(Callback):
                     folder.parent.rmdir()
 
 
-def _check_or_exit(folder: Path) -> None:
+@contextlib.contextmanager
+def _or_exit() -> Iterator[None]:
     """Hydra turns a callback's exception into a warning and goes on (to fail later, with a raw
     traceback): say what is wrong here, and stop before any work."""
     try:
-        check_writable(folder)
-    except RunFolderError as e:
+        yield
+    except UserError as e:
         sys.stderr.write(f"Error: {e}\n")
         raise SystemExit(1) from None
 
@@ -182,12 +182,12 @@ def best_checkpoint(run_dir: str | Path) -> Path:
     return found
 
 
-def add_to_run_checkpoint(run_dir: str | Path, best: str | None, key: str, record: dict) -> str:
+def add_to_run_checkpoint(run_dir: str | Path, best: str | None, records: dict) -> str:
     """:func:`~pneumonia.models.checkpoint.add_to_checkpoint` on the checkpoint that stands for
     a training run (its best, else its last); the path written to, or "" where it has none."""
     target = best_or_last(run_dir, best)
     if target is not None:
-        add_to_checkpoint(target, key, record)
+        add_to_checkpoint(target, records)
     return str(target or "")
 
 

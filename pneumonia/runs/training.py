@@ -166,9 +166,9 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
             classes = (names[1 - positive], names[positive])
             if warning := uncertain_thresholds(metrics["thresholds"], classes):
                 log.warning(warning)
-            add_to_run_checkpoint(output_dir, best, "thresholds", metrics["thresholds"])
             by_class = class_probabilities(validation.probs, validation.targets)  # EM's check
-            add_to_run_checkpoint(output_dir, best, "class_probabilities", by_class)
+            add_to_run_checkpoint(output_dir, best, {"thresholds": metrics["thresholds"],
+                                                     "class_probabilities": by_class})  # fmt: skip
     if cfg.get("test"):
         if datamodule.has_split("test"):
             results = trainer.test(
@@ -257,7 +257,7 @@ def _store_shift_reference(cfg, model, datamodule, device, precision: str, best:
         method=cfg.shift.method,
         flag_rate=cfg.shift.flag_rate,
     )
-    target = add_to_run_checkpoint(cfg.paths.output_dir, best, "shift", reference.to_record())
+    target = add_to_run_checkpoint(cfg.paths.output_dir, best, {"shift": reference.to_record()})
     log.info(
         "Shift reference (%s) stored in %s: a shift score above %.4g flags an image as unlike "
         "the training images (%.0f%% of the validation images)",
