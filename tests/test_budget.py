@@ -234,3 +234,41 @@ def test_the_schedule_anneals_by_the_deadline_when_steps_change_speed_mid_run(
     else:  # faster: every planned step, on the plan's schedule, early
         assert plan["steps_run"] == plan["max_steps"]
         assert plan["followed_clock_from_step"] is None
+
+
+@pytest.mark.parametrize("step_s", [0.7, 1.0, 1.01, 1.05, 1.3, 2.0])
+def test_a_schedule_that_follows_the_clock_never_steps_past_its_end(
+    monkeypatch: pytest.MonkeyPatch, step_s: float
+) -> None:
+    """Lightning steps the schedule after every optimizer step; the budget moves it on by the
+    clock. A run 5% slower than planned once reached the schedule's end before its last
+    planned step, and OneCycle raised at the next one, losing the run's last epoch."""
+    from types import SimpleNamespace
+
+    import pneumonia.models.budget as budget_module
+    from pneumonia.models.budget import BudgetPlan, TimeBudget
+
+    now = [0.0]
+    monkeypatch.setattr(budget_module, "clock", lambda: now[0])
+    budget = TimeBudget()
+    budget.plan = BudgetPlan(budget_s=200.0, spent_s=0.0, step_s=1.0, eval_image_s=0.0,
+                             steps_per_epoch=200, epochs=1, max_steps=200, expected_s=200.0,
+                             window_s=200.0)  # fmt: skip
+    budget._first_step, budget._step_s = 0.0, 1.0
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=200)
+    configs = [SimpleNamespace(interval="step", scheduler=schedule)]
+    trainer = SimpleNamespace(should_stop=False, global_step=0, lr_scheduler_configs=configs)
+    while not trainer.should_stop and trainer.global_step < 200:  # Lightning's loop, in short
+        optimizer.step()
+        schedule.step()  # raises past the schedule's end
+        trainer.global_step += 1
+        now[0] += step_s
+        budget.on_train_batch_end(trainer, None, None, None, batch_idx=trainer.global_step)
+    assert schedule.last_epoch == 200  # ended at the schedule's end, annealed
+    # by the deadline, give or take the last step and the 1% lag a run has before it follows
+    assert now[0] <= 200.0 * 1.01 + 2 * step_s
+    if step_s <= 1.0:
+        assert trainer.global_step == 200  # on pace or faster: every planned step
+    if step_s >= 1.05:
+        assert trainer.global_step < 200  # slower: fewer steps, the schedule by the clock

@@ -145,7 +145,6 @@ class TimeBudget(pl.Callback):
         self.clock_from_step: int | None = None  # where the schedule first followed the clock
         self._last_tick: float | None = None  # the clock at the previous step's end
         self._step_s = 0.0  # the latest step's duration, by the clock
-        self._last_step_done = False  # the step at the schedule's end has been scheduled
 
     @staticmethod
     def _budget(trainer: pl.Trainer) -> float | None:
@@ -234,8 +233,11 @@ class TimeBudget(pl.Callback):
         """Keep per-step schedules at least as far along as the time spent, counting the next
         step: steps slower than planned move the schedule by the clock, the last step that fits
         in the window runs at the schedule's end, and training then stops (and validates)."""
-        if self._last_step_done:
-            trainer.should_stop = True
+        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
+        if not schedulers:
+            return
+        if schedulers[0].last_epoch >= plan.max_steps:  # at its end: a OneCycle past it raises
+            trainer.should_stop = trainer.should_stop or trainer.global_step < plan.max_steps
             return
         now = clock()
         if self._last_tick is not None and not first_of_epoch:  # not across a validation
@@ -244,14 +246,13 @@ class TimeBudget(pl.Callback):
         spent = now - self._first_step
         next_end = (spent + self._step_s) / plan.window_s  # where the next step will end
         position = min(int(next_end * plan.max_steps), plan.max_steps - 1)
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
         # A first step's start-up, or a slow validation, leaves a run a step or two behind its
         # clock: it follows the clock once it lags by more than 1% of its steps, then always.
         slack = 0 if self.clock_from_step is not None else max(2, plan.max_steps // 100)
-        if not schedulers or schedulers[0].last_epoch + slack >= position:
+        if schedulers[0].last_epoch + slack >= position:
             return  # on pace: the plan's schedule, by steps
         if spent + 2 * self._step_s > plan.window_s:  # the next step is the last that fits
-            position, self._last_step_done = plan.max_steps - 1, True
+            position = plan.max_steps - 1
         if self.clock_from_step is None:
             self.clock_from_step = trainer.global_step
             log.warning(
@@ -264,7 +265,7 @@ class TimeBudget(pl.Callback):
         for scheduler in schedulers:
             while scheduler.last_epoch < position:
                 scheduler.step()
-        if self._last_step_done:
+        if position == plan.max_steps - 1:
             log.warning(
                 "Time budget: one more step fits in the time planned for training (%d of %d "
                 "steps run); it runs at the schedule's end, then the run validates and tests.",
