@@ -12,7 +12,7 @@ from typing import Any
 
 import hydra
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.config import CONFIG_DIR, RECALIBRATE_RULES, check_values
 from pneumonia.data import ChestXRayDataModule
@@ -48,6 +48,12 @@ def recalibrate(cfg: DictConfig) -> Path:
     checkpoint, ``recalibration.json`` and ``report.md`` into ``cfg.output_dir`` (else the run
     folder) and return the new checkpoint's path."""
     check_values(cfg, RECALIBRATE_RULES)
+    if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
+        raise InputValueError(
+            "pneumonia-recalibrate needs the site's labelled images: data.root=/path/to/folder "
+            "(with NORMAL/ and PNEUMONIA/ in it), or data=manifest data.root=... with a label "
+            "file. It never re-fits on the training run's own data."
+        )
     with command_folder(cfg, "recalibrate") as out:  # checked and held before any work
         return _recalibrate(cfg, out)
 

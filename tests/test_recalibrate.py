@@ -211,3 +211,12 @@ def test_a_folder_too_small_for_the_rule_is_refused_before_anything_is_written(
     with pytest.raises(InputValueError, match="spec95 asks for a specificity of 95%"):
         recalibrate(compose_recalibrate(tmp_path, trained["ckpt"], root, "rule=spec95"))
     assert not (tmp_path / "recal" / "checkpoints").exists()
+
+
+def test_the_site_must_be_named(tmp_path: Path):
+    """Without data.root, the training run's own folder must not stand in for the site (the
+    check comes before the checkpoint is read)."""
+    overrides = [f"ckpt_path={tmp_path / 'any.ckpt'}", f"paths.root_dir={tmp_path}"]
+    cfg = compose("recalibrate", overrides, output_dir=tmp_path / "recal")
+    with pytest.raises(InputValueError, match="needs the site's labelled images: data.root="):
+        recalibrate(cfg)

@@ -85,7 +85,12 @@ def test_two_epoch_demo_run_leaves_everything_it_promises(tmp_path: Path, tiny_r
     # Each fact once: no copies of the threshold, classes, decision or preprocessing; and the
     # best checkpoint carries the shift reference of its weights.
     assert set(ckpt["pneumonia"]) == {
-        "format", "preprocessing", "config", "shift", "thresholds", "class_probabilities"
+        "format",
+        "preprocessing",
+        "config",
+        "shift",
+        "thresholds",
+        "class_probabilities",
     }
     assert not {"resize_size", "crop_size", "mean"} & set(ckpt["datamodule_hyper_parameters"])
     assert (run / "confusion_matrix.png").stat().st_size > 1000
