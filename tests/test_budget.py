@@ -193,10 +193,12 @@ class Clock:
         self.now += self.step_s if step == 1 else 0.0
 
 
-@pytest.mark.parametrize("factor", [3.0, 0.5], ids=["slower", "faster"])
-def test_the_schedule_anneals_by_the_deadline_when_steps_change_speed_mid_run(
-    train_cfg, monkeypatch: pytest.MonkeyPatch, factor: float
+def test_the_schedule_anneals_by_the_deadline_when_steps_slow_down_mid_run(
+    train_cfg, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A real tiny run whose steps slow 3x mid-run (faster steps, and the schedule at every
+    speed from 0.7x to 2x: test_a_schedule_that_follows_the_clock_never_steps_past_its_end)."""
+    factor = 3.0
     import pneumonia.models.budget as budget_module
     from pneumonia.models.budget import TimeBudget
 
@@ -228,12 +230,8 @@ def test_the_schedule_anneals_by_the_deadline_when_steps_change_speed_mid_run(
     assert max(lrs) == pytest.approx(cfg.model.lr, rel=0.05)  # the peak was reached
     assert lrs[-1] < 1e-3 * max(lrs)  # and the last step ran at the annealed end
     assert ends[-1] <= plan["window_s"] + 3.0 * factor  # training ended by its deadline
-    if factor > 1:  # slower: fewer steps than planned, the schedule moved by the clock
-        assert plan["steps_run"] < plan["max_steps"]
-        assert plan["followed_clock_from_step"] is not None
-    else:  # faster: every planned step, on the plan's schedule, early
-        assert plan["steps_run"] == plan["max_steps"]
-        assert plan["followed_clock_from_step"] is None
+    assert plan["steps_run"] < plan["max_steps"]  # fewer steps, the schedule by the clock
+    assert plan["followed_clock_from_step"] > 1  # not from the first step's start-up
 
 
 @pytest.mark.parametrize("step_s", [0.7, 1.0, 1.01, 1.05, 1.3, 2.0])
