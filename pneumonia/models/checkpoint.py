@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import pickle
 import re
 import zipfile
@@ -14,6 +13,7 @@ import torch
 
 from pneumonia.data.images import is_upscale_limit
 from pneumonia.data.preprocessing import Preprocessing, PreprocessingError
+from pneumonia.decision.calibration import logit
 from pneumonia.decision.rules import Decision
 from pneumonia.decision.shift import ShiftReference
 from pneumonia.errors import InputNotFoundError, InputValueError
@@ -285,9 +285,9 @@ def write_refitted(
         raise InputValueError(f"{dest}: a re-fitted checkpoint never replaces its original")
     ckpt = read_checkpoint(path)
     state = ckpt["state_dict"]
-    logit = math.log(decision.reference_prevalence / (1 - decision.reference_prevalence))
+    reference_logit = logit(decision.reference_prevalence)
     for name, value in (("threshold", decision.threshold), ("temperature", decision.temperature),
-                        ("reference_logit", logit)):  # fmt: skip
+                        ("reference_logit", reference_logit)):  # fmt: skip
         state[name] = torch.tensor(value, dtype=state[name].dtype)
     ckpt["hyper_parameters"].update(
         threshold_rule=decision.threshold_rule, prevalence=decision.prevalence
