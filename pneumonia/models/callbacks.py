@@ -6,9 +6,13 @@ loads matplotlib.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BaseFinetuning
+import torch
+from pytorch_lightning.callbacks import BaseFinetuning, EMAWeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from torchvision.utils import make_grid
 
 
@@ -51,6 +55,53 @@ class UnfreezeBackbone(BaseFinetuning):
                 scheduler.base_lrs.append(group.get("initial_lr", lr))
             if len(getattr(scheduler, "min_lrs", [])) == len(optimizer.param_groups) - 1:
                 scheduler.min_lrs.append(scheduler.min_lrs[0])
+
+
+class EMAWeights(EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights, fitted to this module.
+
+    Two things differ from ``EMAWeightAveraging``, both about the module's own buffers:
+
+    - The average is made when fit starts (or when a resumed run loads its checkpoint), not in
+      ``setup``: Lightning sets callbacks up before the module, and the module's setup adds
+      buffers (the class weights from the data), which an earlier copy would lack.
+    - The validation epoch fits the decision (temperature, threshold) in the module's
+      ``on_validation_epoch_end``, which Lightning calls after the callbacks' hook. So the
+      average is swapped out at ``on_validation_end`` instead, still before the checkpoints
+      are saved (Lightning calls checkpoint callbacks last), and the module's own buffers
+      fitted there are given to the raw weights too: every checkpoint's state_dict holds the
+      averaged weights with the decision fitted on their validation scores, and the average
+      never drifts towards a stale decision.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pass  # the module has not set itself up yet: see _make_average
+
+    def _make_average(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._average_model is None:
+            super().setup(trainer, pl_module, "fit")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._make_average(trainer, pl_module)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # a resumed run: restored before fit starts
+            self._make_average(trainer, pl_module)
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # the module fits its decision after this hook: swap back in on_validation_end
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._average_model is None:
+            return
+        fitted = {n: b.detach().clone() for n, b in pl_module.named_buffers(recurse=False)}
+        self._swap_models(pl_module)
+        with torch.no_grad():
+            for name, buffer in pl_module.named_buffers(recurse=False):
+                buffer.copy_(fitted[name])
 
 
 class EvaluationFigures(pl.Callback):

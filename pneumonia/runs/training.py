@@ -17,6 +17,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -148,6 +149,10 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     if trainer.interrupted:  # stopped without an exception: no metrics, and not a success
         raise SystemExit(1)
 
+    # After fit, a weight-averaging callback would load a checkpoint's raw weights
+    # (current_model_state) into the module and test them; the averaged ones are the
+    # checkpoint's state_dict, which is what validate, test and every command read.
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, WeightAveraging)]
     monitored = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
     best = monitored[0].best_model_path if monitored else ""
     if not best:
