@@ -66,9 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one model as ``cfg`` says; return the metrics that also go to ``metrics.json``.
 
     Everything that can be checked is checked before any work: the config's values, the
-    checkpoint to resume from (and that it is of the same backbone), the run folder (never
-    another run's). Once a checkpoint exists, a run that stops for any reason says how to
-    continue it.
+    checkpoint to resume from (of the same backbone), the run folder (never another run's).
+    Once a checkpoint exists, a run that stops for any reason says how to continue it.
     """
     check_train_config(cfg)  # wrong types and ranges, before any work
     tune_malloc()
@@ -148,10 +147,8 @@ def _train(cfg: DictConfig, output_dir: Path, resume_from: Path | None) -> dict[
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:  # stopped without an exception: no metrics, and not a success
         raise SystemExit(1)
-
-    # After fit, a weight-averaging callback would load a checkpoint's raw weights
-    # (current_model_state) into the module and test them; the averaged ones are the
-    # checkpoint's state_dict, which is what validate, test and every command read.
+    # Weight averaging (callbacks=[default,ema]) would now load a checkpoint's raw weights; its
+    # state_dict holds the average, which validate, test and every command read.
     trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, WeightAveraging)]
     monitored = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
     best = monitored[0].best_model_path if monitored else ""
