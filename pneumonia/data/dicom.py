@@ -23,7 +23,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def is_dicom(path: Path) -> bool:
     return (suffix == "" or suffix[1:].isdigit()) and has_dicom_prefix(path)
 
 
-def _read(path: Path, *, pixels: bool) -> Any:
+def _read(path: Path | BinaryIO, *, pixels: bool) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -163,8 +163,11 @@ def _undecodable(ds: Any, error: Exception) -> str:
     )
 
 
-def read_dicom_gray(path: Path, max_pixels: int) -> np.ndarray:
-    """Decode one DICOM file to (H, W) uint8 gray, bone bright.
+def read_dicom_gray(
+    path: Path | BinaryIO, max_pixels: int, *, name: str | None = None
+) -> np.ndarray:
+    """Decode one DICOM file (or an open binary stream of one) to (H, W) uint8 gray, bone
+    bright. ``name`` stands for it in warnings (default: the path); no header text is logged.
 
     Raises:
         DicomError: not DICOM, no pixel data (a report, a presentation state), several frames,
@@ -184,13 +187,13 @@ def read_dicom_gray(path: Path, max_pixels: int) -> np.ndarray:
     if scaled is None:
         scaled = _window(values, ds)
     if scaled is None:
-        scaled = _unwindowed(values, ds, path)
+        scaled = _unwindowed(values, ds, str(path) if name is None else name)
     if interpretation == "MONOCHROME1":
         scaled = 1.0 - scaled
     return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
 
 
-def _unwindowed(values: np.ndarray, ds: Any, path: Path) -> np.ndarray:
+def _unwindowed(values: np.ndarray, ds: Any, name: str) -> np.ndarray:
     """[0, 1] without a window: the stored bit depth's range, or the values' own where they
     fill under :data:`NARROW` of it (said in a warning)."""
     low, high = _stored_range(ds)
@@ -203,7 +206,7 @@ def _unwindowed(values: np.ndarray, ds: Any, path: Path) -> np.ndarray:
             "%g..%g fill %.1f%% of the %d-bit %s range %g..%g: decoded over its own range "
             "(%g black, %g white) instead of a band of grays. Check its prediction, or give "
             "the file its window.",
-            path, least, most, 100 * (most - least) / (high - low), bits, kind, low, high,
+            name, least, most, 100 * (most - least) / (high - low), bits, kind, low, high,
             least, most,
         )  # fmt: skip
         low, high = least, most

@@ -6,6 +6,7 @@ fresh decode give byte-identical pixels.
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from pneumonia.data.dicom import DicomError, is_dicom, read_dicom_gray
+from pneumonia.data.dicom import PREAMBLE, DicomError, is_dicom, read_dicom_gray
 from pneumonia.errors import InputValueError
 
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -47,23 +48,45 @@ def allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def check_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+# A file on disk, or the bytes of one held in memory (an upload to pneumonia-serve): both are
+# decoded by the same code, so an upload gets the pixels its file would.
+Source = Path | bytes
+
+
+def _size(source: Source) -> int:
+    if isinstance(source, bytes):
+        return len(source)
+    try:
+        return source.stat().st_size
+    except OSError as e:
+        raise BadImageError(f"cannot stat file ({e.strerror})") from e
+
+
+def _readable(source: Source) -> Path | io.BytesIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _is_dicom(source: Source) -> bool:
+    """A DICOM file by name or prefix; bytes by the ``DICM`` prefix alone (an upload's name is
+    the client's to choose, and is never trusted)."""
+    if isinstance(source, bytes):
+        return source[PREAMBLE : PREAMBLE + 4] == b"DICM"
+    return is_dicom(source)
+
+
+def check_header(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Cheap checks that need no full decode: empty file, unreadable header, pixel bomb.
 
     Raises:
         BadImageError: with a short reason.
     """
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise BadImageError(f"cannot stat file ({e.strerror})") from e
-    if size == 0:
+    if _size(source) == 0:
         raise BadImageError("empty file (0 bytes)")
     allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(_readable(source)) as im:
                 width, height = im.size
     except Image.DecompressionBombError as e:
         raise BadImageError(
@@ -109,28 +132,30 @@ def gray_from_image(im: Image.Image) -> np.ndarray:
     return _to_gray_uint8(ImageOps.exif_transpose(im))
 
 
-def load_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Fully decode one file to an (H, W) uint8 grayscale array, honouring EXIF orientation.
+def load_gray(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Fully decode one file (or its bytes) to an (H, W) uint8 grayscale array, honouring EXIF
+    orientation.
 
     DICOM files are read through pydicom (:mod:`pneumonia.data.dicom`): windowed, bone bright.
 
     Raises:
         BadImageError: truncated, corrupt, empty or oversized files; DICOM without pixels.
     """
-    if is_dicom(path):
+    if _is_dicom(source):
         try:
-            if path.stat().st_size == 0:
+            if _size(source) == 0:
                 raise BadImageError("empty file (0 bytes)")
-            return read_dicom_gray(path, max_pixels)
+            name = "an uploaded DICOM" if isinstance(source, bytes) else str(source)
+            return read_dicom_gray(_readable(source), max_pixels, name=name)
         except DicomError as e:
             raise BadImageError(str(e)) from e
         except OSError as e:
             raise BadImageError(f"cannot read file ({e.strerror})") from e
-    check_header(path, max_pixels)
+    check_header(source, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(_readable(source)) as im:
                 im.load()  # forces the full decode, so truncated files fail here
                 im = ImageOps.exif_transpose(im)
                 return _to_gray_uint8(im)

@@ -232,9 +232,15 @@ class Preprocessing:
         w, h = im.size
         if w * h > self.max_pixels:
             raise BadImageError(f"{w}x{h} pixels is above the limit of {self.max_pixels:,}")
+        return self.load_gray(gray_from_image(im), tta=tta)
+
+    def load_gray(self, gray: np.ndarray, *, tta: bool = False) -> torch.Tensor:
+        """A decoded (H, W) uint8 gray image (``images.load_gray`` of a file or its bytes) ->
+        uint8 (1, crop, crop), as :meth:`load` makes its file: the same size check and resize.
+        """
+        h, w = gray.shape
         check_size(w, h, size=self.resize_size, mode=self.resize_mode, max_upscale=self.max_upscale)
-        gray = resize(gray_from_image(im), self.resize_size, self.interpolation, self.resize_mode)
-        image = as_image(gray)
+        image = as_image(resize(gray, self.resize_size, self.interpolation, self.resize_mode))
         return self.tta_transform(image) if tta else self.eval_transform(image)
 
 
