@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,31 @@ def run_command(module: str, argv: list[str]) -> tuple[int, str]:
     finally:
         sys.argv = old
     return code, err.getvalue()
+
+
+# ------------------------------------------------------------- a real browser (Debian's Chromium)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LAPTOP = {"width": 1280, "height": 800}
+# Chromium as root on a closed network: no sandbox, no background connections
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Playwright; skipped where Chromium is absent (CI installs it)."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Chromium not found: sudo apt-get install chromium (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()

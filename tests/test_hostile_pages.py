@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_html_report import _open, browser  # noqa: F401 (the Chromium fixture)
+from tests.test_html_report import _open
 
 SCRIPT = "<script>window.__pwned=1</script>"
 ONERROR = '<img src=x onerror="window.__pwned=1">'

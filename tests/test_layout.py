@@ -22,9 +22,10 @@ LAYERS = [
     {"inference"},  # running a checkpoint, Grad-CAM, export
     {"evaluation"},  # scoring labelled images and reporting on them, aggregation, comparison
     {"runs"},  # run folders, resume, tracking
+    {"serving"},  # a checkpoint behind HTTP: the app, its batching, its page
     {"api"},  # the Python API over the library
     {"evaluate", "predict", "export", "train", "aggregate",
-     "compare", "recalibrate"},  # the commands: parse, call, write
+     "compare", "recalibrate", "serve"},  # the commands: parse, call, write
 ]  # fmt: skip
 COMMANDS = LAYERS[-1]
 

@@ -107,8 +107,8 @@ def as_params(tree: Any) -> dict[str, bool | int | float | str]:
 
 __all__ = [
     "CONFIG_DIR", "EVALUATE_ONLY_WITH", "EVALUATE_RULES", "PREDICT_RULES", "RECALIBRATE_RULES",
-    "TRAIN_ONLY_WITH", "TRAIN_RULES", "ConfigValueError", "as_params", "check_train_config",
-    "check_values", "compose", "flatten", "without_effect",
+    "SERVE_RULES", "TRAIN_ONLY_WITH", "TRAIN_RULES", "ConfigValueError", "as_params",
+    "check_train_config", "check_values", "compose", "flatten", "without_effect",
 ]  # fmt: skip
 
 from pneumonia.config.checks import (  # noqa: E402  (the names callers import from here)
@@ -116,6 +116,7 @@ from pneumonia.config.checks import (  # noqa: E402  (the names callers import f
     EVALUATE_RULES,
     PREDICT_RULES,
     RECALIBRATE_RULES,
+    SERVE_RULES,
     TRAIN_ONLY_WITH,
     TRAIN_RULES,
     ConfigValueError,

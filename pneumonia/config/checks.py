@@ -119,6 +119,17 @@ PREDICT_RULES = {
     "gradcam": FLAG,
     "prior_shift": _one_of(PRIOR_SHIFTS),
 }
+SERVE_RULES = {
+    "max_upscale": OPTIONAL_UPSCALE,
+    "serve.port": _rule(lambda v: _integer(v) and 0 <= v <= 65535, "a port number, 0-65535"),
+    "serve.max_upload_mb": POSITIVE,
+    "serve.keep_uploads": FLAG,
+    "serve.max_batch": COUNT,
+    "serve.batch_wait_ms": NON_NEGATIVE,
+    "serve.graceful_timeout_s": NON_NEGATIVE,
+    "serve.log_requests": FLAG,
+    "serve.open": FLAG,
+}
 RECALIBRATE_RULES = {
     "batch_size": COUNT,
     "data.num_workers": WORKERS,
