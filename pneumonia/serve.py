@@ -53,8 +53,11 @@ def _serve(cfg: DictConfig, out: Path) -> None:
     ckpt.use_threshold(cfg.get("threshold"))
     ckpt.use_max_upscale(cfg.get("max_upscale"))
     device = resolve_device(cfg.accelerator)
-    served = ServedModel(ckpt, device=device, precision=inference_precision(cfg.precision, device))
     options = cfg.serve
+    precision = inference_precision(cfg.precision, device)
+    served = ServedModel(
+        ckpt, device=device, precision=precision, backend=options.backend, export_dir=out / "onnx"
+    )
     token = options.token or os.environ.get(TOKEN_VARIABLE) or None
     settings = Settings(
         max_upload_bytes=int(options.max_upload_mb * 2**20),
@@ -76,9 +79,9 @@ def _serve(cfg: DictConfig, out: Path) -> None:
     if options.open:
         _open_when_started(server, f"http://{options.host}:{int(options.port)}/")
     log.info(
-        "Serving %s (%s, %s) at http://%s:%d/ : the page at /, the API at /predict, /model and "
+        "Serving %s (%s, %s, %s) at http://%s:%d/ : the page at /, the API at /predict, /model and "
         "/health; auth %s; uploads %s. Decision: %s",
-        ckpt.path, device.type, served.precision, options.host, int(options.port),
+        ckpt.path, options.backend, device.type, served.precision, options.host, int(options.port),
         f"by bearer token ({'serve.token' if options.token else TOKEN_VARIABLE})" if token
         else "off", f"kept in {settings.uploads}" if settings.uploads else "kept in memory only",
         ckpt.decision.describe(),

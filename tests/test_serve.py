@@ -117,6 +117,23 @@ def test_gradcam_comes_as_a_png_over_the_original(client, images) -> None:
     assert not (np.array_equal(red, green) and np.array_equal(green, blue))  # a heat map, not gray
 
 
+@pytest.mark.slow
+def test_the_onnx_backend_answers_as_torch_does(trained, images, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    by_torch = _served(trained["ckpt"])
+    by_onnx = ServedModel(
+        load_checkpoint(trained["ckpt"]), device=CPU, precision="32-true", backend="onnx",
+        export_dir=tmp_path / "onnx",
+    )  # fmt: skip
+    assert (tmp_path / "onnx" / "model.onnx").is_file()
+    assert by_onnx.record["backend"] == "onnx"
+    decoded = [by_torch.decode(p.read_bytes()).image for p in images]
+    for a, b in zip(by_torch.score(decoded), by_onnx.score(decoded), strict=True):
+        assert b["probability"] == pytest.approx(a["probability"], abs=1e-4)
+        assert b["shift_score"] == pytest.approx(a["shift_score"], rel=1e-4, abs=1e-3)
+        assert (b["prediction"], b["in_distribution"]) == (a["prediction"], a["in_distribution"])
+
+
 def test_health_and_the_model_record(client, trained) -> None:
     assert client.get("/health").status_code == 200
     record = client.get("/model").json()

@@ -129,6 +129,7 @@ SERVE_RULES = {
     "serve.graceful_timeout_s": NON_NEGATIVE,
     "serve.log_requests": FLAG,
     "serve.open": FLAG,
+    "serve.backend": _one_of(("torch", "onnx")),
 }
 RECALIBRATE_RULES = {
     "batch_size": COUNT,

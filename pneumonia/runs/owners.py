@@ -104,7 +104,7 @@ COMMAND_OUTPUTS = {
     "export": ("model.onnx", "model.pt", "model.json"),
     "recalibrate": ("recalibration.json", "report.md", "report.html", "checkpoints"),
     "compare": ("compare.json", "compare.md", "compare.html", "roc_compare.png"),
-    "serve": ("uploads",),
+    "serve": ("uploads", "onnx"),
 }
 
 

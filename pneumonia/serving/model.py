@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,8 @@ from PIL import Image
 
 from pneumonia.data.images import load_gray
 from pneumonia.decision.predictions import prediction_rows
-from pneumonia.inference.runner import autocast, score_images
 from pneumonia.models.checkpoint import LoadedCheckpoint, read_checkpoint
+from pneumonia.serving.backends import OnnxBackend, TorchBackend
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,30 @@ class Decoded:
 
 
 class ServedModel:
-    """A checkpoint on a device at a precision, scoring decoded uploads."""
+    """A checkpoint on a device at a precision, scoring decoded uploads (through its torch
+    model, or its ONNX export: ``backend``); Grad-CAM always uses the torch model."""
 
-    def __init__(self, ckpt: LoadedCheckpoint, *, device: torch.device, precision: str) -> None:
+    def __init__(
+        self,
+        ckpt: LoadedCheckpoint,
+        *,
+        device: torch.device,
+        precision: str,
+        backend: str = "torch",
+        export_dir: Path | None = None,
+    ) -> None:
         self.ckpt = ckpt
         self.device = device
-        self.precision = precision
         self.model = ckpt.model.to(device).eval()
-        self.record = model_record(ckpt, device=device, precision=precision)
+        if backend == "onnx":
+            if export_dir is None:
+                raise ValueError("the onnx backend needs a folder to export the model into")
+            self.network: TorchBackend | OnnxBackend = OnnxBackend(ckpt, device, export_dir)
+        else:
+            self.network = TorchBackend(ckpt, device, precision)
+        self.precision = self.network.precision
+        self.record = model_record(ckpt, device=device, precision=self.precision)
+        self.record["backend"] = backend
 
     def decode(self, data: bytes) -> Decoded:
         """The bytes of a PNG, JPEG or DICOM file -> the model's input, by the code that reads
@@ -65,10 +82,7 @@ class ServedModel:
     def score(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
         """Decoded images -> one answer each, from one forward pass over all of them."""
         batch, _ = self.ckpt.preprocessing.collate([(image, 0) for image in images])
-        with autocast(self.device, self.precision):
-            probs, shift = score_images(self.model, batch.to(self.device), shift=self.ckpt.shift)
-        probs = probs.float().cpu().tolist()
-        shifts = None if shift is None else shift.float().cpu().tolist()
+        probs, shifts = self.network(batch)
         return [self.answer(p, None if shifts is None else shifts[i]) for i, p in enumerate(probs)]
 
     def answer(self, probability: float, shift_score: float | None) -> dict[str, Any]:
