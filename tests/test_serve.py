@@ -291,26 +291,35 @@ def _multipart(data: bytes) -> tuple[bytes, bytes]:
     return boundary, head + data + b"\r\n--" + boundary + b"--\r\n"
 
 
-def _request_head(port: int, boundary: bytes, length: int) -> bytes:
+def _request_head(port: int, boundary: bytes, length: int, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (
         f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {length}\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\n\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\n{auth}\r\n"
     ).encode()
 
 
 @pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(trained, images, tmp_path) -> None:
+    """The command as users run it: its run folder, the token from the environment, then a
+    SIGTERM while a request is in flight."""
+    import httpx
+
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pneumonia.serve", f"ckpt_path={trained['ckpt']}",
+        [sys.executable, "-m", "pneumonia.serve", f"ckpt_path={trained['run']}",
          f"serve.port={port}", "precision=32-true", f"hydra.run.dir={tmp_path / 'serve'}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PNEUMONIA_SERVE_TOKEN": "from-the-environment"},
     )  # fmt: skip
     try:
         _wait_for(port, process)
+        files = {"file": ("x.jpeg", images[0].read_bytes())}
+        assert httpx.post(f"http://127.0.0.1:{port}/predict", files=files).status_code == 401
         boundary, body = _multipart(images[0].read_bytes())
+        head = _request_head(port, boundary, len(body), token="from-the-environment")
         with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
-            conn.sendall(_request_head(port, boundary, len(body)) + body[:100])  # in flight
+            conn.sendall(head + body[:100])  # in flight
             time.sleep(0.5)
             process.send_signal(signal.SIGTERM)
             time.sleep(1.0)
