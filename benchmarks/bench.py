@@ -4,7 +4,7 @@
     python benchmarks/bench.py --device cuda   # the GPU path (precision auto, workers, cache)
     python benchmarks/bench.py --quick         # a smoke run of every case
     python benchmarks/bench.py --cases matmul,step_only   # a subset
-    python benchmarks/bench.py --out DIR       # each case's figures to DIR/<case>.json as it ends
+    python benchmarks/bench.py --out DIR       # each case's figures to DIR/cases.jsonl as it ends
     bash benchmarks/gpu.sh                     # the prepared GPU run (writes to $OUT)
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench.py ...
         # an AVX512 CPU standing in for an AVX2-only one: no native bf16, AVX2 kernels
@@ -77,13 +77,21 @@ def machine(device: str) -> str:
 
 
 # ----------------------------------------------------------------------------- data
-def prepare_data(workdir: Path) -> Path:
-    """A Kaggle-layout root whose train/ is the originals (or synthetic stand-ins)."""
+def prepare_data(workdir: Path, data: Path | None = None) -> Path:
+    """A Kaggle-layout root whose train/ is ``data``'s train/ (and val/ its val/: the project
+    then trains on every training image, validating on val/ as it is), else the originals, else
+    synthetic stand-ins."""
     root = workdir / "root"
     if (root / "train").exists():
         return root
     root.mkdir(parents=True)
-    if (ORIGINALS / "NORMAL").is_dir():
+    if data is not None:
+        if not (data / "train").is_dir():
+            raise SystemExit(f"--data {data}: no train/ folder (a Kaggle layout: train/<CLASS>/)")
+        for split in ("train", "val"):
+            if (data / split).is_dir():
+                (root / split).symlink_to((data / split).resolve())
+    elif (ORIGINALS / "NORMAL").is_dir():
         (root / "train").symlink_to(ORIGINALS.resolve())
     else:
         from pneumonia.data.synthetic import generate_synthetic_dataset
@@ -91,6 +99,11 @@ def prepare_data(workdir: Path) -> Path:
         generate_synthetic_dataset(root / "gen", {"train": (60, 120)}, min_size=1000, max_size=2000)
         (root / "train").symlink_to(root / "gen" / "train")
     return root
+
+
+def val_split(root: Path) -> str:
+    """official where the root has val/ (every train/ image is trained on), else patient."""
+    return "official" if (root / "val").is_dir() else "patient"
 
 
 def notebook_loader(root: Path, batch_size: int, workers: int = 2):
@@ -127,6 +140,7 @@ def project_datamodule(root: Path, cache_dir: Path, batch_size: int, device: str
         root=root,
         cache_dir=cache_dir,
         batch_size=batch_size,
+        val_split=val_split(root),
         val_fraction=0.1,
         pin_memory=device == "cuda",
     )
@@ -135,8 +149,11 @@ def project_datamodule(root: Path, cache_dir: Path, batch_size: int, device: str
     return dm, time.perf_counter() - t
 
 
-def epochs(loader, repeats: int, step=None, device: str = "cpu") -> list[float]:
-    """img/s of ``repeats`` full passes over ``loader`` (after one warm-up pass of 2 batches)."""
+def epochs(
+    loader, repeats: int, step=None, device: str = "cpu", max_batches: int = 0
+) -> list[float]:
+    """img/s of ``repeats`` full passes over ``loader`` (after one warm-up pass of 2 batches),
+    each of at most ``max_batches`` batches (0: all)."""
     it = iter(loader)
     for _ in range(2):
         batch = next(it, None)
@@ -145,7 +162,9 @@ def epochs(loader, repeats: int, step=None, device: str = "cpu") -> list[float]:
     rates = []
     for _ in range(repeats):
         n, t = 0, time.perf_counter()
-        for images, labels in loader:
+        for i, (images, labels) in enumerate(loader):
+            if max_batches and i >= max_batches:
+                break
             if step is not None:
                 step(images, labels)
             n += len(labels)
@@ -186,14 +205,15 @@ def make_step(device: str, *, bf16: bool, channels_last: bool, weight: torch.Ten
 
 
 def case_data_notebook(a, root, work):
-    return {"rates": epochs(notebook_loader(root, a.batch_size, workers=2), a.repeats)}
+    loader = notebook_loader(root, a.batch_size, workers=2)
+    return {"rates": epochs(loader, a.repeats, max_batches=a.max_batches)}
 
 
 def case_data_project(a, root, work):
     dm, build = project_datamodule(root, work / "cache", a.batch_size, a.device)
     dm2, reopen = project_datamodule(root, work / "cache", a.batch_size, a.device)
     return {
-        "rates": epochs(dm2.train_dataloader(), a.repeats),
+        "rates": epochs(dm2.train_dataloader(), a.repeats, max_batches=a.max_batches),
         "cache_build_s": build,
         "cache_reopen_s": reopen,
     }
@@ -204,14 +224,15 @@ def case_train_notebook(a, root, work):
     counts = torch.bincount(torch.tensor(loader.dataset.targets)).float()
     weight = counts.sum() / (len(counts) * counts)
     step = make_step(a.device, bf16=False, channels_last=False, weight=weight)
-    return {"rates": epochs(loader, a.repeats, step, a.device)}
+    return {"rates": epochs(loader, a.repeats, step, a.device, a.max_batches)}
 
 
 def case_train_handtuned(a, root, work, *, other: bool = False):
     dm, _ = project_datamodule(root, work / "cache", a.batch_size, a.device)
     bf16 = auto_is_bf16(a.device) != other
     step = make_step(a.device, bf16=bf16, channels_last=True, weight=dm.class_weights)
-    return {"rates": epochs(dm.train_dataloader(), a.repeats, step, a.device), "bf16": bf16}
+    rates = epochs(dm.train_dataloader(), a.repeats, step, a.device, a.max_batches)
+    return {"rates": rates, "bf16": bf16}
 
 
 class EpochTimer(pl.Callback):
@@ -232,8 +253,11 @@ class EpochTimer(pl.Callback):
         EpochTimer.rates.append(self.n / (time.perf_counter() - self.t))
 
 
-def case_train_project(a, root, work, *, other: bool = False, extra: tuple[str, ...] = ()):
-    """``python -m pneumonia.train`` as a user runs it, timed per training epoch."""
+def case_train_project(
+    a, root, work, *, other: bool = False, precision: str | None = None, extra: tuple[str, ...] = ()
+):
+    """``python -m pneumonia.train`` as a user runs it, timed per training epoch: at the
+    precision ``auto`` picks, the other one (``other``), or the one given."""
     from omegaconf import open_dict
 
     import pneumonia
@@ -241,8 +265,11 @@ def case_train_project(a, root, work, *, other: bool = False, extra: tuple[str, 
 
     trainer = "gpu" if a.device == "cuda" else "cpu"
     bf16 = auto_is_bf16(a.device) != other
-    # GPUs without bf16 get 16-mixed from auto; "the other" is then 32-true
-    precision = ("bf16-mixed" if bf16 else "32-true") if other else "auto"
+    if precision is None:
+        # GPUs without bf16 get 16-mixed from auto; "the other" is then 32-true
+        precision = ("bf16-mixed" if bf16 else "32-true") if other else "auto"
+    else:
+        bf16 = precision.startswith("bf16")
     overrides = [
         f"trainer.precision={precision}",
         "model=resnet50",
@@ -251,10 +278,12 @@ def case_train_project(a, root, work, *, other: bool = False, extra: tuple[str, 
         "model.optimizer=adam",
         f"trainer={trainer}",
         f"trainer.max_epochs={a.repeats + 1}",
+        *([f"trainer.limit_train_batches={a.max_batches}"] if a.max_batches else []),
         "trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",
         "test=false",
         f"data.root={root}",
+        f"data.val_split={val_split(root)}",
         f"data.cache_dir={work / 'cache'}",
         f"data.batch_size={a.batch_size}",
         f"paths.root_dir={work}",
@@ -276,9 +305,59 @@ def case_train_project(a, root, work, *, other: bool = False, extra: tuple[str, 
     EpochTimer.cuda = a.device == "cuda"
     train(cfg)
     rates = EpochTimer.rates
-    # the first epoch includes one-off warm-up
+    # the first epoch includes one-off warm-up (and compiling, with model.compile=true)
     warmup = rates[0] if rates else None
-    return {"rates": rates[1:] or rates, "warmup_img_s": warmup, "bf16": bf16}
+    return {"rates": rates[1:] or rates, "warmup_img_s": warmup, "bf16": bf16,
+            "precision": cfg.trainer.precision}  # fmt: skip
+
+
+def case_train_project_ddp(a, root, work):
+    """The same on two GPUs (trainer=ddp, devices=2), where the machine has two."""
+    if a.device != "cuda" or torch.cuda.device_count() < 2:
+        return {"skipped": f"{torch.cuda.device_count() if a.device == 'cuda' else 0} GPU(s)"}
+    return case_train_project(a, root, work, extra=("trainer=ddp", "trainer.devices=2"))
+
+
+def case_evaluate_project(a, root, work):
+    """``pneumonia-evaluate`` as users run it, on a labelled folder the checkpoint never saw:
+    the checkpoint is a ResNet50 trained for two steps on val/ alone, the folder is train/ (at
+    most ``max_batches`` x ``batch_size`` of its images). Timed whole, per pass: decoding every
+    file, the model, the metrics with their intervals and the report."""
+    import pneumonia
+    from pneumonia.evaluate import evaluate
+    from pneumonia.train import train
+
+    fitted = work / "evaluate_fit"
+    (fitted / "data").mkdir(parents=True, exist_ok=True)
+    source = root / ("val" if (root / "val").is_dir() else "train")
+    if not (fitted / "data" / "train").exists():
+        (fitted / "data" / "train").symlink_to(source.resolve())
+    trainer = "gpu" if a.device == "cuda" else "cpu"
+    cfg = pneumonia.compose("train", [
+        "model=resnet50", "model.weights=null", f"trainer={trainer}", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2", "test=false", "checks.enabled=false",
+        f"data.root={fitted / 'data'}", "data.val_fraction=0.3", "data.batch_size=4",
+        f"data.cache_dir={work / 'cache_fit'}", f"paths.root_dir={work}",
+        "callbacks.progress_bar.refresh_rate=0", "logger=csv",
+    ], output_dir=fitted / "run")  # fmt: skip
+    ckpt = train(cfg)["best_model_path"]
+    heldout = root / "train"
+    if a.max_batches:  # a dry run: the same files, fewer of them
+        heldout = work / "heldout"
+        for cls in sorted(p.name for p in (root / "train").iterdir() if p.is_dir()):
+            (heldout / cls).mkdir(parents=True, exist_ok=True)
+            for f in sorted((root / "train" / cls).iterdir())[: a.max_batches * a.batch_size // 2]:
+                if not (heldout / cls / f.name).exists():
+                    (heldout / cls / f.name).symlink_to(f.resolve())
+    n = sum(1 for f in heldout.rglob("*") if f.is_file())
+    rates = []
+    for i in range(a.repeats):
+        t = time.perf_counter()
+        evaluate(pneumonia.compose("evaluate", [
+            f"ckpt_path={ckpt}", f"data.root={heldout}", f"batch_size={a.batch_size}",
+        ], output_dir=work / f"evaluate_{i}"))  # fmt: skip
+        rates.append(n / (time.perf_counter() - t))
+    return {"rates": rates, "images": n}
 
 
 def case_infer(a, root, work, precision: str):
@@ -385,6 +464,17 @@ CASES = {
     "train_project_device_augment": lambda a, r, w: case_train_project(
         a, r, w, extra=("data.augment_on=device",)
     ),
+    # each precision by name, with the per-image and the device augmentation
+    "train_project_fp32": lambda a, r, w: case_train_project(a, r, w, precision="32-true"),
+    "train_project_bf16": lambda a, r, w: case_train_project(a, r, w, precision="bf16-mixed"),
+    "train_project_fp32_device_augment": lambda a, r, w: case_train_project(
+        a, r, w, precision="32-true", extra=("data.augment_on=device",)
+    ),
+    "train_project_bf16_device_augment": lambda a, r, w: case_train_project(
+        a, r, w, precision="bf16-mixed", extra=("data.augment_on=device",)
+    ),
+    "train_project_ddp": case_train_project_ddp,
+    "evaluate_project": case_evaluate_project,
     # torch.compile: its compiling is in the first epoch's rate (warmup_img_s), not in "rates"
     "train_project_compile": lambda a, r, w: case_train_project(
         a, r, w, extra=("model.compile=true",)
@@ -407,7 +497,7 @@ def worker(a) -> None:
 
     applied = tune_malloc()  # honours PNEUMONIA_MALLOC_TUNING=0 for the glibc cases
     work = Path(a.workdir)
-    root = prepare_data(work)
+    root = prepare_data(work, Path(a.data) if a.data else None)
     result = CASES[a.worker](a, root, work)
     result["malloc_tuned"] = applied
     print("RESULT " + json.dumps(result))
@@ -466,6 +556,9 @@ def run_case(name: str, a) -> dict:
         str(a.repeats),
         "--batch-size",
         str(a.batch_size),
+        "--max-batches",
+        str(a.max_batches),
+        *(["--data", a.data] if a.data else []),
     ]
     t = time.perf_counter()
     with GpuUtilisation() if a.device == "cuda" else contextlib.nullcontext() as gpu:
@@ -487,8 +580,9 @@ def run_case(name: str, a) -> dict:
 
 def run_cases(names: list[str], a) -> tuple[dict[str, dict], dict[str, str]]:
     """Every case in turn: the figures of those that ran, the errors of those that failed.
-    With ``a.out``, each one's figures (or its error) written as it ends, so that a run cut
-    short keeps what it measured."""
+    With ``a.out``, each one's figures appended to ``cases.jsonl`` (a failure to
+    ``errors.txt``) the moment it ends, so that a run cut short keeps what it measured: a few
+    files, whatever the number of cases (a GPU call brings back 8 at most)."""
     results, failed = {}, {}
     for name in names:
         try:
@@ -497,12 +591,14 @@ def run_cases(names: list[str], a) -> tuple[dict[str, dict], dict[str, str]]:
             print(f"  {name:24s} FAILED (recorded; the run goes on)", flush=True)
             failed[name] = str(e)
             if a.out:
-                (Path(a.out) / f"{name}.error.txt").write_text(str(e))
+                with (Path(a.out) / "errors.txt").open("a") as f:
+                    f.write(f"===== {name}\n{e}\n")
             continue
         if a.out:
             record = {"case": name, "args": {k: v for k, v in vars(a).items() if k != "out"},
                       **results[name]}  # fmt: skip
-            (Path(a.out) / f"{name}.json").write_text(json.dumps(record, indent=2))
+            with (Path(a.out) / "cases.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
     return results, failed
 
 
@@ -517,6 +613,12 @@ def main() -> None:
     p.add_argument("--cases", default=None, help="comma-separated subset of the cases")
     p.add_argument("--out", default=os.environ.get("OUT"),
                    help="write each case's figures here as it ends (default: $OUT)")  # fmt: skip
+    p.add_argument("--data", default=os.environ.get("BENCH_DATA"),
+                   help="a Kaggle-layout folder (train/<CLASS>/, val/) to run every case on, "
+                   "instead of ../shared/data/originals (default: $BENCH_DATA)")  # fmt: skip
+    p.add_argument("--max-batches", type=int, default=0,
+                   help="at most this many batches an epoch (0: all): a dry run at tiny scale "
+                   "on the same data")  # fmt: skip
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -526,16 +628,19 @@ def main() -> None:
         a.repeats = 1
     tmp = tempfile.TemporaryDirectory(prefix="pneumonia-bench-")
     a.workdir = a.workdir or tmp.name
-    prepare_data(Path(a.workdir))
-    source = "originals" if (ORIGINALS / "NORMAL").is_dir() else "synthetic stand-ins"
+    root = prepare_data(Path(a.workdir), Path(a.data) if a.data else None)
+    source = a.data or ("originals" if (ORIGINALS / "NORMAL").is_dir() else "synthetic stand-ins")
+    counts = {s: sum(1 for f in (root / s).rglob("*") if f.is_file()) for s in ("train", "val")
+              if (root / s).is_dir()}  # fmt: skip
     described = machine(a.device)
     print(described, flush=True)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "machine.txt").write_text(described + "\n")
     print(
-        f"torch {torch.__version__}, device {a.device}, data: {source}, "
-        f"batch {a.batch_size}, median of {a.repeats}",
+        f"torch {torch.__version__}, device {a.device}, data: {source} {counts}, "
+        f"batch {a.batch_size}, median of {a.repeats}"
+        + (f", at most {a.max_batches} batches an epoch (a dry run)" if a.max_batches else ""),
         flush=True,
     )
     t0 = time.perf_counter()
@@ -599,6 +704,16 @@ def report(r: dict[str, dict], a, t0: float) -> None:
          "train_project", "data.augment_on=device", "train_project_device_augment"),
         ("   torch.compile", "pneumonia.train, eager", "train_project",
          "model.compile=true, after its first epoch", "train_project_compile"),
+        ("   bf16 against fp32, by name", "pneumonia.train, trainer.precision=32-true",
+         "train_project_fp32", "trainer.precision=bf16-mixed", "train_project_bf16"),
+        ("   fp32: augmentation on the device", "per image in the loader", "train_project_fp32",
+         "data.augment_on=device", "train_project_fp32_device_augment"),
+        ("   bf16: augmentation on the device", "per image in the loader", "train_project_bf16",
+         "data.augment_on=device", "train_project_bf16_device_augment"),
+        ("   two GPUs (DDP)", "pneumonia.train, one GPU", "train_project",
+         "trainer=ddp trainer.devices=2", "train_project_ddp"),
+        ("   the data pipeline against training", "pneumonia.train, auto", "train_project",
+         "its data pipeline alone (uint8 cache)", "data_project"),
         ("3. inference (predict), img/s", "fp32", "infer_fp32", "bf16", "infer_bf16"),
         ("5. glibc malloc, training img/s", "hand-tuned, glibc default", "train_handtuned_glibc",
          "hand-tuned, mallopt tuned", "train_handtuned"),
@@ -614,6 +729,17 @@ def report(r: dict[str, dict], a, t0: float) -> None:
     warm = r.get("train_project_compile", {}).get("warmup_img_s")  # its compiling, apart
     if warm is not None:
         print(f"torch.compile's first epoch, its compiling included: {warm:.1f} img/s")
+    firsts = {k: v["warmup_img_s"] for k, v in r.items() if v.get("warmup_img_s") is not None}
+    if firsts:
+        print("First epochs apart (start-up, cache, cudnn autotuning), img/s: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in firsts.items()))  # fmt: skip
+    if "evaluate_project" in med:
+        e = r["evaluate_project"]
+        print(f"6. pneumonia-evaluate on {e['images']} images it never saw, whole command: "
+              f"{med['evaluate_project']:.1f} img/s")  # fmt: skip
+    for k, v in r.items():
+        if "skipped" in v:
+            print(f"{k}: not run ({v['skipped']})")
     if "step_only" in r:
         steps = r["step_only"]["step_img_s"]
         ceiling_step = steps["bf16_cl"] if used == "bf16" else steps["fp32_cl"]

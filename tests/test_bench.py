@@ -43,9 +43,10 @@ def test_a_failing_case_fails_the_run_and_says_which(
     with pytest.raises(SystemExit) as info:
         bench.main()
     assert str(info.value) == "1 of 2 cases failed: data_project"
-    assert "icon.png: 8x8 pixels" in (out / "data_project.error.txt").read_text()
+    assert "icon.png: 8x8 pixels" in (out / "errors.txt").read_text()
     assert "FAILED data_project: BadImagesError: icon.png" in (out / "summary.md").read_text()
-    assert json.loads((out / "data_notebook.json").read_text())["rates"] == [10.0]
+    (kept,) = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert (kept["case"], kept["rates"]) == ("data_notebook", [10.0])
 
 
 @pytest.mark.real_data
@@ -57,7 +58,7 @@ def test_the_projects_data_case_runs_on_the_real_originals(originals: Path, tmp_
     work = tmp_path / "work"
     root = bench.prepare_data(work)
     assert (root / "train").resolve() == originals.resolve()
-    a = argparse.Namespace(device="cpu", batch_size=16, repeats=1)
+    a = argparse.Namespace(device="cpu", batch_size=16, repeats=1, max_batches=0)
     result = bench.case_data_project(a, root, work)
     assert result["rates"]
     assert all(rate > 0 for rate in result["rates"])
