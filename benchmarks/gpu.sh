@@ -11,7 +11,10 @@
 #   last, model.compile=true (its compiling in the first epoch, reported apart).
 #
 # Here, first:   bash benchmarks/gpu_prepare.sh          (gpu_data/ and gpu_wheels/, ignored)
-# A dry run here, every case at tiny scale on the same data path (a few minutes on 2 cores):
+# A dry run here, every case at tiny scale on the same data path: two batches an epoch, but each
+# training case still decodes all 5,216 images into its cache and fits the shift score on them
+# (about 14 minutes a case on 2 busy cores, machine E); DATA=<a small copy of the same layout>
+# gives the same code paths in about a minute a case (12 minutes in all):
 #   DEVICE=cpu BATCH=8 MAX_BATCHES=2 REPEATS=1 OUT=/tmp/gpu_dry bash benchmarks/gpu.sh
 # On the GPU machine (device tool): command "bash benchmarks/gpu.sh",
 #   carry ["gpu_data", "gpu_wheels"], timeout_s 540 (leave time for one rerun of what failed:
