@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO_ROOT
 
@@ -62,3 +63,28 @@ def test_the_projects_data_case_runs_on_the_real_originals(originals: Path, tmp_
     result = bench.case_data_project(a, root, work)
     assert result["rates"]
     assert all(rate > 0 for rate in result["rates"])
+
+
+def test_data_trains_on_every_training_image_and_a_dry_run_counts_its_batches(
+    tmp_path: Path,
+) -> None:
+    """--data (gpu.sh's real images): train/ and val/ are linked as they are, so the project
+    validates on val/ (official) and trains on all of train/; a folder without train/ is named;
+    --max-batches stops each timed pass after that many batches."""
+    bench = load_bench()
+    data = tmp_path / "kermany"
+    for split in ("train", "val"):
+        (data / split / "NORMAL").mkdir(parents=True)
+    root = bench.prepare_data(tmp_path / "work", data)
+    assert (root / "train").resolve() == (data / "train").resolve()
+    assert (root / "val").resolve() == (data / "val").resolve()
+    assert bench.val_split(root) == "official"
+    (tmp_path / "plain" / "train").mkdir(parents=True)
+    assert bench.val_split(tmp_path / "plain") == "patient"  # the originals: no val/
+    with pytest.raises(SystemExit, match="no train/ folder"):
+        bench.prepare_data(tmp_path / "other", data / "val")
+
+    batches = [(torch.zeros(4, 1), torch.zeros(4)) for _ in range(10)]
+    seen = []
+    assert len(bench.epochs(batches, 2, step=lambda x, y: seen.append(len(y)), max_batches=3)) == 2
+    assert seen == [4] * 2 + [4] * 6  # the 2 warm-up batches, then 3 a pass
