@@ -49,14 +49,30 @@ def test_tta_keeps_the_left_right_asymmetry_a_mirror_would_cancel() -> None:
     assert tta.item() == pytest.approx(plain.item(), abs=0.05)
 
 
-def test_tta_turns_the_image_before_its_crop_so_no_black_corner_enters_the_view() -> None:
+def _shipped_sizes() -> list[tuple[str, int, int, str]]:
+    """(experiment, resize_size, crop_size, resize_mode) of the defaults and every shipped
+    experiment: the views each recipe's checkpoints will make."""
+    from pneumonia.config import CONFIG_DIR, compose
+
+    sizes = []
+    for name in ["", *sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))]:
+        data = compose("train", [f"experiment={name}"] if name else [], output_dir="unused").data
+        sizes.append((name or "defaults", data.resize_size, data.crop_size, data.resize_mode))
+    return sizes
+
+
+@pytest.mark.parametrize(("experiment", "resize", "crop", "mode"), _shipped_sizes())
+def test_tta_turns_the_image_before_its_crop_so_no_black_corner_enters_the_view(
+    experiment: str, resize: int, crop: int, mode: str
+) -> None:
     from PIL import Image
 
-    pre = Preprocessing(resize_size=144, crop_size=128, resize_mode="square")
+    pre = Preprocessing(resize_size=resize, crop_size=crop, resize_mode=mode)
     flat = Image.fromarray(np.full((300, 200), 200, np.uint8))  # bright everywhere
     views = pre.load_image(flat, tta=True)
-    # Turned by 5 degrees, a 144 px square's corners move about 7 px: the 128 px crop keeps 8.
-    assert views.min() >= 190
+    # Turned by 5 degrees, a 144 px square's corners move about 7 px: the 128 px crop keeps 8
+    # (a 108 px square, 5 px: the 96 px crop keeps 6). Each recipe's sizes must keep that margin.
+    assert views.min() >= 190, f"{experiment}: a {crop} px crop of {resize} px shows the corners"
     # Turning the crop itself (as TTA did before) blackens its corners.
     crop = pre.load_image(flat)
     turned = TF.rotate(crop, 5.0, interpolation=InterpolationMode.BILINEAR)
