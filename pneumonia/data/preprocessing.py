@@ -205,8 +205,8 @@ class Preprocessing:
         image turned by each of :data:`TTA_DEGREES`, then center-cropped.
 
         Turned before the crop, so that the corners a rotation uncovers stay outside the
-        model's view where the resize leaves a margin (a 5 degree turn of a 144 px square moves
-        its corners by about 7 px; the 128 px crop leaves 8). Turning the crop instead put
+        model's view where the resize leaves a margin (a 5 degree turn of a 108 px square moves
+        its corners by about 5 px; the 96 px crop leaves 6). Turning the crop instead put
         black corners into every view: on a validation split, NORMAL images' probabilities
         rose by 40% in those views (benchmarks/RESULTS.md).
         """
