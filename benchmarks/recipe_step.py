@@ -5,13 +5,13 @@
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/recipe_step.py \\
         --precisions fp32  # an AVX2 stand-in
 
-For each crop size (the resize keeps the recipe's ratio, 144/128): the recipe's backbone
+For each crop size (the resize keeps the recipe's ratio, 108/96): the recipe's backbone
 (ResNet18 from scratch, channels_last, AdamW) on one resident batch of the recipe's size, in
 fp32 and in bf16 autocast, median of ``--repeats`` steps after two warm-ups; and the per-image
 training augmentation of the recipe (``train_transforms``, then the collation), which runs in
-the training process on a 2-core machine. The last columns: the whole step against 128 px, and
-what the recipe's 22 epochs of 133 steps would take at that speed (the time budget plans from
-such a measurement, so a slower step means fewer epochs, never a longer run).
+the training process on a 2-core machine. The last columns: the whole step against the first
+size, and what the recipe's epochs of 133 steps would take at that speed (the time budget
+plans from such a measurement, so a slower step means fewer epochs, never a longer run).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch.nn.functional as F  # noqa: N812
 import torchvision
 
 from pneumonia.config import compose
-from pneumonia.data.transforms import Augmentation, NormalizeCollate, train_transforms
+from pneumonia.data.transforms import GEOMETRY, Augmentation, NormalizeCollate, train_transforms
 
-STEPS = 22 * 133  # the recipe's epochs x steps per epoch on the Kermany training images
+STEPS_PER_EPOCH = 133  # the recipe's batches of the Kermany training images, holdout left out
 
 
 def median_time(fn, repeats: int) -> float:
@@ -41,9 +41,10 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def step_time(size: int, batch: int, *, bf16: bool, lr: float, repeats: int) -> float:
-    model = torchvision.models.resnet18(num_classes=2).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+def step_time(model_cfg, size: int, batch: int, *, bf16: bool, repeats: int) -> float:
+    model = torchvision.models.get_model(model_cfg.backbone, weights=None, num_classes=2)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=model_cfg.lr)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,))
 
@@ -57,10 +58,9 @@ def step_time(size: int, batch: int, *, bf16: bool, lr: float, repeats: int) -> 
     return median_time(step, repeats)
 
 
-def augment_time(data, size: int, batch: int, repeats: int) -> float:
-    resize = round(size * data.resize_size / data.crop_size)
-    geometry = {k: data[k] for k in ("crop", "hflip_prob", "rotation_degrees", "translate")}
-    transform = train_transforms(Augmentation.of(dict(data.augment), crop_size=size, **geometry))
+def augment_time(data, size: int, resize: int, batch: int, repeats: int) -> float:
+    geometry = {**{k: data[k] for k in GEOMETRY}, "crop_size": size}  # as the DataModule does
+    transform = train_transforms(Augmentation.of(dict(data.augment), **geometry))
     collate = NormalizeCollate(data.mean, data.std)
     images = [
         torchvision.tv_tensors.Image(torch.randint(0, 256, (1, resize, resize), dtype=torch.uint8))
@@ -77,24 +77,25 @@ def main(argv: list[str] | None = None) -> None:
                         choices=["fp32", "bf16"],
                         help="bf16 is emulated, and slow, without avx512_bf16")  # fmt: skip
     args = parser.parse_args(argv)
-    cfg = compose("train", ["experiment=kermany_cpu", "data.resize_size=144",
-                            "data.crop_size=128"], output_dir="unused")  # fmt: skip
-    batch = cfg.data.batch_size
+    cfg = compose("train", ["experiment=kermany_cpu"], output_dir="unused")
+    batch, epochs = cfg.data.batch_size, cfg.trainer.max_epochs
     print(f"kermany_cpu's step, batch {batch}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
     print("\n| crop (resize) | precision | step alone, s | augmentation, s | whole step, s "
-          "| vs 128 px | 22 epochs at this speed |\n|---|---|---|---|---|---|---|")  # fmt: skip
+          f"| vs {args.sizes[0]} px | {epochs} epochs at this speed |\n"
+          "|---|---|---|---|---|---|---|")  # fmt: skip
     base: dict[bool, float] = {}
     for size in args.sizes:
-        aug = augment_time(cfg.data, size, batch, args.repeats)
+        resize = round(size * cfg.data.resize_size / cfg.data.crop_size)
+        aug = augment_time(cfg.data, size, resize, batch, args.repeats)
         for bf16 in [p == "bf16" for p in args.precisions]:
-            step = step_time(size, batch, bf16=bf16, lr=cfg.model.lr, repeats=args.repeats)
+            step = step_time(cfg.model, size, batch, bf16=bf16, repeats=args.repeats)
             whole = step + aug
             base.setdefault(bf16, whole)
-            resize = round(size * cfg.data.resize_size / cfg.data.crop_size)
+            total = epochs * STEPS_PER_EPOCH * whole
             print(f"| {size} ({resize}) | {'bf16' if bf16 else 'fp32'} | {step:.3f} | {aug:.3f} "
-                  f"| {whole:.3f} | {base[bf16] / whole:.2f}x faster | {STEPS * whole:,.0f} s |",
+                  f"| {whole:.3f} | {base[bf16] / whole:.2f}x faster | {total:,.0f} s |",
                   flush=True)  # fmt: skip
 
 

@@ -74,8 +74,8 @@ def test_tta_turns_the_image_before_its_crop_so_no_black_corner_enters_the_view(
     # (a 108 px square, 5 px: the 96 px crop keeps 6). Each recipe's sizes must keep that margin.
     assert views.min() >= 190, f"{experiment}: a {crop} px crop of {resize} px shows the corners"
     # Turning the crop itself (as TTA did before) blackens its corners.
-    crop = pre.load_image(flat)
-    turned = TF.rotate(crop, 5.0, interpolation=InterpolationMode.BILINEAR)
+    view = pre.load_image(flat)
+    turned = TF.rotate(view, 5.0, interpolation=InterpolationMode.BILINEAR)
     assert turned.min() < 50
 
 
